@@ -1,0 +1,16 @@
+"""importer: register ML runs in an MLflow tracking server after the fact, faithfully.
+
+The CLI's verbs are these functions; `importer.cli` is a thin layer over them.
+"""
+
+from .errors import (ConflictError, ConnectionFailed, ImporterError, InputError, Problem,
+                     RetryableError, ServerError, ValidationError)
+from .mlflow_api import ClientConfig
+from .model import RunRecord
+from .pipeline import Summary, find, import_paths, import_records, read_records, schema, validate
+
+__all__ = [
+    "ClientConfig", "ConflictError", "ConnectionFailed", "ImporterError", "InputError", "Problem",
+    "RetryableError", "RunRecord", "ServerError", "Summary", "ValidationError", "find",
+    "import_paths", "import_records", "read_records", "schema", "validate",
+]

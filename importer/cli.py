@@ -1,0 +1,161 @@
+"""The `importer` command: a thin typer layer over the package's functions.
+
+Exit codes: 0 all done; 1 some runs failed; 2 invalid input or usage, nothing written;
+3 server unreachable or credentials refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import pipeline
+from .errors import ConnectionFailed, ImporterError, InputError
+from .mlflow_api import ClientConfig
+
+EXIT_OK, EXIT_RUNS_FAILED, EXIT_INPUT, EXIT_SERVER = 0, 1, 2, 3
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  help="Register ML runs in an MLflow tracking server after the fact.")
+_state = {"debug": False}
+
+TrackingUri = Annotated[Optional[str], typer.Option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+    help="The MLflow server, e.g. http://127.0.0.1:5000.")]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    """One line (or the list of problems) on stderr, and the documented exit code."""
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    typer.echo(f"error: {exc}", err=True)
+    if isinstance(exc, ConnectionFailed):
+        return typer.Exit(EXIT_SERVER)
+    if isinstance(exc, InputError):
+        return typer.Exit(EXIT_INPUT)
+    return typer.Exit(EXIT_RUNS_FAILED)
+
+
+class _Bar:
+    """A one-line progress display on stderr, for terminals only."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done / total if total else 100
+        sys.stderr.write(f"\r  {done:,}/{total:,} metric points ({pct:.0f}%)")
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[str], typer.Argument(help="Manifests; a folder means every *.json in it; - reads stdin.")],
+    tracking_uri: TrackingUri = None,
+    experiment: Annotated[Optional[str], typer.Option(help="Experiment for runs whose manifest names none.")] = None,
+    state: Annotated[Optional[Path], typer.Option(help="Ledger file (default: ~/.local/state/importer/ledger.db).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created, appended or skipped; write nothing.")] = False,
+    on_param_conflict: Annotated[str, typer.Option(help="When a param differs from the stored value: error, keep or rename.")] = "error",
+    in_flight: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at most.")] = ClientConfig.max_in_flight,
+    as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Register the runs of run manifests in an MLflow server."""
+    if on_param_conflict not in ("error", "keep", "rename"):
+        typer.echo("error: --on-param-conflict must be error, keep or rename", err=True)
+        raise typer.Exit(EXIT_INPUT)
+    bar = _Bar() if (sys.stderr.isatty() and not quiet and not as_json) else None
+    try:
+        summary = pipeline.import_paths(
+            paths, tracking_uri, experiment=experiment, state=state, dry_run=dry_run,
+            on_param_conflict=on_param_conflict, config=ClientConfig(max_in_flight=in_flight),
+            progress=bar)
+    except ImporterError as e:
+        raise _fail(e)
+    finally:
+        if bar:
+            bar.close()
+    typer.echo(pipeline.summary_json(summary) if as_json else summary.text())
+    if any(o.error and "cannot reach" in o.error or "refused our credentials" in (o.error or "")
+           for o in summary.failed):
+        raise typer.Exit(EXIT_SERVER)
+    raise typer.Exit(EXIT_RUNS_FAILED if summary.failed else EXIT_OK)
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[str], typer.Argument(help="Manifests; a folder means every *.json in it; - reads stdin.")],
+    experiment: Annotated[Optional[str], typer.Option(help="Experiment for runs whose manifest names none.")] = None,
+) -> None:
+    """Check manifests without a server: every problem with file, JSON path and rule."""
+    try:
+        records = pipeline.validate(paths, experiment)
+    except ImporterError as e:
+        raise _fail(e)
+    points = sum(r.point_count for r in records)
+    typer.echo(f"ok: {len(records)} runs, {points:,} metric points, "
+               f"{sum(len(r.artifacts) for r in records)} artifact files")
+
+
+@app.command()
+def find(
+    experiment: Annotated[str, typer.Option(help="Experiment name.")],
+    tag: Annotated[list[str], typer.Option(help="KEY=VALUE; repeat to require several.")],
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Is this run already registered? Prints the run ids and exits 0, or exits 1."""
+    tags = {}
+    for item in tag:
+        if "=" not in item:
+            typer.echo(f"error: --tag {item!r} is not KEY=VALUE", err=True)
+            raise typer.Exit(EXIT_INPUT)
+        k, v = item.split("=", 1)
+        tags[k] = v
+    try:
+        ids = pipeline.find(experiment, tags, tracking_uri)
+    except ImporterError as e:
+        raise _fail(e)
+    for run_id in ids:
+        typer.echo(run_id)
+    raise typer.Exit(EXIT_OK if ids else EXIT_RUNS_FAILED)
+
+
+@app.command()
+def schema() -> None:
+    """Print the run-manifest JSON Schema."""
+    typer.echo(json.dumps(pipeline.schema(), indent=2))
+
+
+@app.command()
+def demo(
+    state: Annotated[Path, typer.Option(help="Folder for the local server's data and the ledger.")] = Path(".importer-demo"),
+    paths: Annotated[Optional[list[str]], typer.Argument(help="What to import (default: sample_logs/).")] = None,
+    port: Annotated[int, typer.Option(help="Port of the local server.")] = 5000,
+) -> None:
+    """Start a local MLflow server (SQLite, in STATE), import sample_logs/ and leave it running."""
+    from .server import LocalServer
+
+    try:
+        server = LocalServer(state / "server", port=port).start()
+        summary = pipeline.import_paths(paths or ["sample_logs"], server.url, state=state / "ledger.db")
+    except ImporterError as e:
+        raise _fail(e)
+    typer.echo(summary.text())
+    typer.echo(f"\nThe MLflow UI is at {server.url} (server pid {server.process.pid}; "
+               f"stop it with: kill {server.process.pid})")
+    raise typer.Exit(EXIT_RUNS_FAILED if summary.failed else EXIT_OK)

@@ -1,0 +1,106 @@
+"""The ledger: a small SQLite file saying what went where and how far each run got.
+
+It is a cache of the truth on the server, never the only copy: a run is always findable by its
+import-key tag, so a lost or stale ledger costs time, not correctness.
+
+    runs       (server, experiment, import_key) -> run_id, experiment_id, fingerprint, complete
+    progress   (run_id, metric) -> points of the source's series already stored, in source order
+    artifacts  (run_id, dest) -> sha256 of the uploaded, verified file
+    errors     one row per failed run and attempt
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import sqlite_utils
+
+
+def default_path() -> Path:
+    """`$XDG_STATE_HOME/importer/ledger.db`, else `~/.local/state/importer/ledger.db`."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "importer" / "ledger.db"
+
+
+class Ledger:
+    def __init__(self, path: Optional[Path] = None):
+        path = Path(path) if path else default_path()
+        if path.is_dir():
+            path = path / "ledger.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite_utils.Database(path)
+        # Several importers may share a ledger (cron and a manual run): wait instead of failing.
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous = NORMAL")
+        self._create()
+
+    def _create(self) -> None:
+        self.db["runs"].create({
+            "server": str, "experiment": str, "import_key": str, "run_id": str,
+            "experiment_id": str, "fingerprint": str, "complete": int, "origin": str, "updated": float,
+        }, pk=("server", "experiment", "import_key"), if_not_exists=True)
+        self.db["progress"].create({"run_id": str, "metric": str, "sent": int},
+                                   pk=("run_id", "metric"), if_not_exists=True)
+        self.db["artifacts"].create({"run_id": str, "dest": str, "sha256": str},
+                                    pk=("run_id", "dest"), if_not_exists=True)
+        self.db["errors"].create({"server": str, "experiment": str, "import_key": str,
+                                  "origin": str, "message": str, "at": float}, if_not_exists=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def run(self, server: str, experiment: str, key: str) -> Optional[dict]:
+        """This is a read-only operation."""
+        rows = list(self.db["runs"].rows_where(
+            "server = ? and experiment = ? and import_key = ?", [server, experiment, key]))
+        return rows[0] if rows else None
+
+    def save_run(self, server: str, experiment: str, key: str, *, run_id: str, experiment_id: str,
+                 origin: str, fingerprint: str = "", complete: bool = False) -> None:
+        with self.db.conn:
+            self.db["runs"].upsert({
+                "server": server, "experiment": experiment, "import_key": key, "run_id": run_id,
+                "experiment_id": experiment_id, "fingerprint": fingerprint, "complete": int(complete),
+                "origin": origin, "updated": time.time()}, pk=("server", "experiment", "import_key"))
+
+    def forget_run(self, server: str, experiment: str, key: str, run_id: str) -> None:
+        """Drop what the ledger believed about a run the server no longer has."""
+        with self.db.conn:
+            self.db["runs"].delete_where("server = ? and experiment = ? and import_key = ?",
+                                         [server, experiment, key])
+            self.db["progress"].delete_where("run_id = ?", [run_id])
+            self.db["artifacts"].delete_where("run_id = ?", [run_id])
+
+    # -- progress ------------------------------------------------------------------------------
+
+    def progress(self, run_id: str) -> dict[str, int]:
+        """This is a read-only operation."""
+        return {r["metric"]: r["sent"] for r in self.db["progress"].rows_where("run_id = ?", [run_id])}
+
+    def save_progress(self, run_id: str, sent: dict[str, int]) -> None:
+        with self.db.conn:
+            self.db["progress"].upsert_all(
+                [{"run_id": run_id, "metric": k, "sent": v} for k, v in sent.items()],
+                pk=("run_id", "metric"))
+
+    def artifact(self, run_id: str, dest: str) -> Optional[str]:
+        """This is a read-only operation."""
+        rows = list(self.db["artifacts"].rows_where("run_id = ? and dest = ?", [run_id, dest]))
+        return rows[0]["sha256"] if rows else None
+
+    def save_artifact(self, run_id: str, dest: str, sha256: str) -> None:
+        with self.db.conn:
+            self.db["artifacts"].upsert({"run_id": run_id, "dest": dest, "sha256": sha256},
+                                        pk=("run_id", "dest"))
+
+    def record_error(self, server: str, experiment: str, key: str, origin: str, message: str) -> None:
+        with self.db.conn:
+            self.db["errors"].insert({"server": server, "experiment": experiment, "import_key": key,
+                                      "origin": origin, "message": message, "at": time.time()})

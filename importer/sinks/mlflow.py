@@ -1,0 +1,439 @@
+"""Write RunRecords to an MLflow tracking server, idempotently and resumably.
+
+For each run:
+
+1. find it: the ledger's run id (checked on the server), else a search by the import-key tag;
+2. check params against what is stored (the conflict policy) before writing anything;
+3. create it if missing, with start time, name, user and every tag in the one `runs/create` call,
+   so a run interrupted right after creation is found again by its key;
+4. log params and changed tags, then only the metric points the server does not have, in batches
+   filled to the server's limits, several in flight; progress goes to the ledger as batches land;
+5. upload artifacts through the proxy and verify each by its SHA-256;
+6. set the original end time and status last.
+
+Metric request bodies are built by Arrow compute from the columns, with no Python object per point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConflictError, ImporterError, ServerError
+from ..ledger import Ledger
+from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, tag_filter
+from ..model import IMPORT_KEY_TAG, RunRecord
+
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # classic runs view in the UI
+CONFLICT_POLICIES = ("error", "keep", "rename")
+_MAX_DOUBLE = sys.float_info.max  # what the server stores for +-Infinity
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Outcome:
+    """What happened to one run."""
+
+    origin: str
+    experiment: str
+    import_key: str
+    action: str = "pending"  # created | appended | unchanged | failed (dry run: would-create, ...)
+    run_id: Optional[str] = None
+    experiment_id: Optional[str] = None
+    points: int = 0
+    params: int = 0
+    artifacts: int = 0
+    notes: list[str] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+def renamed_param(key: str, value: str) -> str:
+    """Where `--on-param-conflict rename` logs a new value: `<key>.conflict-<first 8 hex digits of
+    the value's SHA-256>`, so a rerun with the same value lands on the same key."""
+    return f"{key}.conflict-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
+
+
+def metric_entries(key: str, table: pa.Table, start_time: int) -> pa.Array:
+    """One JSON object string per point, built column-wise by Arrow."""
+    values = table.column("value").combine_chunks()
+    text = values.cast(pa.string())
+    # JSON has no NaN/Infinity literals; the server takes these strings. "-0" would parse as 0.
+    text = pc.if_else(pc.is_nan(values), pa.scalar('"NaN"'), text)
+    text = pc.if_else(pc.equal(values, math.inf), pa.scalar('"Infinity"'), text)
+    text = pc.if_else(pc.equal(values, -math.inf), pa.scalar('"-Infinity"'), text)
+    text = pc.if_else(pc.equal(text, "-0"), pa.scalar("-0.0"), text)
+    stamps = pc.fill_null(table.column("timestamp").combine_chunks(), start_time).cast(pa.string())
+    steps = table.column("step").combine_chunks().cast(pa.string())
+    head = '{"key":"' + key + '","value":'  # keys were validated: no character needs escaping
+    return pc.binary_join_element_wise(head, text, ',"timestamp":', stamps, ',"step":', steps, "}", "")
+
+
+def batch_body(run_id: str, parts: list[pa.Array]) -> bytes:
+    entries = pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(entries)], pa.int32()), entries), ",")
+    return f'{{"run_id":"{run_id}","metrics":[{joined[0].as_py()}]}}'.encode()
+
+
+def _stored_value(v: Any) -> Any:
+    """A point's value as the server returns it, for comparing: NaN as a marker, +-inf clamped."""
+    if v == "NaN" or (isinstance(v, float) and math.isnan(v)):
+        return "NaN"
+    v = float(v)
+    return math.copysign(_MAX_DOUBLE, v) if math.isinf(v) else v
+
+
+class MlflowSink:
+    def __init__(self, api: MlflowApi, ledger: Ledger, *, on_param_conflict: str = "error",
+                 dry_run: bool = False, progress=None):
+        if on_param_conflict not in CONFLICT_POLICIES:
+            raise ValueError(f"on_param_conflict must be one of {CONFLICT_POLICIES}")
+        self.api = api
+        self.ledger = ledger
+        self.server = api.url
+        self.policy = on_param_conflict
+        self.dry_run = dry_run
+        self.progress = progress  # called with the number of points that just landed
+        self._experiments: dict[str, asyncio.Task] = {}
+
+    # -- experiments ---------------------------------------------------------------------------
+
+    async def experiment(self, name: str) -> tuple[Optional[str], bool]:
+        """(id, created by this import); one lookup per name however many runs ask at once."""
+        if name not in self._experiments:
+            if self.dry_run:
+                async def lookup() -> tuple[Optional[str], bool]:
+                    found = await self.api.experiment_by_name(name)
+                    return (found["experiment_id"], False) if found else (None, True)
+                coro = lookup()
+            else:
+                coro = self.api.get_or_create_experiment(name, EXPERIMENT_TAGS)
+            self._experiments[name] = asyncio.ensure_future(coro)
+        return await self._experiments[name]
+
+    # -- one run -------------------------------------------------------------------------------
+
+    async def write(self, rec: RunRecord, parent_run_id: Optional[str], out: Outcome,
+                    created: asyncio.Future) -> Outcome:
+        """Write one run. `created` gets the run id as soon as the run exists (children wait on
+        it). Errors end up in `out`; they never escape."""
+        try:
+            await self._write(rec, parent_run_id, out, created)
+        except (ImporterError, OSError) as e:
+            out.action, out.error = "failed", str(e)
+            if not self.dry_run:
+                self.ledger.record_error(self.server, rec.experiment, rec.import_key, rec.origin, str(e))
+        if not created.done():
+            created.set_result(out.run_id)
+        return out
+
+    async def _write(self, rec: RunRecord, parent_run_id: Optional[str], out: Outcome,
+                     created: asyncio.Future) -> None:
+        exp_id, exp_new = await self.experiment(rec.experiment)
+        out.experiment_id = exp_id
+        fingerprint = rec.fingerprint()
+        row = self.ledger.run(self.server, rec.experiment, rec.import_key) if exp_id else None
+        if row and row["complete"] and row["fingerprint"] == fingerprint and row["experiment_id"] == exp_id:
+            out.action, out.run_id = "unchanged", row["run_id"]
+            return
+
+        run: Optional[dict] = None
+        if row:
+            run = await self.api.get_run(row["run_id"])
+            if (run is None or run["info"].get("lifecycle_stage") != "active"
+                    or run["info"]["experiment_id"] != exp_id):
+                if not self.dry_run:
+                    self.ledger.forget_run(self.server, rec.experiment, rec.import_key, row["run_id"])
+                row, run = None, None
+        if run is None and exp_id and not exp_new:
+            run = await self.find(exp_id, rec.import_key)
+
+        desired_tags = self._tags(rec, parent_run_id)
+        stored_params = {p["key"]: p["value"] for p in run["data"].get("params", [])} if run else {}
+        stored_tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])} if run else {}
+        params = self._resolve_params(rec, stored_params, out)
+        tags = {k: v for k, v in desired_tags.items() if stored_tags.get(k) != v}
+
+        if run is None:
+            out.action = "would-create" if self.dry_run else "created"
+            start = self._start_time(rec)
+            if not self.dry_run:
+                run = await self.create(exp_id, rec, desired_tags, start)
+                tags = {}
+        else:
+            out.action = "would-append" if self.dry_run else "appended"
+            start = int(run["info"]["start_time"])
+        run_id = run["info"]["run_id"] if run else None
+        out.run_id = run_id
+        if run_id and not created.done():
+            created.set_result(run_id)
+        if run_id and not self.dry_run and not row:
+            self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
+                                 experiment_id=exp_id, origin=rec.origin)
+
+        # Which points are missing: the ledger knows when it recorded this run; else ask the server.
+        plan = await self._missing_points(rec, run_id, trust_ledger=row is not None)
+        out.points = sum(t.num_rows for t, _, _ in plan.values())
+        out.params = len(params)
+
+        artifacts = [a for a in rec.artifacts
+                     if not (run_id and self.ledger.artifact(run_id, a.dest) == _sha256(a.source))]
+        out.artifacts = len(artifacts)
+        status_changed = (run is None or run["info"].get("status") != rec.status
+                          or (rec.end_time is not None and int(run["info"].get("end_time") or 0) != rec.end_time))
+        if (out.action in ("appended", "would-append") and not (params or tags or out.points
+                                                                 or artifacts or status_changed)):
+            out.action = "unchanged"
+        if self.dry_run:
+            return
+
+        await self._log_params_tags(run_id, params, tags)
+        await self._send_metrics(run_id, rec, plan, start)
+        for art in artifacts:
+            await self._upload(run, art)
+        if status_changed:
+            await self.api.update_run(run_id, rec.status, rec.end_time)
+        self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
+                             experiment_id=exp_id, origin=rec.origin, fingerprint=fingerprint,
+                             complete=True)
+
+    async def find(self, exp_id: str, key: str) -> Optional[dict]:
+        """The active run holding `key` in its import-key tag. Should a race ever have made two,
+        the oldest wins (and the caller keeps writing to that one only)."""
+        runs = [r async for r in self.api.search_runs([exp_id], tag_filter(IMPORT_KEY_TAG, key))]
+        runs = [r for r in runs if any(t["key"] == IMPORT_KEY_TAG and t["value"] == key
+                                       for t in r["data"].get("tags", []))]
+        if not runs:
+            return None
+        return min(runs, key=lambda r: (int(r["info"]["start_time"]), r["info"]["run_id"]))
+
+    async def create(self, exp_id: str, rec: RunRecord, tags: dict[str, str], start: int) -> dict:
+        body: dict[str, Any] = {"experiment_id": exp_id, "start_time": start,
+                                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if rec.name is not None:
+            body["run_name"] = rec.name
+        if rec.user is not None:
+            body["user_id"] = rec.user
+        try:
+            return await self.api.create_run(body)
+        except ServerError as e:
+            if e.status is not None and e.status < 500:
+                raise
+            # The answer was lost or the server failed: the run may exist now. Look before retrying.
+        except ImporterError:
+            pass
+        for attempt in range(self.api.config.retries):
+            await asyncio.sleep(min(self.api.config.backoff_max, self.api.config.backoff_base * 2 ** attempt))
+            found = await self.find(exp_id, rec.import_key)
+            if found is not None:
+                return found
+            try:
+                return await self.api.create_run(body)
+            except ServerError as e:
+                if e.status is not None and e.status < 500:
+                    raise
+            except ImporterError:
+                if attempt == self.api.config.retries - 1:
+                    raise
+        raise ServerError(f"could not create run {rec.import_key!r}", url=self.server)
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _tags(rec: RunRecord, parent_run_id: Optional[str]) -> dict[str, str]:
+        tags = dict(rec.tags)
+        system = {"mlflow.runName": rec.name, "mlflow.user": rec.user, "mlflow.source.name": rec.source,
+                  "mlflow.note.content": rec.description, "mlflow.parentRunId": parent_run_id}
+        tags.update({k: v for k, v in system.items() if v is not None})
+        if rec.source is not None:
+            tags["mlflow.source.type"] = "LOCAL"
+        return tags
+
+    @staticmethod
+    def _start_time(rec: RunRecord) -> int:
+        """The original start time; else the earliest metric timestamp; else now (kept on reruns,
+        because the run then exists and its start time is read back)."""
+        if rec.start_time is not None:
+            return rec.start_time
+        stamps = [pc.min(t.column("timestamp")).as_py() for t in rec.metrics.values() if t.num_rows]
+        stamps = [s for s in stamps if s is not None]
+        return min(stamps) if stamps else int(time.time() * 1000)
+
+    def _resolve_params(self, rec: RunRecord, stored: dict[str, str], out: Outcome) -> dict[str, str]:
+        """The params still to log, after the conflict policy. Raises ConflictError for `error`."""
+        todo: dict[str, str] = {}
+        conflicts = []
+        for k, v in rec.params.items():
+            old = stored.get(k)
+            if old is None:
+                todo[k] = v
+            elif old != v:
+                conflicts.append((k, old, v))
+        if not conflicts:
+            return todo
+        shown = "; ".join(f"{k}: stored {_short(old)}, new {_short(new)}" for k, old, new in conflicts)
+        if self.policy == "error":
+            raise ConflictError(f"param values differ from the ones stored on run {out.run_id or ''} "
+                                f"({shown}); nothing was written to it. Use --on-param-conflict keep "
+                                "or rename to go ahead")
+        if self.policy == "keep":
+            out.notes.append(f"kept stored params: {shown}")
+            return todo
+        for k, _, new in conflicts:
+            alt = renamed_param(k, new)
+            if stored.get(alt) is None:
+                todo[alt] = new
+            out.notes.append(f"param {k}: new value logged as {alt}")
+        return todo
+
+    async def _log_params_tags(self, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        # Params first, before any metric: a rejection then leaves no half-sent history.
+        items = [("params", k, v) for k, v in params.items()] + [("tags", k, v) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            body: dict[str, Any] = {"run_id": run_id, "params": [], "tags": []}
+            for kind, k, v in items[i:i + MAX_PARAMS_TAGS_PER_BATCH]:
+                body[kind].append({"key": k, "value": v})
+            await self.api.log_batch(body)
+
+    async def _missing_points(self, rec: RunRecord, run_id: Optional[str],
+                              trust_ledger: bool) -> dict[str, tuple[pa.Table, Optional[int], int]]:
+        """metric -> (points to send, index in the source series of the first one or None when the
+        points are not a suffix, length of the source series)."""
+        plan: dict[str, tuple[pa.Table, Optional[int], int]] = {}
+        if run_id is None:  # a new run: everything
+            return {k: (t, 0, t.num_rows) for k, t in rec.metrics.items() if t.num_rows}
+        sent = self.ledger.progress(run_id) if trust_ledger else {}
+        for key, table in rec.metrics.items():
+            done = sent.get(key)
+            if trust_ledger and done is None:
+                done = 0
+            if done is not None and done <= table.num_rows:
+                if done < table.num_rows:
+                    plan[key] = (table.slice(done), done, table.num_rows)
+                continue
+            missing = await self._diff_with_server(run_id, key, table)
+            if missing.num_rows:
+                plan[key] = (missing, None, table.num_rows)
+        return plan
+
+    async def _diff_with_server(self, run_id: str, key: str, table: pa.Table) -> pa.Table:
+        """The points of `table` the server does not hold (exact on step, timestamp and value)."""
+        stored = await self.api.metric_history(run_id, key)
+        if not stored:
+            return table
+        have = {(int(m["step"]), int(m["timestamp"]), _stored_value(m["value"])) for m in stored}
+        run = await self.api.get_run(run_id)
+        start = int(run["info"]["start_time"]) if run else 0
+        steps = table.column("step").to_pylist()
+        stamps = table.column("timestamp").to_pylist()
+        values = table.column("value").to_pylist()
+        keep = [(s, start if t is None else t, _stored_value(v)) not in have
+                for s, t, v in zip(steps, stamps, values)]
+        return table.filter(pa.array(keep))
+
+    def _batches(self, run_id: str, plan: dict, start_time: int) -> Iterator[tuple[bytes, int, list]]:
+        """(body, points, [(metric, source index reached or None)]) filled to the server's limit."""
+        parts: list[pa.Array] = []
+        marks: list[tuple[str, Optional[int]]] = []
+        size = 0
+        for key, (table, base, _) in plan.items():
+            offset = 0
+            while offset < table.num_rows:
+                take = min(MAX_METRICS_PER_BATCH - size, table.num_rows - offset)
+                parts.append(metric_entries(key, table.slice(offset, take), start_time))
+                offset += take
+                size += take
+                marks.append((key, None if base is None else base + offset))
+                if size == MAX_METRICS_PER_BATCH:
+                    yield batch_body(run_id, parts), size, marks
+                    parts, marks, size = [], [], 0
+        if size:
+            yield batch_body(run_id, parts), size, marks
+
+    async def _send_metrics(self, run_id: str, rec: RunRecord, plan: dict, start_time: int) -> None:
+        """Send batches with several in flight; the ledger's progress for a metric only moves past
+        a point once every batch before it has landed too."""
+        if not plan:
+            return
+        batches = self._batches(run_id, plan, start_time)
+        landed: dict[int, list] = {}
+        next_to_record = 0
+        counter = 0
+        failure: list[BaseException] = []
+
+        async def worker() -> None:
+            nonlocal counter, next_to_record
+            while not failure:
+                try:
+                    body, n, marks = next(batches)
+                except StopIteration:
+                    return
+                seq, counter = counter, counter + 1
+                try:
+                    await self.api.log_batch(body)
+                except BaseException as e:  # stop the other workers, report the first failure
+                    failure.append(e)
+                    raise
+                if self.progress:
+                    self.progress(n)
+                landed[seq] = marks
+                reached: dict[str, int] = {}
+                while next_to_record in landed:
+                    for key, index in landed.pop(next_to_record):
+                        if index is not None:
+                            reached[key] = index
+                    next_to_record += 1
+                if reached:
+                    self.ledger.save_progress(run_id, reached)
+
+        results = await asyncio.gather(*(worker() for _ in range(self.api.config.max_in_flight)),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        # Series sent as a filtered set (after a diff with the server) are complete only now.
+        self.ledger.save_progress(run_id, {k: n for k, (_, _, n) in plan.items()})
+
+    async def _upload(self, run: dict, art) -> None:
+        digest = _sha256(art.source)
+        url = self.api.artifact_path(run["info"]["artifact_uri"], art.dest)
+
+        async def chunks():
+            with open(art.source, "rb") as f:
+                while block := f.read(_CHUNK):
+                    yield block
+
+        await self.api.upload(url, chunks)
+        check = hashlib.sha256()
+        size = await self.api.download_digest(url, check)
+        if check.hexdigest() != digest:
+            raise ServerError(f"artifact {art.dest!r} came back different from {art.source} "
+                              f"({size} bytes stored); it will be uploaded again on the next run",
+                              url=self.server)
+        self.ledger.save_artifact(run["info"]["run_id"], art.dest, digest)
+
+
+_digests: dict[tuple, str] = {}
+
+
+def _sha256(path) -> str:
+    st = path.stat()
+    cache_key = (str(path), st.st_size, st.st_mtime_ns)
+    if cache_key not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(_CHUNK):
+                h.update(block)
+        _digests[cache_key] = h.hexdigest()
+    return _digests[cache_key]
+
+
+def _short(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")

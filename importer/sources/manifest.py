@@ -1,0 +1,337 @@
+"""JSON run manifests (format version 1) -> RunRecords, with every problem named by file and JSON path."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+import pydantic
+
+from ..errors import Problem
+from ..model import (DERIVED_TIMESTAMPS_TAG, IMPORT_KEY_TAG, INFINITE_VALUES_TAG, INT64_MAX,
+                     INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID,
+                     _FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
+                     flatten_params, key_problem, metric_value, to_ms)
+
+_METRIC_SHAPES = {"scalar", "points", "columns"}
+_UNION_BRANCHES = {"int", "datetime", "float", "str", "literal['NaN','Infinity','-Infinity']"}
+
+
+def json_path(loc: tuple) -> str:
+    """`("runs", 2, "metrics", "val loss", "points", 5, "step")` -> `runs[2].metrics["val loss"][5].step`.
+    Union branch names that pydantic puts into locations are dropped."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        if i >= 2 and loc[i - 2] == "metrics" and part in _METRIC_SHAPES:
+            continue
+        if part in _UNION_BRANCHES or part.startswith("function-"):
+            continue
+        out += f".{part}" if part.isidentifier() else f"[{json.dumps(part)}]"
+    return out.lstrip(".") or "(document)"
+
+
+class ManifestReader:
+    """Reads one manifest document. `records` holds the runs (parents before children) when
+    `problems` is empty."""
+
+    def __init__(self, text: bytes | str, file: str, base_dir: Path,
+                 default_experiment: Optional[str] = None):
+        self.file = file
+        self.base_dir = base_dir.resolve()
+        self.default_experiment = default_experiment
+        self.problems: list[Problem] = []
+        self.records: list[RunRecord] = []
+        self._parse(text)
+
+    def _problem(self, where: str, message: str) -> None:
+        self.problems.append(Problem(self.file, where, message))
+
+    # -- document level ------------------------------------------------------------------------
+
+    def _parse(self, text: bytes | str) -> None:
+        try:
+            doc = json.loads(text)
+        except UnicodeDecodeError as e:
+            self._problem(f"byte {e.start}", "the file is not UTF-8 text")
+            return
+        except json.JSONDecodeError as e:
+            self._problem(f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}")
+            return
+        if not isinstance(doc, dict):
+            self._problem("(document)", "a manifest must be a JSON object")
+            return
+        model = Manifest if "format_version" in doc else Run
+        try:
+            parsed = model.model_validate(doc)
+        except pydantic.ValidationError as e:
+            for err in e.errors(include_url=False):
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    msg = f"unknown field {err['loc'][-1]!r} (check the spelling)"
+                elif err["type"] == "missing":
+                    msg = "required field is missing"
+                self._problem(json_path(err["loc"]), msg)
+            return
+        if isinstance(parsed, Manifest):
+            experiment, runs, prefix = parsed.experiment, parsed.runs, "runs"
+        else:
+            experiment, runs, prefix = None, [parsed], ""
+            if parsed.experiment is None and self.default_experiment is None:
+                self._problem("experiment", "a single-run document must name its `experiment`")
+                return
+        self._build(runs, prefix, experiment or self.default_experiment)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def _build(self, runs: list[Run], prefix: str, experiment: Optional[str]) -> None:
+        flat: list[tuple[str, Run, Optional[str], Optional[str]]] = []  # path, run, exp, nesting parent id
+
+        def collect(items: list[Run], path: str, exp: Optional[str], parent: Optional[Run]) -> None:
+            for i, run in enumerate(items):
+                where = f"{path}[{i}]" if path else ""
+                flat.append((where, run, run.experiment or exp, parent))
+                collect(run.runs, f"{where}.runs" if where else "runs", run.experiment or exp, run)
+
+        collect(runs, prefix, experiment, None) if prefix else collect(runs, "", experiment, None)
+        if not prefix:  # a single-run document: its location is the document itself
+            flat[0] = ("(run)",) + flat[0][1:]
+
+        by_id: dict[str, str] = {}  # manifest id -> location
+        keys: dict[int, str] = {}
+        for where, run, exp, _ in flat:
+            if run.id is not None:
+                if run.id in by_id:
+                    self._problem(f"{where}.id", f"id {run.id!r} is already used at {by_id[run.id]}")
+                by_id.setdefault(run.id, where)
+            if not exp:
+                self._problem(where, "no experiment: set `experiment` in the manifest or the run, "
+                              "or pass --experiment")
+                continue
+            if run.id is None and run.name is None:
+                self._problem(where, "a run needs an `id`, or a `name` to derive its import key from")
+
+        built: dict[int, RunRecord] = {}
+        for where, run, exp, nest_parent in flat:
+            if not exp:
+                continue
+            start = to_ms(run.start_time) if run.start_time is not None else None
+            key = run.id if run.id is not None else derived_key(exp, run.name, start)
+            keys[id(run)] = key
+            record = self._record(where, run, exp, key)
+            if nest_parent is not None:
+                if run.parent is not None:
+                    self._problem(f"{where}.parent",
+                                  "a nested run already has its parent; remove `parent` or un-nest it")
+                record.parent_key = keys.get(id(nest_parent))
+            elif run.parent is not None:
+                if run.parent in by_id:
+                    record.parent_key = run.parent
+                elif RUN_ID.match(run.parent):
+                    record.parent_run_id = run.parent
+                else:
+                    self._problem(f"{where}.parent", f"{run.parent!r} is neither an `id` in this "
+                                  "manifest nor an MLflow run id (32 hex digits)")
+            built[id(run)] = record
+
+        # Derived keys may collide (same name and start time): the user must tell the runs apart.
+        seen: dict[tuple[str, str], str] = {}
+        for where, run, exp, _ in flat:
+            rec = built.get(id(run))
+            if rec is None:
+                continue
+            scoped = (rec.experiment, rec.import_key)
+            if run.id is None and scoped in seen:
+                self._problem(where, f"same name and start time as the run at {seen[scoped]}; "
+                              "give each an `id`")
+            seen.setdefault(scoped, where)
+
+        where_of = {rec.import_key: where for where, run, _, _ in flat
+                    if (rec := built.get(id(run))) is not None}
+        self.records = self._ordered(list(built.values()), where_of)
+
+    def _ordered(self, records: list[RunRecord], where_of: dict[str, str]) -> list[RunRecord]:
+        """Parents before children; a parent cycle is a problem."""
+        by_key = {r.import_key: r for r in records}
+        out: list[RunRecord] = []
+        state: dict[str, int] = {}  # 1 visiting, 2 done
+
+        def visit(rec: RunRecord) -> None:
+            mark = state.get(rec.import_key)
+            if mark == 2:
+                return
+            if mark == 1:
+                self._problem(f"{where_of[rec.import_key]}.parent",
+                              f"parent cycle through run {rec.import_key!r}")
+                return
+            state[rec.import_key] = 1
+            if rec.parent_key in by_key:
+                visit(by_key[rec.parent_key])
+            state[rec.import_key] = 2
+            out.append(rec)
+
+        for rec in records:
+            visit(rec)
+        return out
+
+    def _record(self, where: str, run: Run, experiment: str, key: str) -> RunRecord:
+        at = lambda field: f"{where}.{field}" if where != "(run)" else field  # noqa: E731
+        rec = RunRecord(
+            experiment=experiment, import_key=key, origin=f"{self.file}: {where}", name=run.name,
+            start_time=to_ms(run.start_time) if run.start_time is not None else None,
+            end_time=to_ms(run.end_time) if run.end_time is not None else None,
+            status=run.status, user=run.user, description=run.description, source=run.source)
+        if rec.start_time is not None and rec.end_time is not None and rec.end_time < rec.start_time:
+            self._problem(at("end_time"), "end_time is before start_time")
+        for name, value in (("start_time", rec.start_time), ("end_time", rec.end_time)):
+            if value is not None and not 0 <= value <= INT64_MAX:
+                self._problem(at(name), "time is out of range")
+
+        try:
+            rec.params = flatten_params(run.params)
+        except ValueError as e:
+            self._problem(at("params"), str(e))
+        for k, v in rec.params.items():
+            if msg := key_problem(k, "param"):
+                self._problem(at(f"params.{k}"), msg)
+            if len(v) > MAX_PARAM_VALUE_LENGTH:
+                self._problem(at(f"params.{k}"), f"value is {len(v)} characters long; the server "
+                              f"allows {MAX_PARAM_VALUE_LENGTH}")
+
+        for k, v in run.tags.items():
+            if msg := key_problem(k, "tag"):
+                self._problem(at(f"tags.{k}"), msg)
+            elif k in _FIELD_TAGS:
+                self._problem(at(f"tags.{k}"), f"set the run's `{_FIELD_TAGS[k]}` field instead")
+            elif k.startswith("importer."):
+                self._problem(at(f"tags.{k}"), "tags under `importer.` are reserved for importer")
+            elif len(v) > MAX_TAG_VALUE_LENGTH:
+                self._problem(at(f"tags.{k}"), f"value is {len(v)} characters long; the server "
+                              f"allows {MAX_TAG_VALUE_LENGTH}")
+        rec.tags = dict(run.tags)
+        rec.tags[IMPORT_KEY_TAG] = key
+
+        infinite: list[str] = []
+        derived_ts = False
+        for k, metric in run.metrics.items():
+            if msg := key_problem(k, "metric"):
+                self._problem(at(f"metrics.{k}"), msg)
+                continue
+            table = self._metric_table(at(f"metrics.{k}"), metric)
+            if table is None:
+                continue
+            rec.metrics[k] = table
+            derived_ts = derived_ts or table.column("timestamp").null_count > 0
+            values = table.column("value").to_numpy()
+            if (abs(values) == math.inf).any():
+                infinite.append(k)
+        if derived_ts:
+            rec.tags[DERIVED_TIMESTAMPS_TAG] = "points without a timestamp have the run's start_time"
+        if infinite:
+            # The server stores +-Infinity as +-1.797e308; keep the truth on the run.
+            rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
+
+        rec.artifacts = self._artifacts(where, run)
+        return rec
+
+    def _metric_table(self, where: str, metric: Any) -> Optional[pa.Table]:
+        if isinstance(metric, Columns):
+            steps, values, stamps = metric.step, metric.value, metric.timestamp
+            if len(values) != len(steps) or (stamps is not None and len(stamps) != len(steps)):
+                self._problem(where, "`step`, `value` and `timestamp` must have the same length "
+                              f"(got {len(steps)}, {len(values)}, "
+                              f"{'-' if stamps is None else len(stamps)})")
+                return None
+            stamps = [to_ms(t) for t in stamps] if stamps is not None else None
+        elif isinstance(metric, list):
+            points: list[Point] = metric
+            steps = [p.step for p in points]
+            values = [p.value for p in points]
+            stamps = [None if p.timestamp is None else to_ms(p.timestamp) for p in points]
+        else:
+            steps, values, stamps = [0], [metric], None
+        for name, column in (("step", steps), ("timestamp", stamps or ())):
+            for i, v in enumerate(column):
+                if v is not None and not INT64_MIN <= v <= INT64_MAX:
+                    self._problem(f"{where}[{i}].{name}" if isinstance(metric, list)
+                                  else f"{where}.{name}[{i}]",
+                                  f"{v} is outside the 64-bit integer range the server stores")
+                    return None
+        return pa.table({
+            "step": pa.array(steps, pa.int64()),
+            "timestamp": pa.array(stamps if stamps is not None else [None] * len(steps), pa.int64()),
+            "value": pa.array([metric_value(v) for v in values], pa.float64()),
+        }, schema=METRIC_SCHEMA)
+
+    # -- artifacts -----------------------------------------------------------------------------
+
+    def _artifacts(self, where: str, run: Run) -> list[ArtifactFile]:
+        out: list[ArtifactFile] = []
+        seen: set[str] = set()
+        for i, art in enumerate(run.artifacts):
+            at = f"{where}.artifacts[{i}]" if where != "(run)" else f"artifacts[{i}]"
+            dest = art.dest.strip("/") if art.dest else ""
+            if art.dest is not None and (art.dest.startswith("/") or ".." in dest.split("/")):
+                self._problem(f"{at}.dest", "must be a relative folder without '..'")
+                continue
+            files = self._artifact_files(f"{at}.path", art.path)
+            for rel, path in files:
+                target = "/".join(p for p in (dest, rel) if p)
+                if target in seen:
+                    self._problem(at, f"two artifacts would be stored as {target!r}")
+                seen.add(target)
+                out.append(ArtifactFile(path, target))
+        return out
+
+    def _artifact_files(self, at: str, raw: str) -> list[tuple[str, Path]]:
+        """(destination-relative path, file) for a file or every file below a folder. Anything that
+        resolves outside the manifest's folder is refused, links included."""
+        if os.path.isabs(raw):
+            self._problem(at, f"{raw!r} is absolute; artifact paths are relative to the manifest")
+            return []
+        path = self.base_dir / raw
+        if not path.exists():
+            self._problem(at, f"{raw!r} does not exist (looked in {self.base_dir})")
+            return []
+        if not self._inside(path):
+            self._problem(at, f"{raw!r} resolves outside the manifest's folder {self.base_dir}")
+            return []
+        if path.is_file():
+            return [(path.name, path)]
+        files: list[tuple[str, Path]] = []
+        visited: set[Path] = set()
+
+        def walk(folder: Path, rel: str) -> None:
+            real = folder.resolve()
+            if real in visited:
+                return
+            visited.add(real)
+            for entry in sorted(folder.iterdir()):
+                sub = f"{rel}/{entry.name}" if rel else entry.name
+                if not self._inside(entry):
+                    self._problem(at, f"{sub!r} inside {raw!r} links outside the manifest's folder")
+                elif entry.is_dir():
+                    walk(entry, sub)
+                elif entry.is_file():
+                    files.append((sub, entry))
+
+        walk(path, "")
+        return files
+
+    def _inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.base_dir)
+
+
+def read_manifest(path: Path | None, default_experiment: Optional[str] = None,
+                  stdin_text: Optional[bytes] = None) -> ManifestReader:
+    """Read a manifest file, or standard input when `path` is None (artifacts then resolve against
+    the current folder)."""
+    if path is None:
+        return ManifestReader(stdin_text or b"", "<stdin>", Path.cwd(), default_experiment)
+    return ManifestReader(path.read_bytes(), str(path), path.parent, default_experiment)

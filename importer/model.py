@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import pyarrow as pa
+import pydantic
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, StrictFloat,
-                      StrictInt, StrictStr, Tag)
+                      StrictInt, StrictStr, Tag, WrapValidator)
+from pydantic_core import PydanticCustomError
 
 STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
 
@@ -52,13 +54,25 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # The manifest as a user writes it
 # ---------------------------------------------------------------------------------------------
 
+def _one_error(message: str):
+    """A wrap validator that turns a union's several branch errors into one plain message."""
+    def wrap(value: Any, handler):
+        try:
+            return handler(value)
+        except pydantic.ValidationError:
+            raise PydanticCustomError("invalid", message + f", got {value!r}") from None
+    return WrapValidator(wrap)
+
+
 Timestamp = Annotated[
     Union[StrictInt, AwareDatetime],
     Field(description="Milliseconds since the epoch, or ISO 8601 with a UTC offset."),
+    _one_error("must be milliseconds since the epoch (an integer) or ISO 8601 with a UTC offset"),
 ]
 MetricValue = Annotated[
     Union[StrictInt, StrictFloat, Literal["NaN", "Infinity", "-Infinity"]],
     Field(description='A number, or one of the strings "NaN", "Infinity", "-Infinity".'),
+    _one_error('must be a number or one of "NaN", "Infinity", "-Infinity"'),
 ]
 
 

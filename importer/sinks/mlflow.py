@@ -65,11 +65,10 @@ def metric_entries(key: str, table: pa.Table, start_time: int) -> pa.Array:
     """One JSON object string per point, built column-wise by Arrow."""
     values = table.column("value").combine_chunks()
     text = values.cast(pa.string())
-    # JSON has no NaN/Infinity literals; the server takes these strings. "-0" would parse as 0.
+    # JSON has no NaN/Infinity literals; the server takes these strings.
     text = pc.if_else(pc.is_nan(values), pa.scalar('"NaN"'), text)
     text = pc.if_else(pc.equal(values, math.inf), pa.scalar('"Infinity"'), text)
     text = pc.if_else(pc.equal(values, -math.inf), pa.scalar('"-Infinity"'), text)
-    text = pc.if_else(pc.equal(text, "-0"), pa.scalar("-0.0"), text)
     stamps = pc.fill_null(table.column("timestamp").combine_chunks(), start_time).cast(pa.string())
     steps = table.column("step").combine_chunks().cast(pa.string())
     head = '{"key":"' + key + '","value":'  # keys were validated: no character needs escaping
@@ -138,7 +137,7 @@ class MlflowSink:
                      created: asyncio.Future) -> None:
         exp_id, exp_new = await self.experiment(rec.experiment)
         out.experiment_id = exp_id
-        fingerprint = rec.fingerprint()
+        fingerprint = f"{rec.fingerprint()}:{self.policy}"  # another policy may want other writes
         row = self.ledger.run(self.server, rec.experiment, rec.import_key) if exp_id else None
         if row and row["complete"] and row["fingerprint"] == fingerprint and row["experiment_id"] == exp_id:
             out.action, out.run_id = "unchanged", row["run_id"]
@@ -183,8 +182,7 @@ class MlflowSink:
         out.points = sum(t.num_rows for t, _, _ in plan.values())
         out.params = len(params)
 
-        artifacts = [a for a in rec.artifacts
-                     if not (run_id and self.ledger.artifact(run_id, a.dest) == _sha256(a.source))]
+        artifacts = await self._artifacts_to_send(run, rec) if run else rec.artifacts
         out.artifacts = len(artifacts)
         status_changed = (run is None or run["info"].get("status") != rec.status
                           or (rec.end_time is not None and int(run["info"].get("end_time") or 0) != rec.end_time))
@@ -400,6 +398,27 @@ class MlflowSink:
                 raise r
         # Series sent as a filtered set (after a diff with the server) are complete only now.
         self.ledger.save_progress(run_id, {k: n for k, (_, _, n) in plan.items()})
+
+    async def _artifacts_to_send(self, run: dict, rec: RunRecord) -> list:
+        """Artifacts the run lacks: not in the ledger with this file's hash, and not already on the
+        server with the same bytes (checked by downloading, when the ledger does not know)."""
+        todo = []
+        run_id = run["info"]["run_id"]
+        for art in rec.artifacts:
+            digest = _sha256(art.source)
+            if self.ledger.artifact(run_id, art.dest) == digest:
+                continue
+            check = hashlib.sha256()
+            try:
+                await self.api.download_digest(self.api.artifact_path(run["info"]["artifact_uri"], art.dest), check)
+            except ServerError:
+                todo.append(art)
+                continue
+            if check.hexdigest() != digest:
+                todo.append(art)
+            elif not self.dry_run:
+                self.ledger.save_artifact(run_id, art.dest, digest)
+        return todo
 
     async def _upload(self, run: dict, art) -> None:
         digest = _sha256(art.source)

@@ -18,20 +18,17 @@ from ..model import (DERIVED_TIMESTAMPS_TAG, IMPORT_KEY_TAG, INFINITE_VALUES_TAG
                      flatten_params, key_problem, metric_value, to_ms)
 
 _METRIC_SHAPES = {"scalar", "points", "columns"}
-_UNION_BRANCHES = {"int", "datetime", "float", "str", "literal['NaN','Infinity','-Infinity']"}
 
 
 def json_path(loc: tuple) -> str:
     """`("runs", 2, "metrics", "val loss", "points", 5, "step")` -> `runs[2].metrics["val loss"][5].step`.
-    Union branch names that pydantic puts into locations are dropped."""
+    The metric shape names pydantic puts into locations are dropped."""
     out = ""
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
             continue
         if i >= 2 and loc[i - 2] == "metrics" and part in _METRIC_SHAPES:
-            continue
-        if part in _UNION_BRANCHES or part.startswith("function-"):
             continue
         out += f".{part}" if part.isidentifier() else f"[{json.dumps(part)}]"
     return out.lstrip(".") or "(document)"
@@ -181,7 +178,10 @@ class ManifestReader:
         return out
 
     def _record(self, where: str, run: Run, experiment: str, key: str) -> RunRecord:
-        at = lambda field: f"{where}.{field}" if where != "(run)" else field  # noqa: E731
+        def at(*parts: str) -> str:
+            suffix = json_path(parts)
+            return suffix if where == "(run)" else f"{where}.{suffix}"
+
         rec = RunRecord(
             experiment=experiment, import_key=key, origin=f"{self.file}: {where}", name=run.name,
             start_time=to_ms(run.start_time) if run.start_time is not None else None,
@@ -199,20 +199,20 @@ class ManifestReader:
             self._problem(at("params"), str(e))
         for k, v in rec.params.items():
             if msg := key_problem(k, "param"):
-                self._problem(at(f"params.{k}"), msg)
+                self._problem(at("params", k), msg)
             if len(v) > MAX_PARAM_VALUE_LENGTH:
-                self._problem(at(f"params.{k}"), f"value is {len(v)} characters long; the server "
+                self._problem(at("params", k), f"value is {len(v)} characters long; the server "
                               f"allows {MAX_PARAM_VALUE_LENGTH}")
 
         for k, v in run.tags.items():
             if msg := key_problem(k, "tag"):
-                self._problem(at(f"tags.{k}"), msg)
+                self._problem(at("tags", k), msg)
             elif k in _FIELD_TAGS:
-                self._problem(at(f"tags.{k}"), f"set the run's `{_FIELD_TAGS[k]}` field instead")
+                self._problem(at("tags", k), f"set the run's `{_FIELD_TAGS[k]}` field instead")
             elif k.startswith("importer."):
-                self._problem(at(f"tags.{k}"), "tags under `importer.` are reserved for importer")
+                self._problem(at("tags", k), "tags under `importer.` are reserved for importer")
             elif len(v) > MAX_TAG_VALUE_LENGTH:
-                self._problem(at(f"tags.{k}"), f"value is {len(v)} characters long; the server "
+                self._problem(at("tags", k), f"value is {len(v)} characters long; the server "
                               f"allows {MAX_TAG_VALUE_LENGTH}")
         rec.tags = dict(run.tags)
         rec.tags[IMPORT_KEY_TAG] = key
@@ -221,9 +221,9 @@ class ManifestReader:
         derived_ts = False
         for k, metric in run.metrics.items():
             if msg := key_problem(k, "metric"):
-                self._problem(at(f"metrics.{k}"), msg)
+                self._problem(at("metrics", k), msg)
                 continue
-            table = self._metric_table(at(f"metrics.{k}"), metric)
+            table = self._metric_table(at("metrics", k), metric)
             if table is None:
                 continue
             rec.metrics[k] = table

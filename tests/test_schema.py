@@ -1,0 +1,32 @@
+"""The checked-in JSON Schema is the one the models generate, and the public API does not drift."""
+
+import json
+from pathlib import Path
+
+import importer
+from conftest import run_importer
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "run-manifest.schema.json"
+
+
+def test_checked_in_schema_matches_the_models():
+    assert json.loads(SCHEMA.read_text()) == importer.schema(), (
+        "schemas/run-manifest.schema.json is stale: regenerate it with "
+        "`importer schema > schemas/run-manifest.schema.json`")
+
+
+def test_schema_command_prints_it():
+    res = run_importer("schema")
+    assert res.returncode == 0 and json.loads(res.stdout) == importer.schema()
+
+
+def test_schema_rejects_unknown_fields():
+    schema = importer.schema()
+    assert schema["$defs"]["Run"]["additionalProperties"] is False
+    assert schema["$defs"]["Manifest"]["additionalProperties"] is False
+
+
+def test_exported_members():
+    exported = {name for name in dir(importer) if not name.startswith("_")}
+    modules = {"cli", "errors", "ledger", "mlflow_api", "model", "pipeline", "server", "sinks", "sources"}
+    assert exported - modules == set(importer.__all__)

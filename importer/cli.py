@@ -91,8 +91,7 @@ def import_(
         if bar:
             bar.close()
     typer.echo(pipeline.summary_json(summary) if as_json else summary.text())
-    if any(o.error and "cannot reach" in o.error or "refused our credentials" in (o.error or "")
-           for o in summary.failed):
+    if any(o.unreachable for o in summary.failed):
         raise typer.Exit(EXIT_SERVER)
     raise typer.Exit(EXIT_RUNS_FAILED if summary.failed else EXIT_OK)
 

@@ -7,6 +7,7 @@ is what any message shows.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -120,27 +121,31 @@ class MlflowApi:
                       params: Optional[dict] = None, retry: bool = True,
                       headers: Optional[dict] = None) -> httpx.Response:
         """Send one request within the in-flight limit, retrying transient failures with backoff.
-        Raises ServerError for an error answer, RetryableError when retries ran out, and
-        ConnectionFailed when the server cannot be reached at all or refuses our credentials."""
-        attempt = 0
+        `content` may be a function giving a fresh body (an iterator) for each attempt."""
+        async def attempt() -> httpx.Response:
+            body = content() if callable(content) else content
+            return await self._http.request(method, path, json=json, content=body, params=params,
+                                            headers=headers)
+        return await self._retrying(f"{method} {path}", attempt, retry)
+
+    async def _retrying(self, what: str, attempt, retry: bool = True) -> httpx.Response:
+        """Run `attempt` until it gives a non-error answer. Raises ServerError for an error answer,
+        RetryableError when retries ran out, and ConnectionFailed when the server cannot be reached
+        at all or refuses our credentials."""
+        tries = 0
         while True:
             try:
                 async with self._slots:
                     self.requests += 1
-                    body = content() if callable(content) else content
-                    resp = await self._http.request(method, path, json=json, content=body,
-                                                    params=params, headers=headers)
+                    resp = await attempt()
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if not retry or attempt >= self.config.retries:
+                if not retry or tries >= self.config.retries:
                     raise ConnectionFailed(f"cannot reach the tracking server at {self.url} "
                                            f"({type(exc).__name__}); is it running, and is the URL "
                                            "right?") from None
-                failure = f"{type(exc).__name__}"
             except httpx.TransportError as exc:  # dropped connection, read timeout, reset
-                if not retry or attempt >= self.config.retries:
-                    raise RetryableError(f"{method} {path} failed: {type(exc).__name__}",
-                                         url=self.url) from None
-                failure = f"{type(exc).__name__}"
+                if not retry or tries >= self.config.retries:
+                    raise RetryableError(f"{what} failed: {type(exc).__name__}", url=self.url) from None
             else:
                 if resp.status_code < 400:
                     return resp
@@ -149,14 +154,12 @@ class MlflowApi:
                         f"the tracking server at {self.url} refused our credentials (HTTP "
                         f"{resp.status_code}); set MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME "
                         "and MLFLOW_TRACKING_PASSWORD")
-                if resp.status_code not in _RETRY_STATUS or not retry or attempt >= self.config.retries:
+                if resp.status_code not in _RETRY_STATUS or not retry or tries >= self.config.retries:
                     raise self._error(resp, retryable=resp.status_code in _RETRY_STATUS)
-                failure = f"HTTP {resp.status_code}"
-            attempt += 1
+            tries += 1
             self.retried += 1
-            delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
+            delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (tries - 1))
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            del failure
 
     def _error(self, resp: httpx.Response, retryable: bool = False) -> ServerError:
         try:
@@ -179,7 +182,7 @@ class MlflowApi:
     # -- endpoints -----------------------------------------------------------------------------
 
     async def health(self) -> None:
-        await self.request("GET", "/health", retry=False)
+        await self.request("GET", "/health")
 
     async def experiment_by_name(self, name: str) -> Optional[dict]:
         try:
@@ -279,15 +282,21 @@ class MlflowApi:
         """PUT a file; `file_chunks` is a function returning a fresh chunk iterator (for retries)."""
         await self.request("PUT", url_path, content=file_chunks)
 
-    async def download_digest(self, url_path: str, digest) -> int:
-        """Stream a stored artifact into `digest` (a hashlib object); returns its size."""
-        size = 0
-        async with self._slots:
+    async def download_digest(self, url_path: str) -> tuple[str, int]:
+        """(SHA-256 hex digest, size) of a stored artifact, streamed."""
+        result: list = []
+
+        async def attempt() -> httpx.Response:
+            digest, size = hashlib.sha256(), 0
             async with self._http.stream("GET", url_path) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
-                    raise self._error(resp)
+                    return resp
                 async for chunk in resp.aiter_bytes(1 << 20):
                     digest.update(chunk)
                     size += len(chunk)
-        return size
+            result[:] = [digest.hexdigest(), size]
+            return resp
+
+        await self._retrying(f"GET {url_path}", attempt)
+        return result[0], result[1]

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
-from .errors import ConnectionFailed, InputError, Problem, ValidationError
+from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import RunRecord, manifest_json_schema
@@ -195,12 +195,10 @@ async def _import(records: list[RunRecord], uri: str, ledger: Ledger, dry_run: b
     async with MlflowApi(uri, config) as api:
         summary = Summary(server=api.url, dry_run=dry_run)
         try:
-            await api.health()
-        except ConnectionFailed:
-            raise
-        except Exception as e:  # an answer that is not 2xx still proves the server is there
-            if "HTTP" not in str(e):
-                raise
+            await api.health()  # unreachable: ConnectionFailed, exit code 3, before any work
+        except ServerError:
+            pass  # a deployment without /health: the next call tells
+        await api.call("experiments/search", {"max_results": 1})  # credentials refused: exit code 3
         sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed)
         created: dict[tuple[str, str], asyncio.Future] = {}
         existing_parents: dict[str, asyncio.Task] = {}

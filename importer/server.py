@@ -33,8 +33,9 @@ class LocalServer:
     """
 
     def __init__(self, folder: Path, port: Optional[int] = None, flavor: str = "gunicorn",
-                 workers: int = 2):
+                 workers: int = 2, admin_password: Optional[str] = None):
         self.folder = Path(folder).resolve()
+        self.admin_password = admin_password  # set: MLflow's basic-auth app, user `admin`
         self.port = port or free_port()
         self.flavor = flavor
         self.workers = workers
@@ -55,6 +56,8 @@ class LocalServer:
                "--workers", str(self.workers)]
         if self.flavor == "gunicorn":
             cmd += ["--gunicorn-opts", "--timeout 120"]
+        if self.admin_password:
+            cmd += ["--app-name", "basic-auth"]
         return cmd
 
     def start(self, timeout: float = 180.0) -> "LocalServer":
@@ -62,6 +65,14 @@ class LocalServer:
         env = dict(os.environ)
         if self.flavor == "gunicorn":
             env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        if self.admin_password:
+            ini = self.folder / "basic_auth.ini"
+            ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                           f"database_uri = sqlite:///{self.folder / 'auth.db'}\nadmin_username = admin\n"
+                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+            env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = self.admin_password
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", os.urandom(16).hex())  # CSRF key
         log = open(self.folder / "server.log", "ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConflictError, ImporterError, ServerError
+from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
 from ..ledger import Ledger
 from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, tag_filter
 from ..model import IMPORT_KEY_TAG, RunRecord
@@ -53,6 +53,7 @@ class Outcome:
     artifacts: int = 0
     notes: list[str] = field(default_factory=list)
     error: Optional[str] = None
+    unreachable: bool = False  # failed because the server could not be reached (exit code 3)
 
 
 def renamed_param(key: str, value: str) -> str:
@@ -127,6 +128,7 @@ class MlflowSink:
             await self._write(rec, parent_run_id, out, created)
         except (ImporterError, OSError) as e:
             out.action, out.error = "failed", str(e)
+            out.unreachable = isinstance(e, ConnectionFailed)
             if not self.dry_run:
                 self.ledger.record_error(self.server, rec.experiment, rec.import_key, rec.origin, str(e))
         if not created.done():
@@ -408,13 +410,15 @@ class MlflowSink:
             digest = _sha256(art.source)
             if self.ledger.artifact(run_id, art.dest) == digest:
                 continue
-            check = hashlib.sha256()
             try:
-                await self.api.download_digest(self.api.artifact_path(run["info"]["artifact_uri"], art.dest), check)
-            except ServerError:
+                stored, _ = await self.api.download_digest(
+                    self.api.artifact_path(run["info"]["artifact_uri"], art.dest))
+            except ServerError as e:
+                if e.status != 404:
+                    raise
                 todo.append(art)
                 continue
-            if check.hexdigest() != digest:
+            if stored != digest:
                 todo.append(art)
             elif not self.dry_run:
                 self.ledger.save_artifact(run_id, art.dest, digest)
@@ -430,9 +434,8 @@ class MlflowSink:
                     yield block
 
         await self.api.upload(url, chunks)
-        check = hashlib.sha256()
-        size = await self.api.download_digest(url, check)
-        if check.hexdigest() != digest:
+        stored, size = await self.api.download_digest(url)
+        if stored != digest:
             raise ServerError(f"artifact {art.dest!r} came back different from {art.source} "
                               f"({size} bytes stored); it will be uploaded again on the next run",
                               url=self.server)

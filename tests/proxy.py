@@ -1,0 +1,129 @@
+"""A real HTTP proxy process that injects faults between importer and an MLflow server.
+
+    python tests/proxy.py --upstream http://127.0.0.1:5000 --port 6000 --seed 1 \\
+        --fail 0.1 --drop-before 0.1 --drop-after 0.1 --delay-ms 50
+
+Per request, at random: answer 503 without forwarding (--fail); close the connection without
+forwarding (--drop-before); forward, then close or reset the connection instead of answering, so the
+server acted but the client never hears of it (--drop-after); and sleep up to --delay-ms first.
+`GET /__proxy_stats` returns the counts as JSON. Bounded: it exits after --max-seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--upstream", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fail", type=float, default=0.0)
+    ap.add_argument("--drop-before", type=float, default=0.0)
+    ap.add_argument("--drop-after", type=float, default=0.0)
+    ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--max-seconds", type=float, default=900)
+    args = ap.parse_args()
+    upstream = urlsplit(args.upstream)
+    rng = random.Random(args.seed)
+    lock = threading.Lock()
+    stats = {"requests": 0, "fail": 0, "drop_before": 0, "drop_after": 0, "forwarded": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a) -> None:
+            pass
+
+        def _body(self) -> bytes:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                out = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return out
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _drop(self, reset: bool) -> None:
+            if reset:  # RST instead of FIN
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+
+        def _handle(self) -> None:
+            body = self._body()
+            if self.path == "/__proxy_stats":
+                data = json.dumps(stats).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            with lock:
+                stats["requests"] += 1
+                roll = rng.random()
+                delay = rng.random() * args.delay_ms / 1000
+                reset = rng.random() < 0.5
+            time.sleep(delay)
+            if roll < args.fail:
+                with lock:
+                    stats["fail"] += 1
+                data = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected by proxy"}'
+                self.send_response(503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            roll -= args.fail
+            if roll < args.drop_before:
+                with lock:
+                    stats["drop_before"] += 1
+                return self._drop(reset)
+            roll -= args.drop_before
+            conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=300)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
+            headers["Content-Length"] = str(len(body))
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            if roll < args.drop_after:
+                with lock:
+                    stats["drop_after"] += 1
+                return self._drop(reset)
+            with lock:
+                stats["forwarded"] += 1
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in HOP and k.lower() != "content-length":
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    threading.Timer(args.max_seconds, server.shutdown).start()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -142,19 +142,33 @@ def schema() -> None:
 
 @app.command()
 def demo(
-    state: Annotated[Path, typer.Option(help="Folder for the local server's data and the ledger.")] = Path(".importer-demo"),
     paths: Annotated[Optional[list[str]], typer.Argument(help="What to import (default: sample_logs/).")] = None,
+    state: Annotated[Path, typer.Option(help="Folder for the local server's data and the ledger.")] = Path(".importer-demo"),
     port: Annotated[int, typer.Option(help="Port of the local server.")] = 5000,
 ) -> None:
-    """Start a local MLflow server (SQLite, in STATE), import sample_logs/ and leave it running."""
+    """Start a local MLflow server (SQLite, in STATE) unless one already answers on PORT, import
+    sample_logs/ into it, and leave it running."""
+    import httpx
+
     from .server import LocalServer
 
+    url, pid = f"http://127.0.0.1:{port}", None
     try:
-        server = LocalServer(state / "server", port=port).start()
-        summary = pipeline.import_paths(paths or ["sample_logs"], server.url, state=state / "ledger.db")
+        try:
+            running = httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            running = False
+        if running:
+            typer.echo(f"Using the MLflow server already running at {url}")
+        else:
+            typer.echo(f"Starting an MLflow server at {url} (data in {state / 'server'}) ...")
+            server = LocalServer(state / "server", port=port).start()
+            pid = server.process.pid
+        summary = pipeline.import_paths(paths or ["sample_logs"], url, state=state / "ledger.db")
     except ImporterError as e:
         raise _fail(e)
     typer.echo(summary.text())
-    typer.echo(f"\nThe MLflow UI is at {server.url} (server pid {server.process.pid}; "
-               f"stop it with: kill {server.process.pid})")
+    typer.echo(f"\nOpen the MLflow UI at {url}")
+    if pid:
+        typer.echo(f"The server keeps running (pid {pid}); stop it with: kill {pid}")
     raise typer.Exit(EXIT_RUNS_FAILED if summary.failed else EXIT_OK)

@@ -43,9 +43,10 @@ class ClientConfig:
     backoff_base: float = 0.25
     backoff_max: float = 15.0
     # A kept-alive connection to the default (uvicorn) server stalls about 40 ms per request
-    # (Nagle meeting delayed ACKs, see the README's measurements); a fresh connection does not.
-    # On loopback a connection costs ~0.1 ms, so fresh connections are the default there.
-    keepalive: Optional[bool] = None  # None: fresh connections on loopback, kept alive elsewhere
+    # (Nagle meeting delayed ACKs); a fresh connection does not. With several requests in flight
+    # the stall is hidden and kept-alive connections were faster (bench/, README), so they are
+    # the default; False opens a fresh connection per request.
+    keepalive: bool = True
 
 
 DEFAULT_CONFIG = ClientConfig()
@@ -67,10 +68,6 @@ def tag_filter(key: str, value: str) -> str:
         pattern = "".join("_" if c in "'\\\"" else c for c in value)
         return f"tags.`{key}` LIKE '{pattern}'"
     return f"tags.`{key}` = '{value}'"
-
-
-def _is_loopback(host: Optional[str]) -> bool:
-    return host in ("localhost", "::1") or (host or "").startswith("127.")
 
 
 class MlflowApi:
@@ -99,9 +96,8 @@ class MlflowApi:
             verify = False
         elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
             verify = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-        keepalive = config.keepalive if config.keepalive is not None else not _is_loopback(parts.hostname)
         limits = httpx.Limits(max_connections=config.max_in_flight * 2,
-                              max_keepalive_connections=config.max_in_flight if keepalive else 0)
+                              max_keepalive_connections=config.max_in_flight if config.keepalive else 0)
         self._http = httpx.AsyncClient(
             base_url=self.url, auth=auth, headers=headers, verify=verify, limits=limits,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout))

@@ -179,8 +179,10 @@ class MlflowSink:
             self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
                                  experiment_id=exp_id, origin=rec.origin)
 
-        # Which points are missing: the ledger knows when it recorded this run; else ask the server.
-        plan = await self._missing_points(rec, run_id, trust_ledger=row is not None)
+        # Which points are missing: all for a new run; else the ledger knows when it recorded this
+        # run; else ask the server.
+        plan = await self._missing_points(rec, None if out.action in ("created", "would-create") else run_id,
+                                          trust_ledger=row is not None)
         out.points = sum(t.num_rows for t, _, _ in plan.values())
         out.params = len(params)
 

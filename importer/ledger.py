@@ -12,11 +12,27 @@ import-key tag, so a lost or stale ledger costs time, not correctness.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-import sqlite_utils
+
+def _import_sqlite_utils():
+    """sqlite-utils imports pandas whenever it is installed (mlflow brings it along): ~75 MB of
+    memory and ~0.3 s for every importer process, for features the ledger never uses."""
+    if "pandas" in sys.modules:
+        import sqlite_utils
+        return sqlite_utils
+    sys.modules["pandas"] = None  # makes its optional `import pandas` fail
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["pandas"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
 
 
 def default_path() -> Path:

@@ -86,12 +86,24 @@ class Point(_Strict):
     timestamp: Optional[Timestamp] = None
 
 
+class Column:
+    """A metric column the reader already converted to Arrow (see sources/jsondoc.py)."""
+
+    def __init__(self, array: pa.Array | pa.ChunkedArray):
+        self.array = array
+
+
+def _converted(value: Any, handler):
+    return value if isinstance(value, Column) else handler(value)
+
+
 class Columns(_Strict):
     """A metric history as parallel arrays; `timestamp` may be left out."""
 
-    step: list[StrictInt]
-    value: list[MetricValue]
-    timestamp: Optional[list[Timestamp]] = None
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    step: Annotated[list[StrictInt], WrapValidator(_converted)]
+    value: Annotated[list[MetricValue], WrapValidator(_converted)]
+    timestamp: Annotated[Optional[list[Timestamp]], WrapValidator(_converted)] = None
 
 
 def _metric_shape(v: Any) -> str:

@@ -108,17 +108,14 @@ def _expand(paths: Iterable[PathLike]) -> list[Optional[Path]]:
     return out
 
 
-def read_records(paths: Iterable[PathLike], experiment: Optional[str] = None,
-                 stdin: Optional[bytes] = None) -> list[RunRecord]:
+def read_records(paths: Iterable[PathLike], experiment: Optional[str] = None) -> list[RunRecord]:
     """Read and validate every input; raise ValidationError listing all problems, or return the
     runs (parents before children). Nothing touches a server."""
     problems: list[Problem] = []
     records: list[RunRecord] = []
     seen: dict[tuple[str, str], str] = {}
     for path in _expand(paths):
-        if path is None and stdin is None:
-            stdin = sys.stdin.buffer.read()
-        reader = read_manifest(path, experiment, stdin_text=stdin)
+        reader = read_manifest(path, experiment, stdin=sys.stdin.buffer)
         problems += reader.problems
         for rec in reader.records:
             scoped = (rec.experiment, rec.import_key)

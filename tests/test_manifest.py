@@ -246,3 +246,44 @@ def test_metric_request_body_round_trips(points):
             assert sent["value"] == ("Infinity" if value > 0 else "-Infinity")
         else:
             assert float(sent["value"]) == value
+
+
+# -- the streamed reader (large files) agrees with the loaded one ----------------------------------
+
+STREAM_DOCS = [
+    {"format_version": 1, "experiment": "e", "runs": [{
+        "id": "p", "name": "x y", "params": {"a": {"b": [1, 2.5, None]}},
+        "metrics": {"loss": {"step": list(range(10)), "value": [0.5, "NaN", 1, "Infinity", -2.5, 3, 4, 5, 6, "-Infinity"],
+                             "timestamp": [1000 + i if i % 2 else f"2021-01-01T00:00:0{i}+00:00" for i in range(10)]},
+                    "val acc": [{"step": 1, "value": 0.25}], "one": 7},
+        "runs": [{"id": "c", "metrics": {"m": {"step": [5, 6, 7], "value": [1, 2, 3]}}}]}]},
+    {"experiment": "e", "id": "bad", "metrics": {"loss": {"step": [0, 1.5, True, 2**63], "value": ["x", 1, None, 2]}}},
+    {"experiment": "e", "id": "len", "metrics": {"loss": {"step": [0, 1, 2], "value": [1, 2]}}},
+]
+
+
+@pytest.mark.parametrize("doc", STREAM_DOCS)
+def test_streamed_reader_agrees(tmp_path, monkeypatch, doc):
+    from importer.sources import jsondoc
+    path = write_json(tmp_path / "m.json", doc)
+
+    def read():
+        try:
+            return [(r.import_key, r.params, r.tags, {k: t.to_pylist() for k, t in r.metrics.items()}, r.parent_key)
+                    for r in importer.validate([path])], []
+        except importer.ValidationError as e:
+            return [], [str(p) for p in e.problems]
+
+    loaded = read()
+    monkeypatch.setattr(jsondoc, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(jsondoc, "CHUNK", 3)
+    streamed = read()
+    assert json.dumps(streamed, default=str) == json.dumps(loaded, default=str)
+    assert loaded[0] or loaded[1]
+
+
+def test_streamed_syntax_error(tmp_path, monkeypatch):
+    from importer.sources import jsondoc
+    monkeypatch.setattr(jsondoc, "STREAM_ABOVE", 0)
+    [p] = problems_of(tmp_path, '{"experiment": "e", "metrics": {"m": {"step": [1, 2')
+    assert "invalid JSON" in p

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pydantic
 
 from ..errors import Problem
+from . import jsondoc
 from ..model import (DERIVED_TIMESTAMPS_TAG, IMPORT_KEY_TAG, INFINITE_VALUES_TAG, INT64_MAX,
                      INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID,
                      _FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
@@ -38,28 +39,23 @@ class ManifestReader:
     """Reads one manifest document. `records` holds the runs (parents before children) when
     `problems` is empty."""
 
-    def __init__(self, text: bytes | str, file: str, base_dir: Path,
+    def __init__(self, stream: IO[bytes], size: Optional[int], file: str, base_dir: Path,
                  default_experiment: Optional[str] = None):
         self.file = file
         self.base_dir = base_dir.resolve()
         self.default_experiment = default_experiment
         self.problems: list[Problem] = []
         self.records: list[RunRecord] = []
-        self._parse(text)
+        self._parse(stream, size)
 
     def _problem(self, where: str, message: str) -> None:
         self.problems.append(Problem(self.file, where, message))
 
     # -- document level ------------------------------------------------------------------------
 
-    def _parse(self, text: bytes | str) -> None:
-        try:
-            doc = json.loads(text)
-        except UnicodeDecodeError as e:
-            self._problem(f"byte {e.start}", "the file is not UTF-8 text")
-            return
-        except json.JSONDecodeError as e:
-            self._problem(f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}")
+    def _parse(self, stream: IO[bytes], size: Optional[int]) -> None:
+        doc = jsondoc.load(stream, size, self.file, self.problems)
+        if doc is None:
             return
         if not isinstance(doc, dict):
             self._problem("(document)", "a manifest must be a JSON object")
@@ -228,8 +224,7 @@ class ManifestReader:
                 continue
             rec.metrics[k] = table
             derived_ts = derived_ts or table.column("timestamp").null_count > 0
-            values = table.column("value").to_numpy()
-            if (abs(values) == math.inf).any():
+            if pc.any(pc.is_inf(table.column("value"))).as_py():
                 infinite.append(k)
         if derived_ts:
             rec.tags[DERIVED_TIMESTAMPS_TAG] = "points without a timestamp have the run's start_time"
@@ -242,30 +237,29 @@ class ManifestReader:
 
     def _metric_table(self, where: str, metric: Any) -> Optional[pa.Table]:
         if isinstance(metric, Columns):
-            steps, values, stamps = metric.step, metric.value, metric.timestamp
-            if len(values) != len(steps) or (stamps is not None and len(stamps) != len(steps)):
+            n = len(metric.step.array)
+            lengths = [n, len(metric.value.array)] + ([len(metric.timestamp.array)] if metric.timestamp else [])
+            if len(set(lengths)) > 1:
                 self._problem(where, "`step`, `value` and `timestamp` must have the same length "
-                              f"(got {len(steps)}, {len(values)}, "
-                              f"{'-' if stamps is None else len(stamps)})")
+                              f"(got {', '.join(map(str, lengths))})")
                 return None
-            stamps = [to_ms(t) for t in stamps] if stamps is not None else None
-        elif isinstance(metric, list):
+            stamps = metric.timestamp.array if metric.timestamp else pa.nulls(n, pa.int64())
+            return pa.table([metric.step.array, stamps, metric.value.array], schema=METRIC_SCHEMA)
+        if isinstance(metric, list):
             points: list[Point] = metric
             steps = [p.step for p in points]
             values = [p.value for p in points]
             stamps = [None if p.timestamp is None else to_ms(p.timestamp) for p in points]
         else:
-            steps, values, stamps = [0], [metric], None
-        for name, column in (("step", steps), ("timestamp", stamps or ())):
-            for i, v in enumerate(column):
-                if v is not None and not INT64_MIN <= v <= INT64_MAX:
-                    self._problem(f"{where}[{i}].{name}" if isinstance(metric, list)
-                                  else f"{where}.{name}[{i}]",
-                                  f"{v} is outside the 64-bit integer range the server stores")
-                    return None
+            steps, values, stamps = [0], [metric], [None]
+        for i, v in enumerate(steps):
+            if not INT64_MIN <= v <= INT64_MAX:
+                self._problem(f"{where}[{i}].step" if isinstance(metric, list) else where,
+                              f"{v} is outside the 64-bit integer range the server stores")
+                return None
         return pa.table({
             "step": pa.array(steps, pa.int64()),
-            "timestamp": pa.array(stamps if stamps is not None else [None] * len(steps), pa.int64()),
+            "timestamp": pa.array(stamps, pa.int64()),
             "value": pa.array([metric_value(v) for v in values], pa.float64()),
         }, schema=METRIC_SCHEMA)
 
@@ -329,9 +323,10 @@ class ManifestReader:
 
 
 def read_manifest(path: Path | None, default_experiment: Optional[str] = None,
-                  stdin_text: Optional[bytes] = None) -> ManifestReader:
-    """Read a manifest file, or standard input when `path` is None (artifacts then resolve against
-    the current folder)."""
+                  stdin: Optional[IO[bytes]] = None) -> ManifestReader:
+    """Read a manifest file, or `stdin` when `path` is None (artifacts then resolve against the
+    current folder)."""
     if path is None:
-        return ManifestReader(stdin_text or b"", "<stdin>", Path.cwd(), default_experiment)
-    return ManifestReader(path.read_bytes(), str(path), path.parent, default_experiment)
+        return ManifestReader(stdin, None, "<stdin>", Path.cwd(), default_experiment)
+    with open(path, "rb") as f:
+        return ManifestReader(f, path.stat().st_size, str(path), path.parent, default_experiment)

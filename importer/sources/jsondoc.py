@@ -1,0 +1,223 @@
+"""Load a JSON manifest with its metric columns as Arrow arrays, in bounded memory.
+
+A columnar metric (`{"step": [...], "value": [...], "timestamp": [...]}`) is the form for long
+histories, so its arrays never become Python lists for the whole series: a file up to
+`STREAM_ABOVE` bytes is read with the stdlib (exact line/column for syntax errors) and its columns
+converted; a larger one is streamed with ijson and each column is converted in chunks of `CHUNK`
+items. Both paths share `column_array`, so they accept and reject exactly the same values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import IO, Any, Optional
+
+import pyarrow as pa
+from pydantic import AwareDatetime, TypeAdapter
+from pydantic import ValidationError as PydanticError
+
+from ..errors import Problem
+from ..model import INT64_MAX, INT64_MIN, Column, to_ms
+
+STREAM_ABOVE = 32 * 2**20
+CHUNK = 65536
+COLUMN_TYPES = {"step": pa.int64(), "value": pa.float64(), "timestamp": pa.int64()}
+_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_ISO = TypeAdapter(AwareDatetime)
+
+
+def _item(kind: str, v: Any) -> tuple[Any, Optional[str]]:
+    """One column item converted, or the reason it is refused (the manifest's rules)."""
+    if kind == "value":
+        if type(v) in (int, float):
+            return float(v), None
+        if isinstance(v, str) and v in _SPECIAL:
+            return _SPECIAL[v], None
+        return None, f'must be a number or one of "NaN", "Infinity", "-Infinity", got {v!r}'
+    if type(v) is int:
+        if INT64_MIN <= v <= INT64_MAX:
+            return v, None
+        return None, f"{v} is outside the 64-bit integer range the server stores"
+    if kind == "timestamp" and isinstance(v, str):
+        try:
+            return to_ms(_ISO.validate_python(v)), None
+        except PydanticError:
+            pass
+    what = "an integer" if kind == "step" else "milliseconds since the epoch (an integer) or ISO 8601 with a UTC offset"
+    return None, f"must be {what}, got {v!r}"
+
+
+def column_array(kind: str, items: list, start: int, where: str, problems: list[Problem],
+                 file: str) -> pa.Array:
+    """Convert a list of column items to Arrow; bad items become problems at `where[index]`."""
+    # Fast path: plain numbers of the right Python type (pyarrow alone would accept 1.5 as a step).
+    if kind == "value" and all(type(v) in (int, float) for v in items):
+        return pa.array(items, pa.float64())
+    if kind != "value" and all(type(v) is int for v in items):
+        try:
+            return pa.array(items, pa.int64())
+        except OverflowError:
+            pass
+    out = []
+    for i, v in enumerate(items):
+        converted, error = _item(kind, v)
+        if error:
+            if len(problems) < 100:  # a broken column of millions should not print millions
+                problems.append(Problem(file, f"{where}[{start + i}]", error))
+        out.append(converted)
+    return pa.array(out, COLUMN_TYPES[kind])
+
+
+def _runs_columns(node: Any, where: str, problems: list[Problem], file: str) -> None:
+    """Replace the column lists of every run below `node` (a run or the manifest) by Columns."""
+    if not isinstance(node, dict):
+        return
+    metrics = node.get("metrics")
+    if isinstance(metrics, dict):
+        for key, metric in metrics.items():
+            if not isinstance(metric, dict):
+                continue
+            for kind in COLUMN_TYPES:
+                if isinstance(metric.get(kind), list):
+                    at = _join(where, "metrics", key, kind)
+                    metric[kind] = Column(column_array(kind, metric[kind], 0, at, problems, file))
+    runs = node.get("runs")
+    if isinstance(runs, list):
+        for i, child in enumerate(runs):
+            _runs_columns(child, f"{_join(where, 'runs')}[{i}]", problems, file)
+
+
+def _join(where: str, *parts: str) -> str:
+    for part in parts:
+        part = part if part.isidentifier() else json.dumps(part)
+        where = f"{where}.{part}" if not part.startswith('"') else f"{where}[{part}]"
+    return where.lstrip(".")
+
+
+def load(stream: IO[bytes], size: Optional[int], file: str, problems: list[Problem]) -> Any:
+    """The document, with metric columns as `Column`s; syntax errors become problems (and None)."""
+    if size is not None and size > STREAM_ABOVE:
+        return _stream(stream, file, problems)
+    try:
+        doc = json.loads(stream.read())
+    except UnicodeDecodeError as e:
+        problems.append(Problem(file, f"byte {e.start}", "the file is not UTF-8 text"))
+        return None
+    except json.JSONDecodeError as e:
+        problems.append(Problem(file, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}"))
+        return None
+    _runs_columns(doc, "", problems, file)
+    return doc
+
+
+class _ColumnBuilder:
+    """Collects one streamed column in chunks, so only CHUNK Python objects live at a time."""
+
+    def __init__(self, kind: str, where: str, problems: list[Problem], file: str):
+        self.kind, self.where, self.problems, self.file = kind, where, problems, file
+        self.items: list = []
+        self.chunks: list[pa.Array] = []
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count + len(self.items)
+
+    def append(self, value: Any) -> None:
+        self.items.append(value)
+        if len(self.items) == CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.chunks.append(column_array(self.kind, self.items, self.count, self.where, self.problems, self.file))
+        self.count += len(self.items)
+        self.items = []
+
+    def finish(self) -> Column:
+        self._flush()
+        return Column(pa.chunked_array(self.chunks, COLUMN_TYPES[self.kind]))  # no copy
+
+
+def _stream(stream: IO[bytes], file: str, problems: list[Problem]) -> Any:
+    """Build the document from ijson events; run-metric columns go to _ColumnBuilders. The C
+    parser refuses integers beyond 64 bits as a syntax error; such a file is read again with
+    ijson's Python parser, so the number is named like in a small file."""
+    import ijson
+
+    before = len(problems)
+    try:
+        return _build(ijson.parse(stream, use_float=True), file, problems)
+    except ijson.JSONError as e:
+        if "integer overflow" not in str(e):
+            problems.append(Problem(file, "", f"invalid JSON: {str(e).splitlines()[0]}"))
+            return None
+    del problems[before:]
+    stream.seek(0)
+    try:
+        return _build(ijson.get_backend("python").parse(stream, use_float=True), file, problems)
+    except ijson.JSONError as e:
+        problems.append(Problem(file, "", f"invalid JSON: {str(e).splitlines()[0]}"))
+        return None
+
+
+def _build(events, file: str, problems: list[Problem]) -> Any:
+
+    # Stack entries: [container, pending key, role, path]. Roles: run (the root or an item of a
+    # run's `runs`), runs, metrics, metric (a columnar metric), other.
+    stack: list[list] = []
+    root: Any = None
+
+    def add(value: Any) -> None:
+        nonlocal root
+        if not stack:
+            root = value
+            return
+        top = stack[-1]
+        if isinstance(top[0], dict):
+            top[0][top[1]] = value
+        else:
+            top[0].append(value)
+
+    def child(role_of_parent: str, key: Optional[str]) -> str:
+        """The role of a container opening under the top of the stack."""
+        if role_of_parent == "run" and key == "metrics":
+            return "metrics"
+        if role_of_parent == "run" and key == "runs":
+            return "runs"
+        if role_of_parent == "runs":
+            return "run"
+        if role_of_parent == "metrics":
+            return "metric"
+        return "other"
+
+    def path_of(top: list) -> str:
+        container, key, _, where = top
+        return _join(where, key) if isinstance(container, dict) else f"{where}[{len(container)}]"
+
+    try:
+        for _, event, value in events:
+            top = stack[-1] if stack else None
+            if event == "map_key":
+                top[1] = value
+            elif event in ("start_map", "start_array"):
+                role = "run" if top is None else child(top[2], top[1] if isinstance(top[0], dict) else None)
+                where = "" if top is None else path_of(top)
+                if (event == "start_array" and role == "other" and top[2] == "metric"
+                        and top[1] in COLUMN_TYPES):
+                    stack.append([_ColumnBuilder(top[1], where, problems, file), None, "column", where])
+                    continue
+                container: Any = {} if event == "start_map" else []
+                add(container)
+                stack.append([container, None, role, where])
+            elif event in ("end_map", "end_array"):
+                done = stack.pop()
+                if done[2] == "column":
+                    add(done[0].finish())
+            elif top is not None and top[2] == "column":
+                top[0].append(value)
+            else:
+                add(value)
+    except UnicodeDecodeError:
+        problems.append(Problem(file, "", "the file is not UTF-8 text"))
+        return None
+    return root

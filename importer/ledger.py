@@ -12,27 +12,11 @@ import-key tag, so a lost or stale ledger costs time, not correctness.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 
-def _import_sqlite_utils():
-    """sqlite-utils imports pandas whenever it is installed (mlflow brings it along): ~75 MB of
-    memory and ~0.3 s for every importer process, for features the ledger never uses."""
-    if "pandas" in sys.modules:
-        import sqlite_utils
-        return sqlite_utils
-    sys.modules["pandas"] = None  # makes its optional `import pandas` fail
-    try:
-        import sqlite_utils
-    finally:
-        del sys.modules["pandas"]
-    return sqlite_utils
-
-
-sqlite_utils = _import_sqlite_utils()
 
 
 def default_path() -> Path:
@@ -43,6 +27,8 @@ def default_path() -> Path:
 
 class Ledger:
     def __init__(self, path: Optional[Path] = None):
+        import sqlite_utils  # here, not at import time: see cli.main about pandas
+
         path = Path(path) if path else default_path()
         if path.is_dir():
             path = path / "ledger.db"

@@ -126,11 +126,12 @@ class MlflowSink:
         it). Errors end up in `out`; they never escape."""
         try:
             await self._write(rec, parent_run_id, out, created)
-        except (ImporterError, OSError) as e:
-            out.action, out.error = "failed", str(e)
+        except Exception as e:  # one run's failure, whatever it is, must not stop the others
+            known = isinstance(e, (ImporterError, OSError))
+            out.action, out.error = "failed", str(e) if known else f"{type(e).__name__}: {e}"
             out.unreachable = isinstance(e, ConnectionFailed)
             if not self.dry_run:
-                self.ledger.record_error(self.server, rec.experiment, rec.import_key, rec.origin, str(e))
+                self.ledger.record_error(self.server, rec.experiment, rec.import_key, rec.origin, out.error)
         if not created.done():
             created.set_result(out.run_id)
         return out
@@ -181,12 +182,12 @@ class MlflowSink:
 
         # Which points are missing: all for a new run; else the ledger knows when it recorded this
         # run; else ask the server.
-        plan = await self._missing_points(rec, None if out.action in ("created", "would-create") else run_id,
-                                          trust_ledger=row is not None)
+        new = out.action in ("created", "would-create")
+        plan = await self._missing_points(rec, None if new else run_id, trust_ledger=row is not None)
         out.points = sum(t.num_rows for t, _, _ in plan.values())
         out.params = len(params)
 
-        artifacts = await self._artifacts_to_send(run, rec) if run else rec.artifacts
+        artifacts = rec.artifacts if new else await self._artifacts_to_send(run, rec)
         out.artifacts = len(artifacts)
         status_changed = (run is None or run["info"].get("status") != rec.status
                           or (rec.end_time is not None and int(run["info"].get("end_time") or 0) != rec.end_time))

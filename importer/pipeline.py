@@ -65,7 +65,7 @@ class Summary:
 
     def text(self) -> str:
         verb = "would be " if self.dry_run else ""
-        rate = f", {self.points / self.seconds:,.0f} points/s" if self.seconds and self.points else ""
+        rate = f", {self.points / self.seconds:,.0f} points/s" if self.seconds and self.points >= 10_000 else ""
         lines = [
             f"{'Dry run against' if self.dry_run else 'Imported into'} {self.server} in {self.seconds:.1f} s",
             f"  runs: {self.count('created', 'would-create')} {verb}created, "
@@ -74,6 +74,9 @@ class Summary:
             f"  metric points {verb}sent: {self.points:,}{rate}; artifacts {verb}sent: {self.artifacts}",
         ]
         for o in self.outcomes:
+            if self.dry_run and o.action != "failed":
+                lines.append(f"  {o.action}: {o.origin} (key {o.import_key!r}): {o.points:,} points, "
+                             f"{o.params} params, {o.artifacts} artifacts")
             for note in o.notes:
                 lines.append(f"  note: {o.origin}: {note}")
         for o in self.failed:

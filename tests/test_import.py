@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import threading
 from pathlib import Path
@@ -233,3 +234,16 @@ def test_sample_logs_import(uri, state):
     summary = importer.import_paths([ROOT / "sample_logs"], uri, state=state)
     assert not summary.failed
     assert importer.import_paths([ROOT / "sample_logs"], uri, state=state).count("unchanged") == len(summary.outcomes)
+
+
+def test_large_artifact_is_streamed_and_identical(uri, experiment, state, tmp_path):
+    big = tmp_path / "weights.bin"
+    with open(big, "wb") as f:
+        for _ in range(24):
+            f.write(os.urandom(1 << 20))
+    path = write_json(tmp_path / "m.json", {"experiment": experiment, "id": "big",
+                                            "artifacts": [{"path": "weights.bin", "dest": "model"}]})
+    summary = importer.import_paths([path], uri, state=state)
+    assert summary.artifacts == 1 and not summary.failed
+    [run] = View(uri).runs(experiment)
+    assert hashlib.sha256(View(uri).artifact(run, "model/weights.bin")).digest() == hashlib.sha256(big.read_bytes()).digest()

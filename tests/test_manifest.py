@@ -287,3 +287,10 @@ def test_streamed_syntax_error(tmp_path, monkeypatch):
     monkeypatch.setattr(jsondoc, "STREAM_ABOVE", 0)
     [p] = problems_of(tmp_path, '{"experiment": "e", "metrics": {"m": {"step": [1, 2')
     assert "invalid JSON" in p
+
+
+def test_parent_in_another_experiment(tmp_path):
+    doc = {"format_version": 1, "runs": [{"id": "p", "experiment": "a"},
+                                         {"id": "c", "experiment": "b", "parent": "p"}]}
+    [p] = problems_of(tmp_path, doc)
+    assert "runs[1]" in p and "share one experiment" in p

@@ -252,6 +252,7 @@ class MlflowSink:
     @staticmethod
     def _tags(rec: RunRecord, parent_run_id: Optional[str]) -> dict[str, str]:
         tags = dict(rec.tags)
+        tags[IMPORT_KEY_TAG] = rec.import_key
         system = {"mlflow.runName": rec.name, "mlflow.user": rec.user, "mlflow.source.name": rec.source,
                   "mlflow.note.content": rec.description, "mlflow.parentRunId": parent_run_id}
         tags.update({k: v for k, v in system.items() if v is not None})

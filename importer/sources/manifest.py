@@ -13,7 +13,7 @@ import pydantic
 
 from ..errors import Problem
 from . import jsondoc
-from ..model import (DERIVED_TIMESTAMPS_TAG, IMPORT_KEY_TAG, INFINITE_VALUES_TAG, INT64_MAX,
+from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, INT64_MAX,
                      INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID,
                      _FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
                      flatten_params, key_problem, metric_value, to_ms)
@@ -84,7 +84,7 @@ class ManifestReader:
     # -- runs ----------------------------------------------------------------------------------
 
     def _build(self, runs: list[Run], prefix: str, experiment: Optional[str]) -> None:
-        flat: list[tuple[str, Run, Optional[str], Optional[str]]] = []  # path, run, exp, nesting parent id
+        flat: list[tuple[str, Run, Optional[str], Optional[Run]]] = []  # where, run, experiment, nesting parent
 
         def collect(items: list[Run], path: str, exp: Optional[str], parent: Optional[Run]) -> None:
             for i, run in enumerate(items):
@@ -92,7 +92,7 @@ class ManifestReader:
                 flat.append((where, run, run.experiment or exp, parent))
                 collect(run.runs, f"{where}.runs" if where else "runs", run.experiment or exp, run)
 
-        collect(runs, prefix, experiment, None) if prefix else collect(runs, "", experiment, None)
+        collect(runs, prefix, experiment, None)
         if not prefix:  # a single-run document: its location is the document itself
             flat[0] = ("(run)",) + flat[0][1:]
 
@@ -132,6 +132,15 @@ class ManifestReader:
                     self._problem(f"{where}.parent", f"{run.parent!r} is neither an `id` in this "
                                   "manifest nor an MLflow run id (32 hex digits)")
             built[id(run)] = record
+
+        # MLflow folds children under their parent only within one experiment.
+        exp_of = {rec.import_key: rec.experiment for rec in built.values()}
+        for where, run, _, _ in flat:
+            rec = built.get(id(run))
+            if rec is not None and rec.parent_key is not None and exp_of.get(rec.parent_key) != rec.experiment:
+                self._problem(where, f"its parent {rec.parent_key!r} is in experiment "
+                              f"{exp_of.get(rec.parent_key)!r}, not {rec.experiment!r}; a parent and its "
+                              "children must share one experiment")
 
         # Derived keys may collide (same name and start time): the user must tell the runs apart.
         seen: dict[tuple[str, str], str] = {}
@@ -211,7 +220,6 @@ class ManifestReader:
                 self._problem(at("tags", k), f"value is {len(v)} characters long; the server "
                               f"allows {MAX_TAG_VALUE_LENGTH}")
         rec.tags = dict(run.tags)
-        rec.tags[IMPORT_KEY_TAG] = key
 
         infinite: list[str] = []
         derived_ts = False

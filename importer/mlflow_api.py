@@ -23,8 +23,7 @@ ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts/"
 
 # The server's log-batch limits (mlflow/utils/validation.py).
 MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_TAGS_PER_BATCH = 100
-MAX_ENTITIES_PER_BATCH = 1000
+MAX_PARAMS_TAGS_PER_BATCH = 100  # the server also caps a request at 1000 entries in all: we never mix
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
@@ -102,7 +101,7 @@ class MlflowApi:
             base_url=self.url, auth=auth, headers=headers, verify=verify, limits=limits,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout))
         self._slots = asyncio.Semaphore(config.max_in_flight)
-        self.requests = 0
+        self.requests = 0  # attempts sent, retries included
         self.retried = 0
 
     async def __aenter__(self) -> "MlflowApi":

@@ -32,6 +32,8 @@ class Summary:
     dry_run: bool
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    requests: int = 0
+    retried: int = 0  # requests sent again after a dropped connection, 429 or 5xx
 
     def count(self, *actions: str) -> int:
         return sum(o.action in actions for o in self.outcomes)
@@ -59,6 +61,7 @@ class Summary:
                      "appended": self.count("appended", "would-append"),
                      "unchanged": self.count("unchanged"), "failed": len(self.failed)},
             "points": self.points, "artifacts": self.artifacts,
+            "requests": self.requests, "retried": self.retried,
             "experiments": self.experiment_urls(),
             "details": [asdict(o) for o in self.outcomes],
         }
@@ -73,6 +76,8 @@ class Summary:
             f"{self.count('unchanged')} unchanged, {len(self.failed)} failed",
             f"  metric points {verb}sent: {self.points:,}{rate}; artifacts {verb}sent: {self.artifacts}",
         ]
+        if self.retried:
+            lines.append(f"  {self.retried} of {self.requests} requests were retried")
         for o in self.outcomes:
             if self.dry_run and o.action != "failed":
                 lines.append(f"  {o.action}: {o.origin} (key {o.import_key!r}): {o.points:,} points, "
@@ -231,6 +236,7 @@ async def _import(records: list[RunRecord], uri: str, ledger: Ledger, dry_run: b
         await asyncio.gather(*(one(r, o) for r, o in zip(records, outcomes)))
         summary.outcomes = outcomes
         summary.seconds = time.monotonic() - started
+        summary.requests, summary.retried = api.requests, api.retried
         return summary
 
 

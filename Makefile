@@ -23,7 +23,7 @@ $(VENV)/.created:
 	touch $@
 
 $(VENV)/.server: $(VENV)/.created pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[server]"
+	$(BIN)/python -m pip install -q -e ".[server,tensorboard,wandb]"
 	touch $@
 
 $(VENV)/.test: $(VENV)/.created pyproject.toml

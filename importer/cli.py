@@ -19,6 +19,7 @@ import typer
 from . import pipeline
 from .errors import ConnectionFailed, ImporterError, InputError
 from .mlflow_api import ClientConfig
+from .sources.base import SourceOptions
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_INPUT, EXIT_SERVER = 0, 1, 2, 3
 
@@ -81,11 +82,34 @@ class _Bar:
             sys.stderr.write("\r" + " " * 60 + "\r")
 
 
+Paths = Annotated[list[str], typer.Argument(
+    help="Manifests, log files or folders (walked; every recognised run is read); - reads a manifest from stdin.")]
+Experiment = Annotated[Optional[str], typer.Option(help="Experiment for runs whose input names none.")]
+Format = Annotated[Optional[str], typer.Option(
+    "--format", help="Read every path as this format instead of detecting it: "
+    "manifest, keras, lightning, yolo, csv, hf, text, tensorboard, wandb.")]
+Pattern = Annotated[Optional[list[str]], typer.Option(
+    "--pattern", help="Text logs: a regex with named groups (step, epoch, time; any other group is a metric). Repeatable.")]
+StepColumn = Annotated[Optional[str], typer.Option(help="Generic tables: the column holding the step.")]
+TimeColumn = Annotated[Optional[str], typer.Option(help="Generic tables: the column holding the time.")]
+KeyPrefix = Annotated[str, typer.Option(help="Generic tables: a prefix for every metric key.")]
+
+
+def _options(pattern, step_column, time_column, key_prefix) -> SourceOptions:
+    return SourceOptions(step_column=step_column, time_column=time_column, key_prefix=key_prefix,
+                         patterns=list(pattern or []))
+
+
 @app.command("import")
 def import_(
-    paths: Annotated[list[str], typer.Argument(help="Manifests; a folder means every *.json in it; - reads stdin.")],
+    paths: Paths,
     tracking_uri: TrackingUri = None,
-    experiment: Annotated[Optional[str], typer.Option(help="Experiment for runs whose manifest names none.")] = None,
+    experiment: Experiment = None,
+    fmt: Format = None,
+    pattern: Pattern = None,
+    step_column: StepColumn = None,
+    time_column: TimeColumn = None,
+    key_prefix: KeyPrefix = "",
     state: Annotated[Optional[Path], typer.Option(help="Ledger file (default: ~/.local/state/importer/ledger.db).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created, appended or skipped; write nothing.")] = False,
     on_param_conflict: Annotated[str, typer.Option(help="When a param differs from the stored value: error, keep or rename.")] = "error",
@@ -93,16 +117,17 @@ def import_(
     as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
-    """Register the runs of run manifests in an MLflow server."""
+    """Register the runs of manifests and training logs in an MLflow server."""
     if on_param_conflict not in ("error", "keep", "rename"):
         typer.echo("error: --on-param-conflict must be error, keep or rename", err=True)
         raise typer.Exit(EXIT_INPUT)
     bar = _Bar() if (sys.stderr.isatty() and not quiet and not as_json) else None
     try:
         summary = pipeline.import_paths(
-            paths, tracking_uri, experiment=experiment, state=state, dry_run=dry_run,
-            on_param_conflict=on_param_conflict, config=ClientConfig(max_in_flight=in_flight),
-            progress=bar)
+            paths, tracking_uri, experiment=experiment, fmt=fmt,
+            options=_options(pattern, step_column, time_column, key_prefix), state=state,
+            dry_run=dry_run, on_param_conflict=on_param_conflict,
+            config=ClientConfig(max_in_flight=in_flight), progress=bar)
     except ImporterError as e:
         raise _fail(e)
     finally:
@@ -116,17 +141,53 @@ def import_(
 
 @app.command()
 def validate(
-    paths: Annotated[list[str], typer.Argument(help="Manifests; a folder means every *.json in it; - reads stdin.")],
-    experiment: Annotated[Optional[str], typer.Option(help="Experiment for runs whose manifest names none.")] = None,
+    paths: Paths,
+    experiment: Experiment = None,
+    fmt: Format = None,
+    pattern: Pattern = None,
+    step_column: StepColumn = None,
+    time_column: TimeColumn = None,
+    key_prefix: KeyPrefix = "",
 ) -> None:
-    """Check manifests without a server: every problem with file, JSON path and rule."""
+    """Check inputs without a server: every problem with file, location and rule."""
     try:
-        records = pipeline.validate(paths, experiment)
+        inputs = pipeline.read_inputs(paths, experiment, fmt=fmt,
+                                      options=_options(pattern, step_column, time_column, key_prefix))
     except ImporterError as e:
         raise _fail(e)
+    records = inputs.records
     points = sum(r.point_count for r in records)
     typer.echo(f"ok: {len(records)} runs, {points:,} metric points, "
                f"{sum(len(r.artifacts) for r in records)} artifact files")
+    for note in inputs.notes:
+        typer.echo(f"  note: {note}")
+    for path in inputs.unrecognised:
+        typer.echo(f"  not recognised: {path}")
+
+
+@app.command()
+def inspect(
+    paths: Paths,
+    experiment: Experiment = None,
+    fmt: Format = None,
+    pattern: Pattern = None,
+    step_column: StepColumn = None,
+    time_column: TimeColumn = None,
+    key_prefix: KeyPrefix = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Write the report as JSON on stdout.")] = False,
+) -> None:
+    """What importer sees in PATH, without a server: format, runs, params, metric keys, points
+    and step range per key, problems."""
+    try:
+        report = pipeline.inspect(paths, experiment, fmt=fmt,
+                                  options=_options(pattern, step_column, time_column, key_prefix))
+    except ImporterError as e:
+        raise _fail(e)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        typer.echo(pipeline.inspect_text(report))
+    raise typer.Exit(EXIT_INPUT if report["problems"] else EXIT_OK)
 
 
 @app.command()

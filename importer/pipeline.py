@@ -14,11 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
+import pyarrow.compute as pc
+
 from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import RunRecord, manifest_json_schema
+from . import sources
 from .sinks.mlflow import MlflowSink, Outcome
+from .sources.base import SourceOptions, SourceResult
 from .sources.manifest import read_manifest
 
 PathLike = Union[str, Path]
@@ -34,6 +38,8 @@ class Summary:
     seconds: float = 0.0
     requests: int = 0
     retried: int = 0  # requests sent again after a dropped connection, 429 or 5xx
+    notes: list[str] = field(default_factory=list)  # from the sources: renamed keys, skipped values
+    unrecognised: list[str] = field(default_factory=list)  # files in the named folders no source knows
 
     def count(self, *actions: str) -> int:
         return sum(o.action in actions for o in self.outcomes)
@@ -62,6 +68,7 @@ class Summary:
                      "unchanged": self.count("unchanged"), "failed": len(self.failed)},
             "points": self.points, "artifacts": self.artifacts,
             "requests": self.requests, "retried": self.retried,
+            "notes": self.notes, "unrecognised": self.unrecognised,
             "experiments": self.experiment_urls(),
             "details": [asdict(o) for o in self.outcomes],
         }
@@ -84,6 +91,12 @@ class Summary:
                              f"{o.params} params, {o.artifacts} artifacts")
             for note in o.notes:
                 lines.append(f"  note: {o.origin}: {note}")
+        lines += [f"  note: {n}" for n in self.notes[:20]]
+        if len(self.notes) > 20:
+            lines.append(f"  ... and {len(self.notes) - 20} more notes (--json lists them all)")
+        if self.unrecognised:
+            lines.append(f"  not recognised ({len(self.unrecognised)} files, not imported): "
+                         + ", ".join(self.unrecognised[:10]) + (" ..." if len(self.unrecognised) > 10 else ""))
         for o in self.failed:
             lines.append(f"  FAILED {o.origin} (key {o.import_key!r}): {o.error}")
         for name, url in self.experiment_urls().items():
@@ -96,51 +109,122 @@ class Summary:
 # ---------------------------------------------------------------------------------------------
 
 
-def _expand(paths: Iterable[PathLike]) -> list[Optional[Path]]:
-    """Files to read; None stands for standard input (`-`). A folder means every *.json in it."""
-    out: list[Optional[Path]] = []
+@dataclass
+class Inputs:
+    """What the paths hold: runs (parents before children), what each source noted, and the files
+    no source recognised."""
+
+    records: list[RunRecord] = field(default_factory=list)
+    units: list[tuple[str, str, int]] = field(default_factory=list)  # format, path, runs
+    notes: list[str] = field(default_factory=list)
+    unrecognised: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
+                fmt: Optional[str] = None, options: Optional[SourceOptions] = None,
+                strict: bool = True) -> Inputs:
+    """Read and validate every input; raise ValidationError listing all problems (unless not
+    `strict`: then they are in `problems`). A folder is walked and each file offered to every
+    source (see importer.sources); `fmt` forces one. `-` reads a manifest from standard input.
+    Nothing touches a server."""
+    options = options or SourceOptions()
+    if experiment is not None:
+        options.experiment = experiment
+    inputs = Inputs()
+    problems = inputs.problems
+    seen: dict[tuple[str, str], int] = {}  # (experiment, key) -> unit index
+    named: list[Path] = []
     for raw in paths:
         if str(raw) == "-":
-            out.append(None)
-            continue
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.glob("*.json") if p.is_file())
-            if not found:
-                raise InputError(f"{path}: no *.json manifest in this folder")
-            out.extend(found)
-        elif path.exists():
-            out.append(path)
+            reader = read_manifest(None, options.experiment, stdin=sys.stdin.buffer)
+            results = [("manifest", "<stdin>", SourceResult(reader.records, reader.problems))]
         else:
-            raise InputError(f"{path}: no such file or folder")
-    return out
-
-
-def read_records(paths: Iterable[PathLike], experiment: Optional[str] = None) -> list[RunRecord]:
-    """Read and validate every input; raise ValidationError listing all problems, or return the
-    runs (parents before children). Nothing touches a server."""
-    problems: list[Problem] = []
-    records: list[RunRecord] = []
-    seen: dict[tuple[str, str], str] = {}
-    for path in _expand(paths):
-        reader = read_manifest(path, experiment, stdin=sys.stdin.buffer)
-        problems += reader.problems
-        for rec in reader.records:
-            scoped = (rec.experiment, rec.import_key)
-            if scoped in seen and not seen[scoped].startswith(reader.file + ":"):
-                problems.append(Problem(reader.file, rec.origin.split(": ", 1)[-1],
-                                        f"run {rec.import_key!r} of experiment {rec.experiment!r} "
-                                        f"is also in {seen[scoped]}"))
-            seen.setdefault(scoped, rec.origin)
-        records += reader.records
-    if problems:
+            path = Path(raw)
+            if not path.exists():
+                raise InputError(f"{path}: no such file or folder")
+            named.append(path)
+            continue
+        _collect(results, inputs, problems, seen)
+    units, unknown = sources.discover(named, fmt)
+    # Manifests first: files they name as artifacts are not runs of their own.
+    units.sort(key=lambda unit: unit[0] is not sources.manifest)
+    artifacts: set[Path] = set()
+    for module, unit in units:
+        if unit.resolve() in artifacts:
+            continue
+        result = module.read(unit, options)
+        if module is sources.manifest:
+            artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
+        _collect([(module.NAME, str(unit), result)], inputs, problems, seen)
+    unknown = [p for p in unknown if p.resolve() not in artifacts]
+    inputs.unrecognised = [str(p) for p in unknown]
+    if problems and strict:
         raise ValidationError(problems)
-    return records
+    if not inputs.records and not problems:
+        raise InputError("no runs found in " + ", ".join(map(str, paths)) +
+                         (f" ({len(unknown)} files not recognised; name the format with --format)" if unknown else ""))
+    return inputs
 
 
-def validate(paths: Iterable[PathLike], experiment: Optional[str] = None) -> list[RunRecord]:
+def _collect(results, inputs: Inputs, problems: list[Problem], seen: dict) -> None:
+    for fmt, unit, result in results:
+        index = len(inputs.units)
+        inputs.units.append((fmt, unit, len(result.records)))
+        problems += result.problems
+        inputs.notes += result.notes
+        for rec in result.records:
+            scoped = (rec.experiment, rec.import_key)
+            if seen.setdefault(scoped, index) != index:
+                problems.append(Problem(unit, rec.origin.split(": ", 1)[-1],
+                                        f"run {rec.import_key!r} of experiment {rec.experiment!r} "
+                                        f"is also in {inputs.units[seen[scoped]][1]}"))
+        inputs.records += result.records
+
+
+def read_records(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwargs) -> list[RunRecord]:
+    """The runs of `read_inputs`."""
+    return read_inputs(paths, experiment, **kwargs).records
+
+
+def validate(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwargs) -> list[RunRecord]:
     """Check inputs without a server. Returns the runs found; raises ValidationError."""
-    return read_records(paths, experiment)
+    return read_records(paths, experiment, **kwargs)
+
+
+def inspect(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwargs) -> dict:
+    """What the paths hold, per source unit and run, problems included. This is a read-only
+    operation: no server, nothing written."""
+    inputs = read_inputs(paths, experiment, strict=False, **kwargs)
+    runs = []
+    for rec in inputs.records:
+        metrics = {}
+        for key, table in rec.metrics.items():
+            steps = table.column("step")
+            metrics[key] = {"points": table.num_rows,
+                            "steps": [pc.min(steps).as_py(), pc.max(steps).as_py()] if table.num_rows else None}
+        runs.append({"origin": rec.origin, "experiment": rec.experiment, "name": rec.name,
+                     "import_key": rec.import_key, "status": rec.status, "start_time": rec.start_time,
+                     "end_time": rec.end_time, "params": len(rec.params), "tags": rec.tags,
+                     "artifacts": len(rec.artifacts), "metrics": metrics})
+    return {"units": [{"format": f, "path": p, "runs": n} for f, p, n in inputs.units], "runs": runs,
+            "notes": inputs.notes, "unrecognised": inputs.unrecognised,
+            "problems": [str(p) for p in inputs.problems]}
+
+
+def inspect_text(report: dict) -> str:
+    lines = [f"{u['format']}: {u['path']} ({u['runs']} runs)" for u in report["units"]]
+    for run in report["runs"]:
+        lines.append(f"\nrun {run['name'] or run['import_key']!r} in experiment {run['experiment']!r} "
+                     f"({run['origin']}), status {run['status']}, {run['params']} params, "
+                     f"{run['artifacts']} artifacts")
+        for key, m in run["metrics"].items():
+            span = f"steps {m['steps'][0]}..{m['steps'][1]}" if m["steps"] else "no points"
+            lines.append(f"  {key}: {m['points']:,} points, {span}")
+    lines += [f"note: {n}" for n in report["notes"]]
+    lines += [f"not recognised: {p}" for p in report["unrecognised"]]
+    lines += [f"problem: {p}" for p in report["problems"]]
+    return "\n".join(lines)
 
 
 def schema() -> dict:
@@ -161,16 +245,19 @@ def tracking_uri_or_env(tracking_uri: Optional[str]) -> str:
 
 
 def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, *,
-                 experiment: Optional[str] = None, state: Optional[PathLike] = None,
+                 experiment: Optional[str] = None, fmt: Optional[str] = None,
+                 options: Optional[SourceOptions] = None, state: Optional[PathLike] = None,
                  dry_run: bool = False, on_param_conflict: str = "error",
                  config: ClientConfig = DEFAULT_CONFIG,
                  progress: Optional[Callable[[int, int], None]] = None) -> Summary:
-    """Import manifests into an MLflow server. Validation of every input comes first: on any
-    problem a ValidationError is raised and nothing is written."""
+    """Import manifests and training logs into an MLflow server. Validation of every input comes
+    first: on any problem a ValidationError is raised and nothing is written."""
     uri = tracking_uri_or_env(tracking_uri)
-    records = read_records(paths, experiment)
-    return import_records(records, uri, state=state, dry_run=dry_run,
-                          on_param_conflict=on_param_conflict, config=config, progress=progress)
+    inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
+    summary = import_records(inputs.records, uri, state=state, dry_run=dry_run,
+                             on_param_conflict=on_param_conflict, config=config, progress=progress)
+    summary.notes, summary.unrecognised = inputs.notes, inputs.unrecognised
+    return summary
 
 
 def import_records(records: list[RunRecord], tracking_uri: str, *, state: Optional[PathLike] = None,

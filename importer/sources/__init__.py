@@ -1,0 +1,82 @@
+"""Every input format, how a path is recognised, and how a folder is walked.
+
+`discover` turns the paths a user named into units, each read by one source: a file (a manifest,
+a Keras or generic CSV, a text log, a YOLO results file) or a run folder (a Lightning version
+folder, a Hugging Face Trainer output folder, a TensorBoard folder, a W&B run folder). A folder is
+walked (links are not followed) and every file is offered to the sources in `ORDER`; the first that
+recognises it claims its unit, and what nobody recognises is reported, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+from ..errors import InputError
+from . import hf_trainer, keras, lightning, manifest, table, textlog, tfevents, wandb, yolo
+
+# Most specific first: the generic table and text sources take only what nobody else claims.
+ORDER: list[ModuleType] = [manifest, hf_trainer, wandb, tfevents, lightning, yolo, keras, table, textlog]
+FORMATS: dict[str, ModuleType] = {m.NAME: m for m in ORDER}
+
+_CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")
+_WANDB_RUN = re.compile(r"^(offline-)?run-")
+
+
+def _unit(module: ModuleType, file: Path) -> Path:
+    """What `module` reads for a file it recognised: the file, or the run folder holding it."""
+    if module is hf_trainer:
+        return file.parent.parent if _CHECKPOINT.match(file.parent.name) else file.parent
+    if module in (lightning, tfevents, yolo):  # a YOLO run folder also holds args.yaml, weights, plots
+        return file.parent
+    if module is wandb:
+        for folder in file.parents:
+            if _WANDB_RUN.match(folder.name):
+                return folder
+        return file.parent
+    return file
+
+
+def recognise(file: Path) -> Optional[ModuleType]:
+    """The first source that recognises `file`, or None."""
+    for module in ORDER:
+        if module.detect(file):
+            return module
+    return None
+
+
+def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[ModuleType, Path]], list[Path]]:
+    """([(source, unit)], [paths nobody recognised]). With `fmt`, each path goes to that source
+    as it is. A file named directly that nobody recognises is an InputError."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise InputError(f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+        return [(FORMATS[fmt], p) for p in paths], []
+    units: dict[Path, ModuleType] = {}
+    unknown: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            module = recognise(path) or (manifest if path.suffix.lower() == ".json" else None)
+            if module is None:
+                raise InputError(f"{path}: not a format importer recognises; name it with --format "
+                                 f"({', '.join(sorted(FORMATS))})")
+            units.setdefault(_unit(module, path), module)
+            continue
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                file = Path(folder) / name
+                if any(file.is_relative_to(u) for u in units if u.is_dir()):
+                    continue
+                module = recognise(file)
+                if module is None:
+                    unknown.append(file)
+                else:
+                    units.setdefault(_unit(module, file), module)
+    # A file recognised before its run folder was claimed (e.g. a config.json beside a
+    # trainer_state.json) is not unknown.
+    unknown = [f for f in unknown if not any(f.is_relative_to(u) for u in units if u.is_dir())]
+    return [(m, u) for u, m in units.items()], unknown

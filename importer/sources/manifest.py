@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -13,6 +14,7 @@ import pydantic
 
 from ..errors import Problem
 from . import jsondoc
+from .base import SourceOptions, SourceResult
 from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, INT64_MAX,
                      INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID,
                      _FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
@@ -328,6 +330,27 @@ class ManifestReader:
 
     def _inside(self, path: Path) -> bool:
         return path.resolve().is_relative_to(self.base_dir)
+
+
+NAME = "manifest"
+_FIRST_KEY = re.compile(rb'^\s*\{\s*"([^"\\]*)"')
+_FIELDS = {"format_version", *Run.model_fields}
+
+
+def detect(path: Path) -> bool:
+    """A .json file whose first key is a manifest field (`format_version`, `experiment`, `id`,
+    `name`, `metrics`, ...): cheap, and leaves other JSON files (configs, W&B summaries) alone."""
+    if not (path.is_file() and path.suffix.lower() == ".json"):
+        return False
+    with open(path, "rb") as f:
+        match = _FIRST_KEY.match(f.read(4096))
+    return bool(match) and match.group(1).decode(errors="replace") in _FIELDS
+
+
+def read(path: Path, options: SourceOptions) -> SourceResult:
+    """A manifest file as a source like the others (the experiment option is the default)."""
+    reader = read_manifest(path, options.experiment)
+    return SourceResult(records=reader.records, problems=reader.problems)
 
 
 def read_manifest(path: Path | None, default_experiment: Optional[str] = None,

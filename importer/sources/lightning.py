@@ -1,0 +1,146 @@
+"""PyTorch Lightning `CSVLogger` folders -> one RunRecord per `version_N` folder.
+
+Layout: `<save_dir>/<name>/version_N/metrics.csv` (+ `hparams.yaml`). Detection: a `version_N`
+folder holding `metrics.csv` or `meta_tags.csv`, or only `hparams.yaml` without TensorBoard event
+files (those are TensorBoardLogger folders); a folder with such version folders below it; or a
+`metrics.csv` inside one. `read` takes any of these (all versions below a
+folder, sorted by N).
+
+metrics.csv: Lightning writes one row per `log` call site and step, with train and validation
+values on different rows; an empty cell is no point (never 0). Steps: the `step` column; `epoch`
+is then a metric too. Without a `step` column (test-tube era, PL <= 0.7) `epoch` is the step, and
+without either the row index 0..n-1 is (DERIVED_STEPS_TAG). Timestamps: not in the file, left null
+(DERIVED_TIMESTAMPS_TAG). test-tube's `created_at` column (local time without a zone) is text, not
+a metric, and is not used. A metrics.csv that is empty or a single newline gives a run with no
+metrics; a missing metrics.csv gives a run with params only.
+
+Params: `hparams.yaml` read with table.DataLoader (a SafeLoader: `!!python/object`,
+`!!python/name`, `!!binary` ... never execute and become plain data, see its docstring), flattened
+with model.flatten_params. Legacy test-tube layouts: `meta_tags.csv` (key,value rows) adds params
+not already in hparams.yaml, and `meta.experiment` (JSON) adds `meta.experiment.<key>` params.
+Keys the server rejects are mapped with safe_metric_key and noted; metric keys likewise, with the
+RENAMED_METRICS_TAG tag.
+
+Run: identity `version_N` (the import key hashes the resolved version folder), name `version_N`,
+experiment = options.experiment or the name of the folder holding the version folders (the
+logger's `name`, often `lightning_logs`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pv
+
+from ..errors import Problem
+from ..model import RunRecord
+from .base import DERIVED_STEPS_TAG, SourceOptions, SourceResult, import_key
+from .table import (DERIVED_STEPS_TEXT, MetricBuilder, checked_params, integer_steps, load_yaml,
+                    read_delimited, row_steps)
+
+NAME = "lightning"
+_VERSION = re.compile(r"^version_(\d+)$")
+_MARKERS = ("metrics.csv", "meta_tags.csv")
+
+
+def _is_version_dir(path: Path) -> bool:
+    """version_N with metrics.csv or meta_tags.csv; or with hparams.yaml alone (a CSVLogger run
+    that never flushed metrics) unless TensorBoard event files show a TensorBoardLogger folder."""
+    if not (_VERSION.match(path.name) and path.is_dir()):
+        return False
+    if any((path / m).is_file() for m in _MARKERS):
+        return True
+    return (path / "hparams.yaml").is_file() and not any(path.glob("events.out.tfevents.*"))
+
+
+def _version_dirs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path.parent] if path.name == "metrics.csv" and _is_version_dir(path.parent) else []
+    if _is_version_dir(path):
+        return [path]
+    found = [p for p in path.rglob("version_*") if _is_version_dir(p)]
+    return sorted(found, key=lambda p: (str(p.parent), int(_VERSION.match(p.name).group(1))))
+
+
+def detect(path: Path) -> bool:
+    """A version_N folder with metrics.csv / hparams.yaml / meta_tags.csv, a folder above such
+    folders, or a metrics.csv inside one."""
+    return bool(_version_dirs(path)) if path.exists() else False
+
+
+def read(path: Path, options: SourceOptions) -> SourceResult:
+    """One run per version folder found at or below `path`."""
+    result = SourceResult()
+    for folder in _version_dirs(path):
+        result.records.append(_read_version(folder, options, result))
+    return result
+
+
+def _params(folder: Path, origin: str, result: SourceResult) -> dict[str, str]:
+    raw: dict[str, Any] = {}
+    hparams = folder / "hparams.yaml"
+    if hparams.is_file():
+        doc = load_yaml(hparams, result.problems)
+        if isinstance(doc, dict):
+            raw.update(doc)
+        elif doc is not None:
+            result.problems.append(Problem(str(hparams), "", "hparams.yaml is not a mapping"))
+    tags = folder / "meta_tags.csv"
+    if tags.is_file():
+        try:
+            table = pv.read_csv(tags, convert_options=pv.ConvertOptions(
+                column_types={"key": pa.string(), "value": pa.string()}, strings_can_be_null=False))
+            if table.column_names[:2] != ["key", "value"]:
+                raise ValueError("the header is not 'key,value'")
+            for k, v in zip(table.column("key").to_pylist(), table.column("value").to_pylist()):
+                raw.setdefault(k, v)  # hparams.yaml wins: it keeps the types
+        except (pa.ArrowInvalid, ValueError) as e:
+            result.problems.append(Problem(str(tags), "", f"not a key,value table: {e}"))
+    params = checked_params(raw, str(folder), origin, result.problems, result.notes)
+    meta = folder / "meta.experiment"
+    if meta.is_file():
+        try:
+            doc = json.loads(meta.read_bytes().decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            params.update(checked_params(doc, str(meta), origin, result.problems, result.notes,
+                                         prefix="meta.experiment."))
+        except (ValueError, UnicodeDecodeError) as e:
+            result.problems.append(Problem(str(meta), "", f"not a JSON object: {e}"))
+    return params
+
+
+def _read_version(folder: Path, options: SourceOptions, result: SourceResult) -> RunRecord:
+    resolved = folder.resolve()
+    rec = RunRecord(experiment=options.experiment or resolved.parent.name,
+                    import_key=import_key(NAME, str(resolved), folder.name),
+                    origin=f"{folder}: {folder.name}", name=folder.name)
+    rec.params = _params(folder, rec.origin, result)
+    file = folder / "metrics.csv"
+    if not file.is_file():
+        return rec
+    data = read_delimited(file, result.problems, keep_text=["step", "epoch"])
+    if data is None:
+        return rec
+    result.notes += data.notes
+    if data.text_columns:
+        result.notes.append(f"{file}: text columns are not metrics: {', '.join(data.text_columns)}")
+    step_column = next((c for c in ("step", "epoch") if c in data.text), None)
+    if step_column is None:
+        steps = row_steps(data.rows)
+        if data.rows:
+            rec.tags[DERIVED_STEPS_TAG] = DERIVED_STEPS_TEXT
+    else:
+        steps = integer_steps(data.text[step_column], str(file), step_column, result.problems)
+        if steps is None:
+            return rec
+    metrics = MetricBuilder(str(file), result.problems)
+    for name, values in data.values.items():
+        if name != step_column and name not in data.text_columns:
+            metrics.add(name, steps, values)
+    metrics.finish(rec, result)
+    return rec

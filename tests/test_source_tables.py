@@ -1,0 +1,392 @@
+"""Parse-only tests of the table-shaped sources (keras, lightning, yolo, csv). No server.
+
+Corpus samples are read in place from ../shared/corpus (never copied); their expected.json holds
+facts computed independently. Where our mapping differs from the raw facts the test says the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from importer.model import DERIVED_TIMESTAMPS_TAG, METRIC_SCHEMA, flatten_params
+from importer.sources import keras, lightning, table, yolo
+from importer.sources.base import (DERIVED_STEPS_TAG, RENAMED_METRICS_TAG, SourceOptions,
+                                   safe_metric_key)
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+MODULES = {"keras": keras, "lightning": lightning, "yolo": yolo}
+SAMPLES = [(fmt, d) for fmt in MODULES for d in sorted((CORPUS / fmt).glob("*"))
+           if (CORPUS / fmt).is_dir() and d.is_dir()]
+
+
+def _need_corpus():
+    if not CORPUS.is_dir():
+        pytest.skip(f"the shared corpus is not at {CORPUS} (tests read it in place)")
+
+
+def _expected(sample: Path) -> dict:
+    return json.loads((sample / "expected.json").read_text())
+
+
+def _close(a, b) -> bool:
+    if isinstance(b, str):
+        b = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[b]
+    return (math.isnan(a) and math.isnan(b)) or a == b or math.isclose(a, b, rel_tol=1e-15)
+
+
+def _check_metrics(rec, expected_metrics: dict, rename=lambda k: k, extra=()):
+    """Keys, points per key, first/last [step, value] against expected.json facts; `extra` are
+    keys our mapping adds."""
+    assert set(rec.metrics) == {rename(k) for k in expected_metrics} | set(extra)
+    for key, facts in expected_metrics.items():
+        t = rec.metrics[rename(key)]
+        assert t.schema == METRIC_SCHEMA
+        assert t.num_rows == facts["points"], key
+        steps, values = t.column("step").to_pylist(), t.column("value").to_pylist()
+        assert steps[0] == facts["first"][0] and _close(values[0], facts["first"][1]), key
+        assert steps[-1] == facts["last"][0] and _close(values[-1], facts["last"][1]), key
+
+
+def _flat_expected(params: dict) -> dict:
+    """expected.json summarises big nested dicts as {"__type__": ...} and tagged YAML nodes as
+    {"__tag__": full tag URI} (our rule writes the `!!` form and keeps the node's content, checked
+    separately): compare the rest."""
+    return flatten_params({k: v for k, v in params.items()
+                           if not (isinstance(v, dict) and ("__type__" in v or "__tag__" in v))})
+
+
+def _subset(params: dict, expected: dict):
+    for k, v in expected.items():
+        assert params.get(k) == v, k
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpus
+# ---------------------------------------------------------------------------------------------
+
+
+def test_corpus_present_or_skip():
+    _need_corpus()
+    assert SAMPLES
+
+
+@pytest.mark.parametrize("sample", [d for f, d in SAMPLES if f == "keras"], ids=lambda d: d.name)
+def test_keras_corpus(sample):
+    _need_corpus()
+    for name, facts in _expected(sample)["files"].items():
+        file = sample / name
+        assert keras.detect(file)
+        result = keras.read(file, SourceOptions())
+        assert result.problems == []
+        restarts = facts.get("step_restarts", 0)
+        # Rule: append=True restarts (epoch not increasing) become runs segment-1..segment-k.
+        assert len(result.records) == restarts + 1
+        assert [r.origin.rsplit(": ", 1)[1] for r in result.records] == \
+            [f"segment-{k}" for k in range(1, restarts + 2)]
+        assert len({r.import_key for r in result.records}) == len(result.records)
+        for rec in result.records:
+            assert rec.tags[DERIVED_TIMESTAMPS_TAG]
+            assert set(rec.metrics) == set(facts["metric_keys"])
+        # Facts of the whole file: first point in segment 1, last in the last segment, total count.
+        for key, m in facts["metrics"].items():
+            first, last = result.records[0].metrics[key], result.records[-1].metrics[key]
+            assert sum(r.metrics[key].num_rows for r in result.records) == m["points"]
+            assert [first["step"][0].as_py(), first["value"][0].as_py()] == m["first"]
+            assert [last["step"][-1].as_py(), last["value"][-1].as_py()] == m["last"]  # exact
+        if restarts == 0:
+            _check_metrics(result.records[0], facts["metrics"])
+
+
+def test_keras_restart_segments_detail():
+    _need_corpus()
+    file = CORPUS / "keras/01-braintumor-appended-restarts/training_log.csv"
+    recs = keras.read(file, SourceOptions()).records
+    assert [r.metrics["loss"].num_rows for r in recs] == [5, 4, 10, 5]
+    assert [r.name for r in recs] == ["training_log", "training_log (run 2)", "training_log (run 3)",
+                                      "training_log (run 4)"]
+    assert recs[0].experiment == "01-braintumor-appended-restarts"
+
+
+def test_keras_17_digit_floats_round_trip():
+    _need_corpus()
+    file = CORPUS / "keras/03-keras2-2017-crlf-acc-multifile/intro_training.log"
+    rec = keras.read(file, SourceOptions()).records[0]
+    assert rec.metrics["acc"]["value"][0].as_py() == float("0.0048420820953009791")
+
+
+@pytest.mark.parametrize("sample", [d for f, d in SAMPLES if f == "lightning"], ids=lambda d: d.name)
+def test_lightning_corpus(sample):
+    _need_corpus()
+    exp = _expected(sample)
+    assert lightning.detect(sample)
+    result = lightning.read(sample, SourceOptions())
+    assert result.problems == []
+    by_name = {r.name: r for r in result.records}
+    assert set(by_name) == {Path(v).name for v in exp["versions"]}
+    for version, facts in exp["versions"].items():
+        rec = by_name[Path(version).name]
+        assert lightning.detect(sample / version)
+        m = facts["metrics.csv"]
+        # Rule: with a `step` column, `epoch` is a metric (expected.json lists it); without one,
+        # `epoch` is the step and not a metric (expected.json: metric_keys [] for test-tube).
+        _check_metrics(rec, m["metrics"])
+        if "hparams.yaml" in facts:
+            _subset(rec.params, _flat_expected(facts["hparams.yaml"]["hparams"]))
+            # Rule: unknown YAML tags become data, {"__tag__": tag, ...}; nothing is executed.
+            assert rec.params["output_transformer.__tag__"] == \
+                "!!python/object:pytorch_forecasting.data.encoders.GroupNormalizer"
+        if "meta_tags.csv" in facts:
+            _subset(rec.params, facts["meta_tags.csv"])
+            assert rec.params["meta.experiment.version"] == str(facts["meta.experiment"]["version"])
+
+
+def test_lightning_single_newline_metrics_is_a_run_without_metrics():
+    _need_corpus()
+    folder = CORPUS / "lightning/01-dsanet-testtube-legacy/lightning_logs/version_0"
+    result = lightning.read(folder, SourceOptions())
+    assert result.problems == [] and len(result.records) == 1
+    assert result.records[0].metrics == {} and result.records[0].params["n_head"] == "8"
+
+
+_TXT_NAMES = dict(zip(
+    ["gpu_mem", "train/box", "train/obj", "train/cls", "train/total", "targets", "img_size", "P", "R",
+     "mAP@.5", "mAP@.5:.95", "val/box", "val/obj", "val/cls"], yolo.TXT_COLUMNS[1:]))
+
+
+@pytest.mark.parametrize("sample", [d for f, d in SAMPLES if f == "yolo"], ids=lambda d: d.name)
+def test_yolo_corpus(sample):
+    _need_corpus()
+    exp = _expected(sample)
+    assert yolo.detect(sample)
+    result = yolo.read(sample, SourceOptions())
+    assert result.problems == []
+    by_name = {r.name: r for r in result.records}
+    assert set(by_name) == {Path(v).name for v in exp["runs"]}
+    for run, facts in exp["runs"].items():
+        rec = by_name[Path(run).name]
+        if "results.csv" in facts:
+            assert yolo.detect(sample / run / "results.csv")
+            # Rule: keys the server rejects are mapped with safe_metric_key and tagged.
+            _check_metrics(rec, facts["results.csv"]["metrics"], safe_metric_key)
+            renamed = {k: safe_metric_key(k) for k in facts["results.csv"]["metric_keys"]
+                       if safe_metric_key(k) != k}
+            if renamed:
+                assert json.loads(rec.tags[RENAMED_METRICS_TAG]) == renamed
+                assert any("renamed" in n for n in result.notes)
+        else:
+            # Rule: results.txt columns get YOLOv5-v6 names (module docstring); gpu_mem ('12.8G',
+            # not numeric in expected.json) is kept as metric train/gpu_mem in GB.
+            _check_metrics(rec, facts["results.txt"]["metrics"], lambda k: _TXT_NAMES[k],
+                           extra=["train/gpu_mem"])
+            assert rec.metrics["train/gpu_mem"]["value"][0].as_py() == 12.8
+        for yaml_name in ("args.yaml", "opt.yaml"):
+            if yaml_name in facts:
+                _subset(rec.params, _flat_expected(facts[yaml_name]["params"]))
+
+
+def test_yolo_windows_paths_kept():
+    _need_corpus()
+    rec = yolo.read(CORPUS / "yolo/01-yolov8-padded-header", SourceOptions()).records[0]
+    assert rec.params["data"] == "C:\\Users\\Adrian\\yolo-test-env-1\\dataset\\data.yaml"
+    assert rec.experiment == "detect" and rec.name == "train"
+
+
+def test_no_cross_detection():
+    _need_corpus()
+    all_mods = {**MODULES, "csv": table}
+    for fmt, sample in SAMPLES:
+        for path in [sample, *sample.rglob("*")]:
+            for other, mod in all_mods.items():
+                if other != fmt:
+                    assert not mod.detect(path), (other, path)
+    # Nor do they claim other formats' corpus samples (TensorBoard Lightning folders, mlruns ...).
+    for folder in CORPUS.iterdir():
+        if folder.is_dir() and folder.name not in MODULES:
+            for path in folder.rglob("*"):
+                for mod in all_mods.values():
+                    assert not mod.detect(path), (mod.NAME, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Own fixtures
+# ---------------------------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_cr_cr_lf_and_partial_last_line(tmp_path):
+    f = _write(tmp_path, "run/train.log",
+               b"epoch,loss,val_loss\r\r\n0,1.5,1.6\r\r\n1,1.2,1.3\r\r\n2,0.9")
+    assert keras.detect(f)
+    result = keras.read(f, SourceOptions())
+    assert result.problems == []
+    rec = result.records[0]
+    assert rec.metrics["loss"]["step"].to_pylist() == [0, 1]  # `2,0.9` is still being written
+    assert rec.experiment == "run"
+
+
+def test_empty_cells_and_na_are_no_points(tmp_path):
+    f = _write(tmp_path, "log.csv", b"epoch,loss,val_loss\n0,1.0,\n1,0.9,NA\n2,0.8,0.7\n")
+    rec = keras.read(f, SourceOptions()).records[0]
+    assert rec.metrics["val_loss"].to_pylist() == [{"step": 2, "timestamp": None, "value": 0.7}]
+    assert rec.metrics["loss"].num_rows == 3
+
+
+def test_nan_and_inf_strings(tmp_path):
+    f = _write(tmp_path, "log.csv", b"epoch,loss\n0,nan\n1,inf\n2,-inf\n3,NaN\n4,Infinity\n")
+    rec = keras.read(f, SourceOptions()).records[0]
+    v = rec.metrics["loss"]["value"].to_pylist()
+    assert math.isnan(v[0]) and v[1] == math.inf and v[2] == -math.inf and math.isnan(v[3])
+    assert v[4] == math.inf
+    assert rec.tags["importer.infinite_values"] == "loss"
+
+
+def test_duplicate_header_columns_are_a_problem(tmp_path):
+    f = _write(tmp_path, "log.csv", b"epoch,loss,loss\n0,1,2\n")
+    result = keras.read(f, SourceOptions())
+    assert result.records == []
+    assert len(result.problems) == 1 and "'loss'" in result.problems[0].message
+    assert result.problems[0].location == "line 1"
+
+
+def test_non_utf8_cell_is_a_problem_with_line_and_column(tmp_path):
+    f = _write(tmp_path, "log.csv", b"epoch,loss\r\n0,1.0\r\n1,0.5\xff\r\n")
+    result = keras.read(f, SourceOptions())
+    assert result.records == []
+    (p,) = result.problems
+    assert p.file == str(f) and p.location == "line 3 column 2 ('loss')" and "UTF-8" in p.message
+
+
+def test_garbage_and_truncated_rows_are_problems(tmp_path):
+    f = _write(tmp_path, "log.csv", b"epoch,loss,acc\n0,1.0,0.1\n\n1,abc,0.2\n2,0.5\n3,0.4,0.3\n")
+    result = keras.read(f, SourceOptions())
+    where = {p.location: p.message for p in result.problems}
+    assert where["line 5"].startswith("the row has 2 cells")
+    assert "'abc' is not a number" in where["line 4 column 2 ('loss')"]
+
+
+def test_header_only_and_empty_files(tmp_path):
+    f = _write(tmp_path, "log.csv", b"epoch,loss\n")
+    result = keras.read(f, SourceOptions())
+    assert result.problems == [] and len(result.records) == 1 and result.records[0].metrics == {}
+    g = _write(tmp_path, "v/lightning_logs/version_0/metrics.csv", b"")
+    result = lightning.read(g.parent, SourceOptions())
+    assert result.problems == [] and result.records[0].metrics == {}
+
+
+def test_keras_repeated_header_starts_a_segment(tmp_path):
+    f = _write(tmp_path, "log.csv", b"epoch,loss\n0,1\n1,0.5\nepoch,loss\n2,0.4\n")
+    recs = keras.read(f, SourceOptions()).records
+    assert [r.metrics["loss"].num_rows for r in recs] == [2, 1]
+
+
+def test_lightning_sparse_rows_and_yaml_tags(tmp_path):
+    v = tmp_path / "my_model" / "version_3"
+    _write(v, "metrics.csv", b"epoch,step,train_loss,val_loss\n0,9,0.5,\n0,9,,0.6\n1,19,0.4,\n")
+    _write(v, "hparams.yaml", b"lr: 0.1\nobj: !!python/object/apply:os.system ['echo hi']\n"
+                              b"when: 2020-01-01\nblob: !!binary aGk=\nshape: !!python/tuple [1, 2]\n"
+                              b"base: &a {x: 1}\nother: *a\nbad key?: 1\n")
+    assert lightning.detect(tmp_path) and lightning.detect(v) and lightning.detect(v / "metrics.csv")
+    result = lightning.read(tmp_path, SourceOptions())
+    assert result.problems == []
+    rec = result.records[0]
+    assert rec.name == "version_3" and rec.experiment == "my_model"
+    assert rec.metrics["val_loss"].to_pylist() == [{"step": 9, "timestamp": None, "value": 0.6}]
+    assert rec.metrics["epoch"]["value"].to_pylist() == [0.0, 0.0, 1.0]
+    p = rec.params
+    assert p["obj.__tag__"] == "!!python/object/apply:os.system" and p["obj.items.0"] == "echo hi"
+    assert p["when"] == "2020-01-01" and p["blob"] == "aGk=" and p["shape.1"] == "2"
+    assert p["other.x"] == "1" and p["bad key_"] == "1"
+    assert any("param keys" in n for n in result.notes)
+
+
+def test_yolo_results_txt_partial_and_bad_lines(tmp_path):
+    row = "      {e}/9     1.2G    0.05    0.02       0    0.07      12     640     0.5     0.4     0.3     0.1    0.04    0.01       0\n"
+    f = _write(tmp_path, "runs/train/exp/results.txt",
+               (row.format(e=0) + row.format(e=1) + row.format(e=2)[:40]).encode())
+    assert yolo.detect(f) and not keras.detect(f) and not table.detect(f)
+    rec = yolo.read(f, SourceOptions()).records[0]
+    assert rec.metrics["metrics/mAP_0.5"]["step"].to_pylist() == [0, 1]
+    g = _write(tmp_path, "runs/train/exp2/results.txt", (row.format(e=0) + "  1/9 broken\n").encode())
+    (p,) = yolo.read(g, SourceOptions()).problems
+    assert p.location == "line 2" and "fields" in p.message
+
+
+def _csv_options(**kw):
+    return SourceOptions(experiment="exp", **kw)
+
+
+def test_generic_csv_step_time_prefix(tmp_path):
+    f = _write(tmp_path, "m.csv", b"it,wall,loss,val/AR@100\n10,1718000000.5,1.0,\n20,1718000001,0.5,0.3\n")
+    assert table.detect(f)
+    result = table.read(f, _csv_options(step_column="it", time_column="wall", key_prefix="p/"))
+    assert result.problems == []
+    rec = result.records[0]
+    assert rec.experiment == "exp" and rec.name == "m"
+    assert rec.metrics["p/loss"].to_pylist() == [
+        {"step": 10, "timestamp": 1718000000500, "value": 1.0},
+        {"step": 20, "timestamp": 1718000001000, "value": 0.5}]
+    assert json.loads(rec.tags[RENAMED_METRICS_TAG]) == {"p/val/AR@100": "p/val/AR_100"}
+    assert DERIVED_TIMESTAMPS_TAG not in rec.tags and DERIVED_STEPS_TAG not in rec.tags
+
+
+def test_generic_csv_iso_times_and_derived_steps(tmp_path):
+    f = _write(tmp_path, "m.csv", b"time,loss\n2024-01-01T00:00:00Z,1\n2024-01-01T00:00:01.5+00:00,2\n")
+    rec = table.read(f, _csv_options(time_column="time")).records[0]
+    assert rec.metrics["loss"]["step"].to_pylist() == [0, 1]
+    assert rec.metrics["loss"]["timestamp"].to_pylist() == [1704067200000, 1704067201500]
+    assert rec.tags[DERIVED_STEPS_TAG]
+
+
+def test_tsv(tmp_path):
+    f = _write(tmp_path, "m.tsv", b"step\tloss\tacc\n0\t1.0\t\n1\t0.5\t0.9\n")
+    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    assert rec.metrics["acc"].num_rows == 1 and rec.metrics["loss"].num_rows == 2
+    assert rec.tags[DERIVED_TIMESTAMPS_TAG]
+
+
+def test_json_lines(tmp_path):
+    f = _write(tmp_path, "m.jsonl", b'{"step": 0, "loss": 1.0, "val": {"acc": "nan"}}\n'
+                                    b'{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    assert rec.metrics["loss"]["step"].to_pylist() == [0, 1]
+    assert math.isnan(rec.metrics["val.acc"]["value"][0].as_py())
+
+
+def test_parquet(tmp_path):
+    f = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"step": [0, 5, 10], "loss": [1.0, None, 0.25], "tag": ["a", "b", "c"]}), f)
+    assert table.detect(f)
+    result = table.read(f, _csv_options(step_column="step"))
+    rec = result.records[0]
+    assert rec.metrics["loss"].to_pylist() == [{"step": 0, "timestamp": None, "value": 1.0},
+                                               {"step": 10, "timestamp": None, "value": 0.25}]
+    assert "tag" not in rec.metrics and any("text columns" in n for n in result.notes)
+
+
+def test_generic_csv_missing_step_column_is_a_problem(tmp_path):
+    f = _write(tmp_path, "m.csv", b"a,b\n1,2\n")
+    (p,) = table.read(f, _csv_options(step_column="step")).problems
+    assert "step" in p.message
+
+
+def test_sample_logs_read_cleanly():
+    root = Path(__file__).resolve().parents[1] / "sample_logs"
+    cases = [(keras, root / "keras"), (lightning, root / "lightning"), (yolo, root / "yolo"),
+             (table, root / "csv" / "metrics.csv")]
+    for mod, path in cases:
+        assert mod.detect(path), path
+        opts = SourceOptions(step_column="step", time_column="time") if mod is table else SourceOptions()
+        result = mod.read(path, opts)
+        assert result.problems == [] and result.records and result.records[0].metrics, path

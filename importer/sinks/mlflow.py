@@ -224,28 +224,23 @@ class MlflowSink:
             body["run_name"] = rec.name
         if rec.user is not None:
             body["user_id"] = rec.user
-        try:
-            return await self.api.create_run(body)
-        except ServerError as e:
-            if e.status is not None and e.status < 500:
-                raise
-            # The answer was lost or the server failed: the run may exist now. Look before retrying.
-        except ImporterError:
-            pass
-        for attempt in range(self.api.config.retries):
-            await asyncio.sleep(min(self.api.config.backoff_max, self.api.config.backoff_base * 2 ** attempt))
-            found = await self.find(exp_id, rec.import_key)
-            if found is not None:
-                return found
+        config = self.api.config
+        for attempt in range(config.retries + 1):
+            if attempt:
+                await asyncio.sleep(min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1)))
+                # The failed attempt may have made the run and lost the answer: look first.
+                found = await self.find(exp_id, rec.import_key)
+                if found is not None:
+                    return found
             try:
                 return await self.api.create_run(body)
             except ServerError as e:
-                if e.status is not None and e.status < 500:
-                    raise
-            except ImporterError:
-                if attempt == self.api.config.retries - 1:
-                    raise
-        raise ServerError(f"could not create run {rec.import_key!r}", url=self.server)
+                if e.status is not None and e.status < 500 and e.status != 429:
+                    raise  # the server refused this request: trying again cannot help
+                failure: ImporterError = e
+            except ImporterError as e:  # dropped connection, timeout
+                failure = e
+        raise failure
 
     # -- pieces --------------------------------------------------------------------------------
 

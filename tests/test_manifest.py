@@ -294,3 +294,10 @@ def test_parent_in_another_experiment(tmp_path):
                                          {"id": "c", "experiment": "b", "parent": "p"}]}
     [p] = problems_of(tmp_path, doc)
     assert "runs[1]" in p and "share one experiment" in p
+
+
+def test_a_broken_manifest_in_a_named_folder_is_an_error(tmp_path):
+    (tmp_path / "ok.json").write_text(json.dumps(one_run()))
+    (tmp_path / "typo.json").write_text(json.dumps({"experimnet": "e", "id": "x"}))
+    with pytest.raises(importer.ValidationError, match="unknown field 'experimnet'"):
+        importer.validate([tmp_path])

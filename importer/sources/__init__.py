@@ -4,7 +4,9 @@
 a Keras or generic CSV, a text log, a YOLO results file) or a run folder (a Lightning version
 folder, a Hugging Face Trainer output folder, a TensorBoard folder, a W&B run folder). A folder is
 walked (links are not followed) and every file is offered to the sources in `ORDER`; the first that
-recognises it claims its unit, and what nobody recognises is reported, never skipped silently.
+recognises it claims its unit, and what nobody recognises is reported, never skipped silently. A
+`*.json` directly in a named folder is always read as a manifest, so a broken one is an error,
+not a file passed over.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
                 if any(file.is_relative_to(u) for u in units if u.is_dir()):
                     continue
                 module = recognise(file)
+                if module is None and folder == str(path) and file.suffix.lower() == ".json":
+                    module = manifest  # a *.json right in a named folder is a manifest: check it
                 if module is None:
                     unknown.append(file)
                 else:

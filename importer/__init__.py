@@ -7,10 +7,12 @@ from .errors import (ConflictError, ConnectionFailed, ImporterError, InputError,
                      RetryableError, ServerError, ValidationError)
 from .mlflow_api import ClientConfig
 from .model import RunRecord
-from .pipeline import Summary, find, import_paths, import_records, read_records, schema, validate
+from .pipeline import (Inputs, Summary, find, import_paths, import_records, inspect, read_inputs,
+                       read_records, schema, validate)
 
 __all__ = [
     "ClientConfig", "ConflictError", "ConnectionFailed", "ImporterError", "InputError", "Problem",
     "RetryableError", "RunRecord", "ServerError", "Summary", "ValidationError", "find",
-    "import_paths", "import_records", "read_records", "schema", "validate",
+    "import_paths", "import_records", "Inputs", "inspect", "read_inputs", "read_records", "schema",
+    "validate",
 ]

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -128,25 +128,17 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
     `strict`: then they are in `problems`). A folder is walked and each file offered to every
     source (see importer.sources); `fmt` forces one. `-` reads a manifest from standard input.
     Nothing touches a server."""
-    options = options or SourceOptions()
-    if experiment is not None:
-        options.experiment = experiment
+    paths = list(paths)
+    options = replace(options or SourceOptions(), **({"experiment": experiment} if experiment else {}))
     inputs = Inputs()
-    problems = inputs.problems
     seen: dict[tuple[str, str], int] = {}  # (experiment, key) -> unit index
-    named: list[Path] = []
     for raw in paths:
         if str(raw) == "-":
             reader = read_manifest(None, options.experiment, stdin=sys.stdin.buffer)
-            results = [("manifest", "<stdin>", SourceResult(reader.records, reader.problems))]
-        else:
-            path = Path(raw)
-            if not path.exists():
-                raise InputError(f"{path}: no such file or folder")
-            named.append(path)
-            continue
-        _collect(results, inputs, problems, seen)
-    units, unknown = sources.discover(named, fmt)
+            _collect("manifest", "<stdin>", SourceResult(reader.records, reader.problems), inputs, seen)
+        elif not Path(raw).exists():
+            raise InputError(f"{raw}: no such file or folder")
+    units, unknown = sources.discover([Path(p) for p in paths if str(p) != "-"], fmt)
     # Manifests first: files they name as artifacts are not runs of their own.
     units.sort(key=lambda unit: unit[0] is not sources.manifest)
     artifacts: set[Path] = set()
@@ -156,30 +148,31 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
         result = module.read(unit, options)
         if module is sources.manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
-        _collect([(module.NAME, str(unit), result)], inputs, problems, seen)
-    unknown = [p for p in unknown if p.resolve() not in artifacts]
-    inputs.unrecognised = [str(p) for p in unknown]
-    if problems and strict:
-        raise ValidationError(problems)
-    if not inputs.records and not problems:
+        _collect(module.NAME, str(unit), result, inputs, seen)
+    inputs.unrecognised = [str(p) for p in unknown if p.resolve() not in artifacts]
+    if inputs.problems and strict:
+        raise ValidationError(inputs.problems)
+    if not inputs.records and not inputs.problems:
         raise InputError("no runs found in " + ", ".join(map(str, paths)) +
-                         (f" ({len(unknown)} files not recognised; name the format with --format)" if unknown else ""))
+                         (f" ({len(inputs.unrecognised)} files not recognised; name the format with "
+                          "--format)" if inputs.unrecognised else ""))
     return inputs
 
 
-def _collect(results, inputs: Inputs, problems: list[Problem], seen: dict) -> None:
-    for fmt, unit, result in results:
-        index = len(inputs.units)
-        inputs.units.append((fmt, unit, len(result.records)))
-        problems += result.problems
-        inputs.notes += result.notes
-        for rec in result.records:
-            scoped = (rec.experiment, rec.import_key)
-            if seen.setdefault(scoped, index) != index:
-                problems.append(Problem(unit, rec.origin.split(": ", 1)[-1],
-                                        f"run {rec.import_key!r} of experiment {rec.experiment!r} "
-                                        f"is also in {inputs.units[seen[scoped]][1]}"))
-        inputs.records += result.records
+def _collect(fmt: str, unit: str, result: SourceResult, inputs: Inputs, seen: dict) -> None:
+    """Add one unit's runs, problems and notes; a run key already read from another unit is a
+    problem (two inputs would write the same run)."""
+    index = len(inputs.units)
+    inputs.units.append((fmt, unit, len(result.records)))
+    inputs.problems += result.problems
+    inputs.notes += result.notes
+    for rec in result.records:
+        scoped = (rec.experiment, rec.import_key)
+        if seen.setdefault(scoped, index) != index:
+            inputs.problems.append(Problem(unit, rec.origin.split(": ", 1)[-1],
+                                           f"run {rec.import_key!r} of experiment {rec.experiment!r} "
+                                           f"is also in {inputs.units[seen[scoped]][1]}"))
+    inputs.records += result.records
 
 
 def read_records(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwargs) -> list[RunRecord]:

@@ -296,8 +296,14 @@ def test_parent_in_another_experiment(tmp_path):
     assert "runs[1]" in p and "share one experiment" in p
 
 
-def test_a_broken_manifest_in_a_named_folder_is_an_error(tmp_path):
+def test_manifests_in_a_folder(tmp_path):
+    """Manifests are recognised by their first key: one with a typo further in is read and its
+    problem reported; JSON that is no manifest is listed as not recognised, not imported."""
     (tmp_path / "ok.json").write_text(json.dumps(one_run()))
-    (tmp_path / "typo.json").write_text(json.dumps({"experimnet": "e", "id": "x"}))
-    with pytest.raises(importer.ValidationError, match="unknown field 'experimnet'"):
+    (tmp_path / "other.json").write_text(json.dumps({"dependencies": {}}))
+    inputs = importer.read_inputs([tmp_path])
+    assert [r.import_key for r in inputs.records] == ["r"]
+    assert inputs.unrecognised == [str(tmp_path / "other.json")]
+    (tmp_path / "typo.json").write_text(json.dumps({"experiment": "e", "id": "x", "nmae": "y"}))
+    with pytest.raises(importer.ValidationError, match="unknown field 'nmae'"):
         importer.validate([tmp_path])

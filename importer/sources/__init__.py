@@ -5,8 +5,8 @@ a Keras or generic CSV, a text log, a YOLO results file) or a run folder (a Ligh
 folder, a Hugging Face Trainer output folder, a TensorBoard folder, a W&B run folder). A folder is
 walked (links are not followed) and every file is offered to the sources in `ORDER`; the first that
 recognises it claims its unit, and what nobody recognises is reported, never skipped silently. A
-`*.json` directly in a named folder is always read as a manifest, so a broken one is an error,
-not a file passed over.
+manifest is recognised by its first key, so a manifest with a typo further in is still read and
+its problems are reported.
 """
 
 from __future__ import annotations
@@ -74,13 +74,11 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
                 if any(file.is_relative_to(u) for u in units if u.is_dir()):
                     continue
                 module = recognise(file)
-                if module is None and folder == str(path) and file.suffix.lower() == ".json":
-                    module = manifest  # a *.json right in a named folder is a manifest: check it
                 if module is None:
                     unknown.append(file)
                 else:
                     units.setdefault(_unit(module, file), module)
-    # A file recognised before its run folder was claimed (e.g. a config.json beside a
-    # trainer_state.json) is not unknown.
+    # A file seen before its run folder was claimed (a config.json beside a trainer_state.json)
+    # is not unknown.
     unknown = [f for f in unknown if not any(f.is_relative_to(u) for u in units if u.is_dir())]
     return [(m, u) for u, m in units.items()], unknown

@@ -137,10 +137,8 @@ def client_loop(url: str, runs: list[dict], folder: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_importer(url: str, manifest: Path, state: Path, extra: list[str] = ()) -> tuple[float, int, str]:
-    """(seconds, peak RSS bytes, stdout) of `python -m importer import` in a new process."""
-    args = [sys.executable, "-m", "importer", "import", str(manifest), "--tracking-uri", url,
-            "--state", str(state), "--quiet", *extra]
+def measure(args: list) -> tuple[float, int, str]:
+    """(seconds, peak RSS bytes, stdout) of a command in a new process."""
     start = time.perf_counter()
     proc = psutil.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
@@ -149,12 +147,18 @@ def run_importer(url: str, manifest: Path, state: Path, extra: list[str] = ()) -
             peak = max(peak, proc.memory_info().rss)
         except psutil.Error:
             pass
-        time.sleep(0.05)
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
     out, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"importer failed ({proc.returncode}):\n{out.decode()}\n{err.decode()}")
+        raise SystemExit(f"{args} failed ({proc.returncode}):\n{out.decode()}\n{err.decode()}")
     return seconds, peak, out.decode()
+
+
+def run_importer(url: str, manifest: Path, state: Path) -> tuple[float, int, str]:
+    """`python -m importer import` as a user runs it."""
+    return measure([sys.executable, "-m", "importer", "import", str(manifest), "--tracking-uri", url,
+                    "--state", str(state), "--quiet"])
 
 
 def stall(url: str, n: int = 40) -> None:

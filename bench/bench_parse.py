@@ -14,16 +14,14 @@ Targets (issue 4): >= 2 million CSV points/s parse-only on one core; peak RSS <=
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_import import measure  # noqa: E402
 
 
 def write_csv(path: Path, rows: int) -> int:
@@ -37,22 +35,6 @@ def write_csv(path: Path, rows: int) -> int:
         columns[f"metric_{k}"] = pa.array(rng.random(rows))
     pacsv.write_csv(pa.table(columns), path)
     return rows * 10
-
-
-def measure(args: list[str]) -> tuple[float, int, str]:
-    start = time.perf_counter()
-    proc = psutil.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, proc.memory_info().rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    out, err = proc.communicate()
-    if proc.returncode:
-        raise SystemExit(f"{args} failed:\n{out.decode()}\n{err.decode()}")
-    return time.perf_counter() - start, peak, out.decode()
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 
 from ..errors import Problem
-from ..model import METRIC_SCHEMA, RunRecord, key_problem
+from ..model import MAX_PARAM_VALUE_LENGTH, METRIC_SCHEMA, RunRecord, flatten_params, key_problem
 
 DERIVED_STEPS_TAG = "importer.derived_steps"
 RENAMED_METRICS_TAG = "importer.renamed_metrics"
@@ -67,3 +67,49 @@ def metric_table(steps, values, timestamps=None) -> pa.Table:
     ts = pa.nulls(n, pa.int64()) if timestamps is None else timestamps
     return pa.table([pa.array(steps, pa.int64()), pa.array(ts, pa.int64()),
                      pa.array(values, pa.float64())], schema=METRIC_SCHEMA)
+
+
+def checked_params(raw: dict[str, Any], file: str, origin: str, problems: list[Problem],
+                   notes: list[str], prefix: str = "") -> dict[str, str]:
+    """The one rule for params of every log source: flatten `raw` with model.flatten_params
+    (a flat dict stays as it is); keys the server rejects are mapped with safe_metric_key
+    (noted); values longer than the server keeps (it cuts them silently) are problems."""
+    try:
+        _bounded(raw)
+        flat = flatten_params(raw, prefix)
+    except (ValueError, RecursionError) as e:
+        problems.append(Problem(file, "params", str(e) or "the parameters nest too deeply"))
+        return {}
+    out: dict[str, str] = {}
+    renamed: dict[str, str] = {}
+    for k, v in flat.items():
+        new = k if key_problem(k, "param") is None else safe_metric_key(k)
+        if new != k:
+            renamed[k] = new
+        if new in out:
+            problems.append(Problem(file, f"params.{k}", f"param {new!r} is given twice"))
+            continue
+        if len(v) > MAX_PARAM_VALUE_LENGTH:
+            problems.append(Problem(file, f"params.{k}", f"value is {len(v)} characters long; the "
+                                    f"server allows {MAX_PARAM_VALUE_LENGTH}"))
+            continue
+        out[new] = v
+    if renamed:
+        notes.append(f"{origin}: param keys the server rejects were renamed: "
+                     + ", ".join(f"{k!r} -> {v!r}" for k, v in renamed.items()))
+    return out
+
+
+def _bounded(value: Any, budget: int = 100_000) -> None:
+    """Refuse cyclic or alias-exploded parameter trees before flattening them."""
+    stack, count = [(value, ())], 0
+    while stack:
+        node, path = stack.pop()
+        count += 1
+        if count > budget:
+            raise ValueError(f"the parameters have more than {budget} entries (YAML aliases?)")
+        if isinstance(node, (dict, list)):
+            if id(node) in path:
+                raise ValueError("the parameters refer to themselves (a YAML alias cycle)")
+            items = node.values() if isinstance(node, dict) else node
+            stack.extend((child, path + (id(node),)) for child in items)

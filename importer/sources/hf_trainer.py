@@ -39,8 +39,8 @@ from typing import Any, Optional
 
 from ..errors import Problem
 from ..model import RunRecord, flatten_params
-from .base import SourceOptions, SourceResult, import_key
-from .textlog import STEP_RULE_TAG, SeriesBuilder, checked_params
+from .base import SourceOptions, SourceResult, checked_params, import_key
+from .textlog import STEP_RULE_TAG, SeriesBuilder
 
 NAME = "hf"
 
@@ -187,7 +187,8 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         import_key=import_key(NAME, str(run_dir)),
         origin=f"{file}: log_history",
         name=run_dir.name or None)
-    rec.params = checked_params(_params(state, run_dir, doc, result), rec.origin, result)
+    rec.params = checked_params(_params(state, run_dir, doc, result), file, rec.origin, result.problems,
+                                result.notes)
     for k in STATE_TAG_FIELDS:
         if doc.get(k) is not None:
             rec.tags[f"hf.{k}"] = str(doc[k])

@@ -38,8 +38,8 @@ import pyarrow.csv as pv
 
 from ..errors import Problem
 from ..model import RunRecord
-from .base import DERIVED_STEPS_TAG, SourceOptions, SourceResult, import_key
-from .table import (DERIVED_STEPS_TEXT, MetricBuilder, checked_params, integer_steps, load_yaml,
+from .base import DERIVED_STEPS_TAG, SourceOptions, SourceResult, checked_params, import_key
+from .table import (DERIVED_STEPS_TEXT, MetricBuilder, integer_steps, load_yaml,
                     read_delimited, row_steps)
 
 NAME = "lightning"

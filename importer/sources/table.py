@@ -50,8 +50,7 @@ import pyarrow.csv as pv
 import yaml
 
 from ..errors import Problem
-from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, MAX_PARAM_VALUE_LENGTH,
-                     RunRecord, flatten_params, key_problem)
+from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, RunRecord, key_problem)
 from .base import (DERIVED_STEPS_TAG, RENAMED_METRICS_TAG, SourceOptions, SourceResult, import_key,
                    metric_table, safe_metric_key)
 
@@ -447,51 +446,6 @@ def row_steps(n: int) -> pa.Array:
     return pa.array(range(n), pa.int64()) if n else pa.array([], pa.int64())
 
 
-def checked_params(raw: dict[str, Any], file: str, origin: str, problems: list[Problem],
-                   notes: list[str], prefix: str = "") -> dict[str, str]:
-    """Flatten `raw` with model.flatten_params; keys the server rejects are mapped with
-    safe_metric_key (noted); values longer than the server allows are problems."""
-    try:
-        _bounded(raw)
-        flat = flatten_params(raw, prefix)
-    except (ValueError, RecursionError) as e:
-        problems.append(Problem(file, "params", str(e) or "the parameters nest too deeply"))
-        return {}
-    out: dict[str, str] = {}
-    renamed: dict[str, str] = {}
-    for k, v in flat.items():
-        new = k if key_problem(k, "param") is None else safe_metric_key(k)
-        if new != k:
-            renamed[k] = new
-        if new in out:
-            problems.append(Problem(file, f"params.{k}", f"param {new!r} is given twice"))
-            continue
-        if len(v) > MAX_PARAM_VALUE_LENGTH:
-            problems.append(Problem(file, f"params.{k}", f"value is {len(v)} characters long; the "
-                                    f"server allows {MAX_PARAM_VALUE_LENGTH}"))
-            continue
-        out[new] = v
-    if renamed:
-        notes.append(f"{origin}: param keys the server rejects were renamed: "
-                     + ", ".join(f"{k!r} -> {v!r}" for k, v in renamed.items()))
-    return out
-
-
-def _bounded(value: Any, budget: int = 100_000) -> None:
-    """Refuse cyclic or alias-exploded parameter trees before flattening them."""
-    stack, count = [(value, ())], 0
-    while stack:
-        node, path = stack.pop()
-        count += 1
-        if count > budget:
-            raise ValueError(f"the parameters have more than {budget} entries (YAML aliases?)")
-        if isinstance(node, (dict, list)):
-            if id(node) in path:
-                raise ValueError("the parameters refer to themselves (a YAML alias cycle)")
-            items = node.values() if isinstance(node, dict) else node
-            stack.extend((child, path + (id(node),)) for child in items)
-
-
 # ---------------------------------------------------------------------------------------------
 # YAML, safely
 # ---------------------------------------------------------------------------------------------
@@ -506,7 +460,7 @@ class DataLoader(yaml.SafeLoader):
     `{"__tag__": tag, "value": scalar}` for a scalar and `{"__tag__": tag, "items": [...]}` for a
     sequence. `!!python/tuple` is read as a plain list. `!!binary` stays its base64 text and
     timestamps stay the text written, so every value is JSON-representable. Anchors and aliases are
-    resolved by PyYAML (cycles and alias bombs are refused later by `checked_params`)."""
+    resolved by PyYAML (cycles and alias bombs are refused later by `base.checked_params`)."""
 
 
 def _tag_name(tag: str) -> str:

@@ -67,8 +67,8 @@ import pyarrow.compute as pc
 
 from ..errors import Problem
 from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, INT64_MAX, INT64_MIN,
-                     MAX_PARAM_VALUE_LENGTH, METRIC_SCHEMA, RunRecord, flatten_params, key_problem)
-from .base import (DERIVED_STEPS_TAG, RENAMED_METRICS_TAG, SourceOptions, SourceResult, import_key,
+                     METRIC_SCHEMA, RunRecord, flatten_params)
+from .base import (DERIVED_STEPS_TAG, checked_params, RENAMED_METRICS_TAG, SourceOptions, SourceResult, import_key,
                    safe_metric_key)
 
 NAME = "text"
@@ -172,20 +172,6 @@ class SeriesBuilder:
         if infinite:
             # The server stores +-Infinity as +-1.797e308; keep the truth on the run.
             record.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
-
-
-def checked_params(flat: dict[str, str], origin: str, result: SourceResult) -> dict[str, str]:
-    """Params the server accepts; the others are left out with a note naming them."""
-    out: dict[str, str] = {}
-    for k, v in flat.items():
-        why = key_problem(k, "param")
-        if why is None and len(v) > MAX_PARAM_VALUE_LENGTH:
-            why = f"param {k!r} value is {len(v)} characters long; the server allows {MAX_PARAM_VALUE_LENGTH}"
-        if why:
-            result.notes.append(f"{origin}: param left out: {why}")
-        else:
-            out[k] = v
-    return out
 
 
 def parse_time(text: str) -> tuple[Optional[int], bool]:
@@ -731,7 +717,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             origin=f"{file}: segment {run.index}",
             name=path.name if run.index == 0 else f"{path.name} #{run.index}",
             start_time=run.start, end_time=run.end)
-        rec.params = checked_params(run.params, rec.origin, result)
+        rec.params = checked_params(run.params, str(path), rec.origin, result.problems, result.notes)
         rec.tags[FORMAT_TAG] = dialect
         rec.tags[STEP_RULE_TAG] = STEP_RULES[dialect]
         if run.derived:

@@ -49,8 +49,8 @@ import pyarrow.csv as pv
 
 from ..errors import Problem
 from ..model import RunRecord
-from .base import SourceOptions, SourceResult, import_key
-from .table import (_NUMBER, MetricBuilder, _first_failing, _not_utf8, checked_params,
+from .base import SourceOptions, SourceResult, checked_params, import_key
+from .table import (_NUMBER, MetricBuilder, _first_failing, _not_utf8,
                     complete_end, first_line, integer_steps, load_yaml, physical_lines,
                     read_delimited, split_header)
 

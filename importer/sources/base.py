@@ -13,14 +13,17 @@ METRIC_SCHEMA tables, and Problems for what it cannot use (file, line or row, co
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import Problem
-from ..model import MAX_PARAM_VALUE_LENGTH, METRIC_SCHEMA, RunRecord, flatten_params, key_problem
+from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, MAX_PARAM_VALUE_LENGTH, METRIC_SCHEMA,
+                     RunRecord, flatten_params, key_problem)
 
 DERIVED_STEPS_TAG = "importer.derived_steps"
 RENAMED_METRICS_TAG = "importer.renamed_metrics"
@@ -59,6 +62,39 @@ def safe_metric_key(key: str) -> str:
     mapped = _BAD_CHARS.sub("_", key)
     mapped = "/".join(p for p in mapped.split("/") if p not in ("", ".", "..")) or "_"
     return mapped[:250]
+
+
+class Metrics:
+    """A run's metric tables under server-safe keys, and the tags they imply. The one place for:
+    renaming keys the server rejects (`safe_metric_key`, tag RENAMED_METRICS_TAG, a note), a key
+    given twice after renaming (a problem), DERIVED_TIMESTAMPS_TAG and INFINITE_VALUES_TAG."""
+
+    def __init__(self, file: str, result: SourceResult):
+        self.file, self.result = file, result
+        self.tables: dict[str, pa.Table] = {}
+        self.renamed: dict[str, str] = {}
+
+    def add(self, key: str, table: pa.Table, where: str) -> None:
+        safe = safe_metric_key(key)
+        if safe in self.tables:
+            self.result.problems.append(Problem(self.file, where, f"metric key {safe!r} is given twice "
+                                                "(after mapping rejected characters)"))
+            return
+        if safe != key:
+            self.renamed[key] = safe
+        self.tables[safe] = table
+
+    def finish(self, rec: RunRecord) -> None:
+        rec.metrics = self.tables
+        if any(t.column("timestamp").null_count for t in self.tables.values()):
+            rec.tags[DERIVED_TIMESTAMPS_TAG] = "points without a timestamp have the run's start_time"
+        infinite = [k for k, t in self.tables.items() if pc.any(pc.is_inf(t.column("value"))).as_py()]
+        if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
+            rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
+        if self.renamed:
+            rec.tags[RENAMED_METRICS_TAG] = json.dumps(self.renamed, ensure_ascii=False)
+            self.result.notes.append(f"{rec.origin}: metric keys the server rejects were renamed: "
+                                     + ", ".join(f"{k!r} -> {v!r}" for k, v in self.renamed.items()))
 
 
 def metric_table(steps, values, timestamps=None) -> pa.Table:

@@ -114,9 +114,9 @@ def _read_file(file: Path, options: SourceOptions, result: SourceResult) -> None
         ident = f"segment-{k}"
         rec = RunRecord(experiment=experiment, import_key=import_key(NAME, str(resolved), ident),
                         origin=f"{file}: {ident}", name=file.stem if k == 1 else f"{file.stem} (run {k})")
-        metrics = MetricBuilder(str(file), result.problems)
+        metrics = MetricBuilder(str(file), result)
         for name, values in data.values.items():
             if name != "epoch" and name not in data.text_columns:
                 metrics.add(name, steps.slice(a, b - a), values.slice(a, b - a))
-        metrics.finish(rec, result)
+        metrics.finish(rec)
         result.records.append(rec)

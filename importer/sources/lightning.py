@@ -138,9 +138,9 @@ def _read_version(folder: Path, options: SourceOptions, result: SourceResult) ->
         steps = integer_steps(data.text[step_column], str(file), step_column, result.problems)
         if steps is None:
             return rec
-    metrics = MetricBuilder(str(file), result.problems)
+    metrics = MetricBuilder(str(file), result)
     for name, values in data.values.items():
         if name != step_column and name not in data.text_columns:
             metrics.add(name, steps, values)
-    metrics.finish(rec, result)
+    metrics.finish(rec)
     return rec

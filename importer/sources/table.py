@@ -39,7 +39,6 @@ Rules (shared by every table-shaped source):
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -50,9 +49,8 @@ import pyarrow.csv as pv
 import yaml
 
 from ..errors import Problem
-from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, RunRecord, key_problem)
-from .base import (DERIVED_STEPS_TAG, RENAMED_METRICS_TAG, SourceOptions, SourceResult, import_key,
-                   metric_table, safe_metric_key)
+from ..model import (RunRecord)
+from .base import (DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, import_key, metric_table)
 
 NAME = "csv"
 
@@ -390,55 +388,23 @@ def _fails_time(arr: pa.Array) -> bool:
     return True
 
 
-class MetricBuilder:
-    """Collects metric columns for one run: drops empty cells, maps rejected keys, tags the run."""
-
-    def __init__(self, file: str, problems: list[Problem]):
-        self.file, self.problems = file, problems
-        self.metrics: dict[str, pa.Table] = {}
-        self.renamed: dict[str, str] = {}
-        self.derived_ts = False
+class MetricBuilder(Metrics):
+    """Metric columns of one run: empty cells are no point, a value without a step a problem;
+    naming and tags as every source (base.Metrics)."""
 
     def add(self, key: str, steps: pa.Array, values: pa.Array,
             timestamps: Optional[pa.Array] = None) -> None:
-        """Add one column; rows with an empty value are not points. A value with no step is a
-        problem."""
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         has_value = pc.is_valid(values)
         orphan = pc.and_(has_value, pc.is_null(steps))
         if pc.any(orphan).as_py():
             at = pc.index(orphan, True).as_py()
-            self.problems.append(Problem(self.file, f"row {at + 1} column {key!r}",
-                                         "a value in a row without a step"))
-            return
-        new = safe_metric_key(key)
-        if new != key:
-            self.renamed[key] = new
-        if new in self.metrics:
-            self.problems.append(Problem(self.file, f"column {key!r}", f"metric key {new!r} is "
-                                         "given twice (after mapping rejected characters)"))
-            return
-        if msg := key_problem(new, "metric"):
-            self.problems.append(Problem(self.file, f"column {key!r}", msg))
+            self.result.problems.append(Problem(self.file, f"row {at + 1} column {key!r}",
+                                                "a value in a row without a step"))
             return
         ts = None if timestamps is None else timestamps.filter(has_value)
-        if ts is None or ts.null_count:
-            self.derived_ts = True
-        self.metrics[new] = metric_table(steps.filter(has_value), values.filter(has_value), ts)
-
-    def finish(self, rec: RunRecord, result: SourceResult) -> None:
-        """Put the metrics, and the tags and notes they imply, on `rec`."""
-        rec.metrics = self.metrics
-        if self.derived_ts and self.metrics:
-            rec.tags[DERIVED_TIMESTAMPS_TAG] = DERIVED_TIMESTAMPS_TEXT
-        infinite = [k for k, t in self.metrics.items() if pc.any(pc.is_inf(t.column("value"))).as_py()]
-        if infinite:
-            # The server stores +-Infinity as +-1.797e308; keep the truth on the run.
-            rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
-        if self.renamed:
-            rec.tags[RENAMED_METRICS_TAG] = json.dumps(self.renamed, ensure_ascii=False)
-            result.notes.append(f"{rec.origin}: metric keys the server rejects were renamed: "
-                                + ", ".join(f"{k!r} -> {v!r}" for k, v in self.renamed.items()))
+        table = metric_table(steps.filter(has_value), values.filter(has_value), ts)
+        super().add(key, table, f"column {key!r}")
 
 
 def row_steps(n: int) -> pa.Array:
@@ -660,12 +626,12 @@ def _record(file: Path, data: TableData, options: SourceOptions, result: SourceR
                                problems, result.notes)
     if steps is None:
         return rec
-    metrics = MetricBuilder(str(file), problems)
+    metrics = MetricBuilder(str(file), result)
     for name, values in data.values.items():
         if name in (options.step_column, options.time_column) or not name:
             continue
         metrics.add(options.key_prefix + name, steps, values, stamps)
     if data.text_columns:
         result.notes.append(f"{file}: text columns are not metrics: {', '.join(data.text_columns)}")
-    metrics.finish(rec, result)
+    metrics.finish(rec)
     return rec

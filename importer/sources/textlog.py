@@ -66,10 +66,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import Problem
-from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, INT64_MAX, INT64_MIN,
+from ..model import (INT64_MAX, INT64_MIN,
                      METRIC_SCHEMA, RunRecord, flatten_params)
-from .base import (DERIVED_STEPS_TAG, checked_params, RENAMED_METRICS_TAG, SourceOptions, SourceResult, import_key,
-                   safe_metric_key)
+from .base import DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, checked_params, import_key
 
 NAME = "text"
 
@@ -140,38 +139,16 @@ class SeriesBuilder:
     def finish(self, record: RunRecord, result: SourceResult, file: str) -> None:
         """Fill `record.metrics` (server-safe keys) and its tags for renamed keys, derived
         timestamps and infinite values; notes go to `result`."""
-        renamed: dict[str, str] = {}
-        infinite: list[str] = []
-        derived_ts = False
+        metrics = Metrics(file, result)
         for key, (steps, values, stamps) in self._cols.items():
-            new = safe_metric_key(key)
-            if new != key:
-                renamed[key] = new
-            if new in record.metrics:
-                result.problems.append(Problem(file, record.origin, f"metric keys {key!r} and another key "
-                                               f"both become {new!r} once made server-safe"))
-                continue
             n = len(steps)
             ts = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(stamps)])
-            missing = pc.equal(ts, _NO_TS)
-            if pc.any(missing).as_py():
-                derived_ts = True
-                ts = pc.if_else(missing, pa.scalar(None, pa.int64()), ts)
+            ts = pc.if_else(pc.equal(ts, _NO_TS), pa.scalar(None, pa.int64()), ts)
             vals = pa.Array.from_buffers(pa.float64(), n, [None, pa.py_buffer(values)])
-            record.metrics[new] = pa.table(
-                [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(steps)]), ts, vals],
-                schema=METRIC_SCHEMA)
-            if pc.any(pc.is_inf(vals)).as_py():
-                infinite.append(new)
-        if renamed:
-            record.tags[RENAMED_METRICS_TAG] = json.dumps(renamed, ensure_ascii=False)
-            result.notes.append(f"{record.origin}: metric keys renamed for the server: "
-                                + ", ".join(f"{a!r} -> {b!r}" for a, b in renamed.items()))
-        if derived_ts:
-            record.tags[DERIVED_TIMESTAMPS_TAG] = "points without a timestamp have the run's start_time"
-        if infinite:
-            # The server stores +-Infinity as +-1.797e308; keep the truth on the run.
-            record.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
+            table = pa.table([pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(steps)]), ts, vals],
+                             schema=METRIC_SCHEMA)
+            metrics.add(key, table, record.origin)
+        metrics.finish(record)
 
 
 def parse_time(text: str) -> tuple[Optional[int], bool]:

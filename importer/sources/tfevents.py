@@ -39,7 +39,6 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -48,9 +47,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import Problem
-from ..model import DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, RunRecord, flatten_params
-from .base import (RENAMED_METRICS_TAG, SourceOptions, SourceResult, import_key, metric_table,
-                   safe_metric_key)
+from ..model import RunRecord, flatten_params
+from .base import Metrics, SourceOptions, SourceResult, import_key, metric_table
 
 NAME = "tensorboard"
 INSTALL_HINT = "pip install 'importer[tensorboard]'"
@@ -304,29 +302,10 @@ def _record(identity: Path, folder: Path, named_root: Optional[Path], run: _Run,
         rec.start_time = int(run.first_wall * 1000)
         rec.end_time = int(run.last_wall * 1000)
 
-    renamed: dict[str, str] = {}
-    infinite: list[str] = []
+    metrics = Metrics(str(identity), result)
     for tag, (steps, stamps, values) in run.series.items():
-        key = options.key_prefix + tag
-        safe = safe_metric_key(key)
-        if safe in rec.metrics:
-            result.problems.append(Problem(str(identity), f"tag {tag!r}", f"maps to metric key "
-                                           f"{safe!r}, which another tag already has"))
-            continue
-        if safe != key:
-            renamed[key] = safe
-        table = metric_table(steps, values, stamps)
-        rec.metrics[safe] = table
-        if any(math.isinf(v) for v in values):
-            infinite.append(safe)
-        if None in stamps:
-            rec.tags[DERIVED_TIMESTAMPS_TAG] = "points without a wall time have the run's start_time"
-    if renamed:
-        rec.tags[RENAMED_METRICS_TAG] = json.dumps(renamed, ensure_ascii=False)
-        result.notes.append(f"{rec.origin}: renamed metric keys the server rejects: "
-                            + ", ".join(f"{a!r} -> {b!r}" for a, b in renamed.items()))
-    if infinite:
-        rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
+        metrics.add(options.key_prefix + tag, metric_table(steps, values, stamps), f"tag {tag!r}")
+    metrics.finish(rec)
     if run.skipped:
         result.notes.append(f"{rec.origin}: skipped values that are not scalars: "
                             + ", ".join(f"{k}: {n}" for k, n in sorted(run.skipped.items())))

@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..errors import Problem
-from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, RunRecord, flatten_params)
-from .base import (RENAMED_METRICS_TAG, SourceOptions, SourceResult, import_key, metric_table,
-                   safe_metric_key)
+from ..model import (RunRecord, flatten_params)
+from .base import Metrics, SourceOptions, SourceResult, import_key, metric_table
 
 NAME = "wandb"
 INSTALL_HINT = "pip install 'importer[wandb]'"
@@ -393,29 +392,10 @@ class _RunReader:
             self.series[k] = ([step], [ts], [n])
 
     def add_metrics(self, rec: RunRecord) -> None:
-        renamed: dict[str, str] = {}
-        infinite: list[str] = []
+        metrics = Metrics(str(self.dir), self.result)
         for key, (steps, stamps, values) in self.series.items():
-            full = self.options.key_prefix + key
-            safe = safe_metric_key(full)
-            if safe in rec.metrics:
-                self.result.problems.append(Problem(str(self.dir), f"metric {key!r}", "maps to "
-                                                    f"key {safe!r}, which another metric has"))
-                continue
-            if safe != full:
-                renamed[full] = safe
-            rec.metrics[safe] = metric_table(steps, values, stamps)
-            if any(math.isinf(v) for v in values):
-                infinite.append(safe)
-            if None in stamps:
-                rec.tags[DERIVED_TIMESTAMPS_TAG] = ("points without a timestamp have the run's "
-                                                    "start_time")
-        if renamed:
-            rec.tags[RENAMED_METRICS_TAG] = json.dumps(renamed, ensure_ascii=False)
-            self.result.notes.append(f"{rec.origin}: renamed metric keys the server rejects: "
-                                     + ", ".join(f"{a!r} -> {b!r}" for a, b in renamed.items()))
-        if infinite:
-            rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
+            metrics.add(self.options.key_prefix + key, metric_table(steps, values, stamps), f"metric {key!r}")
+        metrics.finish(rec)
         if self.skipped:
             self.result.notes.append(f"{rec.origin}: skipped non-numeric values: "
                                      + ", ".join(f"{k}: {n}" for k, n in sorted(self.skipped.items())))

@@ -139,7 +139,7 @@ def _record(file: Path, options: SourceOptions, result: SourceResult) -> Optiona
                     import_key=import_key(NAME, str(resolved), "run"),
                     origin=f"{file}: run", name=resolved.parent.name)
     rec.params = _params(folder, rec.origin, result)
-    metrics = MetricBuilder(str(file), result.problems)
+    metrics = MetricBuilder(str(file), result)
     if file.suffix.lower() == ".txt":
         columns = _read_txt(file, result.problems)
         if columns is None:
@@ -160,7 +160,7 @@ def _record(file: Path, options: SourceOptions, result: SourceResult) -> Optiona
         columns = {k: v for k, v in data.values.items() if k != "epoch" and k not in data.text_columns}
     for key, values in columns.items():
         metrics.add(key, steps, values)
-    metrics.finish(rec, result)
+    metrics.finish(rec)
     return rec
 
 

@@ -23,8 +23,6 @@ from pydantic import (AwareDatetime, BaseModel, ConfigDict, Discriminator, Field
                       StrictInt, StrictStr, Tag, WrapValidator)
 from pydantic_core import PydanticCustomError
 
-STATUSES = ("FINISHED", "FAILED", "KILLED", "RUNNING", "SCHEDULED")
-
 # Tags importer writes on every run it creates; `IMPORT_KEY_TAG` is how a run is found again.
 IMPORT_KEY_TAG = "importer.import_key"
 DERIVED_TIMESTAMPS_TAG = "importer.derived_timestamps"

@@ -183,7 +183,7 @@ class MlflowSink:
         # Which points are missing: all for a new run; else the ledger knows when it recorded this
         # run; else ask the server.
         new = out.action in ("created", "would-create")
-        plan = await self._missing_points(rec, None if new else run_id, trust_ledger=row is not None)
+        plan = await self._missing_points(rec, None if new else run_id, start, trust_ledger=row is not None)
         out.points = sum(t.num_rows for t, _, _ in plan.values())
         out.params = len(params)
 
@@ -301,7 +301,7 @@ class MlflowSink:
                 body[kind].append({"key": k, "value": v})
             await self.api.log_batch(body)
 
-    async def _missing_points(self, rec: RunRecord, run_id: Optional[str],
+    async def _missing_points(self, rec: RunRecord, run_id: Optional[str], start_time: int,
                               trust_ledger: bool) -> dict[str, tuple[pa.Table, Optional[int], int]]:
         """metric -> (points to send, index in the source series of the first one or None when the
         points are not a suffix, length of the source series)."""
@@ -317,23 +317,21 @@ class MlflowSink:
                 if done < table.num_rows:
                     plan[key] = (table.slice(done), done, table.num_rows)
                 continue
-            missing = await self._diff_with_server(run_id, key, table)
+            missing = await self._diff_with_server(run_id, key, table, start_time)
             if missing.num_rows:
                 plan[key] = (missing, None, table.num_rows)
         return plan
 
-    async def _diff_with_server(self, run_id: str, key: str, table: pa.Table) -> pa.Table:
+    async def _diff_with_server(self, run_id: str, key: str, table: pa.Table, start_time: int) -> pa.Table:
         """The points of `table` the server does not hold (exact on step, timestamp and value)."""
         stored = await self.api.metric_history(run_id, key)
         if not stored:
             return table
         have = {(int(m["step"]), int(m["timestamp"]), _stored_value(m["value"])) for m in stored}
-        run = await self.api.get_run(run_id)
-        start = int(run["info"]["start_time"]) if run else 0
         steps = table.column("step").to_pylist()
         stamps = table.column("timestamp").to_pylist()
         values = table.column("value").to_pylist()
-        keep = [(s, start if t is None else t, _stored_value(v)) not in have
+        keep = [(s, start_time if t is None else t, _stored_value(v)) not in have
                 for s, t, v in zip(steps, stamps, values)]
         return table.filter(pa.array(keep))
 

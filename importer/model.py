@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 # Tags importer writes on every run it creates; `IMPORT_KEY_TAG` is how a run is found again.
 IMPORT_KEY_TAG = "importer.import_key"
+SOURCE_RUN_ID_TAG = "importer.source_run_id"  # a run moved from another MLflow store: its id there
 DERIVED_TIMESTAMPS_TAG = "importer.derived_timestamps"
 INFINITE_VALUES_TAG = "importer.infinite_values"
 
@@ -176,6 +177,15 @@ METRIC_SCHEMA = pa.schema([
     ("timestamp", pa.int64()),  # null: derive from the run's start time (see DERIVED_TIMESTAMPS_TAG)
     ("value", pa.float64()),
 ])
+# MLflow 3 metric fields a table may carry after the three above (string, null where absent).
+OPTIONAL_METRIC_FIELDS = ("model_id", "dataset_name", "dataset_digest")
+
+
+def store_import_key(run_id: str) -> str:
+    """The import key of a run that comes from another MLflow store (a server, an `mlruns/` folder,
+    a bundle, an mlflow-export-import folder): its run id there. Run ids are UUIDs, so the same
+    run reached by any of these paths lands on the same destination run."""
+    return f"mlflow-run-{run_id}"
 
 
 @dataclass
@@ -204,6 +214,12 @@ class RunRecord:
     artifacts: list[ArtifactFile] = field(default_factory=list)
     parent_key: Optional[str] = None  # import key of a parent in the same import
     parent_run_id: Optional[str] = None  # an existing run on the destination
+    # Runs moved from another MLflow store:
+    source_run_id: Optional[str] = None  # its id there (tag SOURCE_RUN_ID_TAG, the ledger's id map)
+    lifecycle: str = "active"  # "deleted": imported only with --include-deleted, then deleted
+    experiment_tags: dict[str, str] = field(default_factory=dict)  # set on the experiment; the
+    # experiment's description is its tag `mlflow.note.content`
+    inputs: list[dict] = field(default_factory=list)  # dataset inputs, as runs/log-inputs takes them
 
     @property
     def point_count(self) -> int:

@@ -18,10 +18,11 @@ from types import ModuleType
 from typing import Optional
 
 from ..errors import InputError
-from . import hf_trainer, keras, lightning, manifest, table, textlog, tfevents, wandb, yolo
+from . import (hf_trainer, keras, lightning, manifest, mlflow_export, mlruns, table, textlog, tfevents,
+               wandb, yolo)
 
 # Most specific first: the generic table and text sources take only what nobody else claims.
-ORDER: list[ModuleType] = [manifest, hf_trainer, wandb, tfevents, lightning, yolo, keras, table, textlog]
+ORDER: list[ModuleType] = [manifest, mlruns, mlflow_export, hf_trainer, wandb, tfevents, lightning, yolo, keras, table, textlog]
 FORMATS: dict[str, ModuleType] = {m.NAME: m for m in ORDER}
 
 _CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")
@@ -30,6 +31,8 @@ _WANDB_RUN = re.compile(r"^(offline-)?run-")
 
 def _unit(module: ModuleType, file: Path) -> Path:
     """What `module` reads for a file it recognised: the file, or the run folder holding it."""
+    if hasattr(module, "unit"):  # a source that knows its own layout (mlruns, mlflow-export)
+        return module.unit(file)
     if module is hf_trainer:
         return file.parent.parent if _CHECKPOINT.match(file.parent.name) else file.parent
     if module in (lightning, tfevents, yolo):  # a YOLO run folder also holds args.yaml, weights, plots

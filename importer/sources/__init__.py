@@ -22,7 +22,7 @@ from . import (hf_trainer, keras, lightning, manifest, mlflow_export, mlruns, ta
                wandb, yolo)
 
 # Most specific first: the generic table and text sources take only what nobody else claims.
-ORDER: list[ModuleType] = [manifest, mlruns, mlflow_export, hf_trainer, wandb, tfevents, lightning, yolo, keras, table, textlog]
+ORDER: list[ModuleType] = [mlflow_export, manifest, mlruns, hf_trainer, wandb, tfevents, lightning, yolo, keras, table, textlog]
 FORMATS: dict[str, ModuleType] = {m.NAME: m for m in ORDER}
 
 _CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")

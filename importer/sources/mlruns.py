@@ -1,22 +1,413 @@
-"""(being written) mlruns source."""
+"""MLflow file-store folders (`mlruns/`): every run as MLflow wrote it, from MLflow 1.x to 3.x.
+
+Layout read (ROOT is the folder holding the experiment folders):
+
+    ROOT/<exp>/meta.yaml                   experiment: experiment_id, name, artifact_location, lifecycle_stage
+    ROOT/<exp>/tags/<key>                  experiment tags (its description is `mlflow.note.content`)
+    ROOT/<exp>/<run>/meta.yaml             run: run_id and/or run_uuid, run_name (none before 1.x's end),
+                                           start_time, end_time, status (1..5), user_id, lifecycle_stage,
+                                           artifact_uri
+    ROOT/<exp>/<run>/params|tags/<key>     one file per key, the value is the whole file
+    ROOT/<exp>/<run>/metrics/<key>         lines `timestamp value step` (old: `timestamp value`, step 0;
+                                           MLflow 3: `... dataset_name dataset_digest`)
+    ROOT/<exp>/<run>/artifacts/**          the run's artifacts
+    ROOT/<exp>/<run>/inputs/<id>/meta.yaml + ROOT/<exp>/datasets/<id>/meta.yaml   dataset inputs
+    ROOT/.trash/<exp>/...                  deleted experiments: all their runs are "deleted"
+
+Keys with `/` are sub-folders (`metrics/val/loss` is `val/loss`). A folder inside ROOT that is itself
+a store (a stray `mlruns/mlruns/`) is read as one too. Registered models (`ROOT/models/`), MLflow 3
+logged models (`<exp>/models/`, `<run>/outputs/`), model inputs and traces are not read (noted).
+
+Mapping: each run keeps its id (`source_run_id`, import key `store_import_key(run_id)`), its
+original times, status, user and lifecycle, every param and tag byte for byte (no renaming, no
+truncation: the store accepted them once), every metric point in file order; the tag
+`mlflow.parentRunId` becomes `parent_key`. Artifacts are taken from `<run>/artifacts/` only; an
+`artifact_uri` elsewhere (another machine, another disk) is never read, and a note says so. Nothing
+outside the folder read is followed, links included.
+"""
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 from pathlib import Path
+from typing import Optional
 
-from .base import SourceOptions, SourceResult
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import yaml
+
+from ..errors import Problem
+from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
+                     store_import_key)
+from .base import SourceOptions, SourceResult, metric_table
 
 NAME = "mlruns"
+STATUSES = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
+PARENT_TAG = "mlflow.parentRunId"
+_HEAD = 8192  # meta.yaml files are a few hundred bytes; detect reads no more than this
+_DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")  # REST Dataset
+_NOT_RUNS = {"tags", "datasets", "models", "traces"}  # folders of an experiment that are not runs
+_COLUMNS = pacsv.ConvertOptions(
+    column_types={"f0": pa.int64(), "f1": pa.float64(), "f2": pa.int64(),  # timestamp value step
+                  "f3": pa.string(), "f4": pa.string()},  # MLflow 3: dataset_name dataset_digest
+    null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)  # "nan" is a value
+_PARSE = pacsv.ParseOptions(delimiter=" ", quote_char=False)
+_READ = pacsv.ReadOptions(autogenerate_column_names=True)
+
+
+def _kind(doc) -> Optional[str]:
+    """"run", "experiment" or None for a parsed meta.yaml (logged models and registered models
+    have meta.yaml files too: they name a model_id or no experiment_id)."""
+    if not isinstance(doc, dict) or "experiment_id" not in doc:
+        return None
+    if "run_id" in doc or "run_uuid" in doc:
+        return "run"
+    if "model_id" not in doc and ("name" in doc or "artifact_location" in doc):
+        return "experiment"
+    return None
+
+
+def _head_kind(path: Path) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return _kind(yaml.safe_load(f.read(_HEAD)))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError):
+        return None
 
 
 def detect(path: Path) -> bool:
-    return False
+    """A run's or an experiment's meta.yaml of a file store."""
+    return path.name == "meta.yaml" and path.is_file() and _head_kind(path) is not None
 
 
 def unit(file: Path) -> Path:
-    """The folder (or file) read as one unit for a file `detect` recognised."""
-    return file
+    """The store root (the folder holding the experiment folders and `.trash`) for a meta.yaml."""
+    exp = file.parent.parent if _head_kind(file) == "run" else file.parent
+    root = exp.parent
+    return root.parent if root.name == ".trash" else root
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:
-    raise NotImplementedError
+    """Every run under `path`: a store root, a folder holding one, an experiment or a run folder."""
+    result = SourceResult()
+    path = Path(path)
+    if path.is_file():
+        if not detect(path):
+            result.problems.append(Problem(str(path), "", "not the meta.yaml of an MLflow experiment or run"))
+            return result
+        path = unit(path)
+    store = _Store(path, options, result)
+    kind = _head_kind(path / "meta.yaml")
+    if kind == "run":
+        store.experiment(path.absolute().parent, only=path)
+    elif kind == "experiment":
+        store.experiment(path)
+    elif not store.root(path):
+        result.problems.append(Problem(str(path), "", "no MLflow experiment or run meta.yaml found"))
+    keys = {r.import_key for r in result.records}
+    for rec in result.records:
+        if rec.parent_key is not None and rec.parent_key not in keys:
+            result.notes.append(f"{rec.origin}: its parent run ({rec.parent_key}) is not in this folder; "
+                                "it must have been imported before")
+    return result
+
+
+def _dirs(folder: Path) -> list[Path]:
+    """Sub-folders, sorted; links are not followed."""
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
+class _Store:
+    def __init__(self, path: Path, options: SourceOptions, result: SourceResult):
+        self.path, self.options, self.result = path, options, result
+        self.boundary = path.resolve()  # nothing outside it is read
+        self.seen: dict[str, Path] = {}  # run id -> its folder
+
+    def problem(self, file: Path, where: str, message: str) -> None:
+        self.result.problems.append(Problem(str(file), where, message))
+
+    def note(self, message: str) -> None:
+        self.result.notes.append(message)
+
+    def meta(self, file: Path) -> Optional[dict]:
+        """A parsed meta.yaml, or None with a problem."""
+        try:
+            doc = yaml.safe_load(file.read_bytes().decode("utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else ""
+            self.problem(file, where, f"not valid YAML: {getattr(e, 'problem', None) or e}")
+            return None
+        except (OSError, UnicodeDecodeError, RecursionError) as e:
+            self.problem(file, "", f"cannot read: {e or 'nested too deeply'}")
+            return None
+        if not isinstance(doc, dict):
+            self.problem(file, "", "not an MLflow meta.yaml (expected a mapping)")
+            return None
+        return doc
+
+    # -- folders ------------------------------------------------------------------------------
+
+    def root(self, folder: Path) -> bool:
+        """Read a store root; False when `folder` holds no experiment at all."""
+        found = False
+        for child in _dirs(folder):
+            if child.name == ".trash":
+                for exp in _dirs(child):
+                    found = True
+                    self.experiment(exp, deleted=True)
+            elif (_head_kind(child / "meta.yaml") == "experiment"
+                  or any(_head_kind(g / "meta.yaml") == "run" for g in _dirs(child))):
+                found = True
+                self.experiment(child)  # a missing or broken meta.yaml is reported there
+            elif child.name == "models":
+                self.note(f"{child}: registered models are not imported")
+            elif ((child / ".trash").is_dir()
+                  or any(_head_kind(g / "meta.yaml") == "experiment" for g in _dirs(child))):
+                found = self.root(child) or found  # a store inside the store (`mlruns/mlruns`)
+            elif not child.name.startswith("."):
+                self.note(f"{child}: not an MLflow experiment folder; not read")
+        return found
+
+    def experiment(self, folder: Path, deleted: bool = False, only: Optional[Path] = None) -> None:
+        meta_file = folder / "meta.yaml"
+        meta = self.meta(meta_file) if meta_file.is_file() else {}
+        name = self.options.experiment or (meta or {}).get("name")
+        if meta is not None and not name:
+            self.problem(meta_file, "name", "the experiment has no name (meta.yaml is missing or names "
+                         "none); its runs were not read. Name one with --experiment")
+        if not name:
+            return
+        name = str(name)
+        deleted = deleted or (meta or {}).get("lifecycle_stage") == "deleted"
+        exp_tags = self.values(folder / "tags", "tag")
+        for sub in ("models", "traces"):
+            if (folder / sub).is_dir():
+                self.note(f"{folder / sub}: MLflow 3 {'logged models' if sub == 'models' else 'traces'} "
+                          "are not imported")
+        for run in [only] if only else _dirs(folder):
+            if run.name in _NOT_RUNS and not only:
+                continue
+            if (run / "meta.yaml").is_file():
+                self.run(run, name, exp_tags, deleted)
+            else:
+                self.note(f"{run}: no meta.yaml, not a run; not read")
+
+    def run(self, folder: Path, experiment: str, exp_tags: dict[str, str], deleted: bool) -> None:
+        meta_file = folder / "meta.yaml"
+        meta = self.meta(meta_file)
+        if meta is None:
+            return
+        if _kind(meta) != "run":
+            self.problem(meta_file, "", "not a run's meta.yaml (no run_id or run_uuid, or no experiment_id)")
+            return
+        run_id = str(meta.get("run_id") or meta.get("run_uuid"))
+        if run_id in self.seen:
+            self.problem(meta_file, "run_id", f"run {run_id} is also in {self.seen[run_id]}; read once")
+            return
+        self.seen[run_id] = folder
+        origin = f"{self.path}: run {run_id}"
+        tags = self.values(folder / "tags", "tag")
+        parent = tags.pop(PARENT_TAG, None)
+        rec = RunRecord(
+            experiment=experiment, import_key=store_import_key(run_id), origin=origin,
+            name=_text(meta.get("run_name")) or tags.get("mlflow.runName") or _text(meta.get("name")),
+            start_time=self.time(meta, "start_time", meta_file),
+            end_time=self.time(meta, "end_time", meta_file),
+            status=self.status(meta, meta_file), user=_text(meta.get("user_id")),
+            params=self.values(folder / "params", "param"), tags=tags,
+            parent_key=store_import_key(parent.strip()) if parent else None, source_run_id=run_id,
+            lifecycle="deleted" if deleted or meta.get("lifecycle_stage") == "deleted" else "active",
+            experiment_tags=dict(exp_tags))
+        rec.metrics = self.metrics(folder / "metrics")
+        infinite = [k for k, t in rec.metrics.items() if _has_inf(t)]
+        if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
+            rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
+        rec.artifacts = self.artifacts(folder, origin)
+        self.check_artifact_uri(folder, _text(meta.get("artifact_uri")), origin, len(rec.artifacts))
+        rec.inputs = self.inputs(folder, origin)
+        if (folder / "outputs").is_dir():
+            self.note(f"{origin}: MLflow 3 model outputs (outputs/) are not imported")
+        self.result.records.append(rec)
+
+    # -- run fields ---------------------------------------------------------------------------
+
+    def time(self, meta: dict, field: str, file: Path) -> Optional[int]:
+        value = meta.get(field)
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        self.problem(file, field, f"expected milliseconds since the epoch, got {value!r}")
+        return None
+
+    def status(self, meta: dict, file: Path) -> str:
+        value = meta.get("status", 1)  # MLflow reads a missing status as RUNNING
+        if isinstance(value, int) and value in STATUSES:
+            return STATUSES[value]
+        if isinstance(value, str) and value in STATUSES.values():
+            return value
+        self.problem(file, "status", f"unknown run status {value!r} (expected 1 to 5)")
+        return "FINISHED"
+
+    def values(self, folder: Path, what: str) -> dict[str, str]:
+        """Params or tags: key = path under `folder`, value = the whole file, exactly."""
+        out: dict[str, str] = {}
+        for file, key in self.files(folder):
+            problem = key_problem(key, what)
+            if problem:
+                self.problem(file, "", f"{problem}; the server will refuse this run")
+            try:
+                out[key] = file.read_bytes().decode("utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                self.problem(file, "", f"cannot read the {what} value: {e}")
+        return out
+
+    def files(self, folder: Path) -> list[tuple[Path, str]]:
+        """Regular files under `folder` (links skipped) with their posix path relative to it."""
+        out = []
+        if folder.is_symlink():
+            return out
+        for top, dirs, names in os.walk(folder):
+            dirs.sort()
+            for name in sorted(names):
+                file = Path(top) / name
+                if not file.is_symlink() and file.is_file():
+                    out.append((file, file.relative_to(folder).as_posix()))
+        return out
+
+    def metrics(self, folder: Path) -> dict[str, pa.Table]:
+        tables: dict[str, pa.Table] = {}
+        for file, key in self.files(folder):
+            problem = key_problem(key, "metric")
+            if problem:
+                self.problem(file, "", f"{problem}; the server will refuse this run")
+            try:
+                data = file.read_bytes()
+            except OSError as e:
+                self.problem(file, "", f"cannot read: {e}")
+                continue
+            table = _metric_fast(data)
+            tables[key] = self.metric_lines(file, data) if table is None else table
+        return tables
+
+    def metric_lines(self, file: Path, data: bytes) -> pa.Table:
+        """The line-by-line reader, for files the Arrow reader refused: every good point is kept,
+        every bad line is a problem naming it."""
+        rows: list[tuple] = []
+        bad = 0
+        for number, line in enumerate(data.split(b"\n"), 1):
+            text = line.decode("utf-8", "replace").strip()
+            if not text:
+                continue
+            parts = text.split(" ")
+            try:
+                if len(parts) not in (2, 3, 5):
+                    raise ValueError
+                step = int(parts[2]) if len(parts) > 2 else 0
+                extra = tuple(parts[3:5]) if len(parts) == 5 else (None, None)
+                rows.append((step, int(parts[0]), float(parts[1])) + extra)
+            except ValueError:
+                bad += 1
+                if bad <= 5:
+                    self.problem(file, f"line {number}", f"not `timestamp value step`: {text[:80]!r}")
+        if bad > 5:
+            self.problem(file, "", f"{bad - 5} more lines are not `timestamp value step`")
+        steps, times, values, names, digests = (list(c) for c in zip(*rows)) if rows else ([],) * 5
+        table = metric_table(steps, values, pa.array(times, pa.int64()))
+        if any(n is not None for n in names):
+            table = table.append_column("dataset_name", pa.array(names, pa.string()))
+            table = table.append_column("dataset_digest", pa.array(digests, pa.string()))
+        return table
+
+    def artifacts(self, folder: Path, origin: str) -> list[ArtifactFile]:
+        root = folder / "artifacts"
+        if not root.is_dir() or root.is_symlink():
+            return []
+        out, skipped = [], []
+        for top, dirs, names in os.walk(root):  # links to folders are listed, never entered
+            dirs.sort()
+            skipped += [Path(top) / d for d in dirs if (Path(top) / d).is_symlink()]
+            for name in sorted(names):
+                file = Path(top) / name
+                target = file.resolve()
+                if file.is_symlink() and not (target.is_relative_to(self.boundary) and target.is_file()):
+                    skipped.append(file)
+                elif target.is_file():
+                    out.append(ArtifactFile(source=target if file.is_symlink() else file,
+                                            dest=file.relative_to(root).as_posix()))
+        if skipped:
+            self.note(f"{origin}: links out of {self.path} or to folders are not followed: "
+                      + ", ".join(p.relative_to(root).as_posix() for p in skipped))
+        return out
+
+    def check_artifact_uri(self, folder: Path, uri: Optional[str], origin: str, count: int) -> None:
+        """A note when the run's artifact_uri is not its own artifacts/ folder here. A relative
+        URI (MLflow 1.x's `./mlruns/0/<run>/artifacts`) is relative to the folder holding the store."""
+        if not uri:
+            return
+        store = folder.absolute().parent.parent
+        store = store.parent if store.name == ".trash" else store
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.scheme in ("", "file") and not parsed.netloc:
+            where = Path(urllib.parse.unquote(parsed.path if parsed.scheme else uri))
+            where = (where if where.is_absolute() else store.parent / where).resolve()
+            if where == (folder / "artifacts").resolve():
+                return
+            if where.is_relative_to(store.resolve()) and not where.exists():
+                return  # an older place in this very store (a run moved to .trash)
+        kept = f"the {count} files in its artifacts/ folder were" if count else "none were found here"
+        self.note(f"{origin}: artifacts stored at {uri} (outside {self.path}) were not imported; {kept}")
+
+    def inputs(self, folder: Path, origin: str) -> list[dict]:
+        """Dataset inputs as runs/log-inputs takes them: {"dataset": {...}, "tags": [{key, value}]}."""
+        out = []
+        datasets = folder.parent / "datasets"
+        for sub in _dirs(folder / "inputs"):
+            link = self.meta(sub / "meta.yaml")
+            if link is None:
+                continue
+            if link.get("source_type") != "DATASET":
+                self.note(f"{origin}: input {sub.name} ({link.get('source_type')}) is not imported")
+                continue
+            dataset_file = datasets / str(link.get("source_id")) / "meta.yaml"
+            dataset = self.meta(dataset_file) if dataset_file.is_file() else None
+            if dataset is None:
+                self.note(f"{origin}: input {sub.name} names dataset {link.get('source_id')}, which is not "
+                          f"in {datasets}; not imported")
+                continue
+            fields = {k: str(dataset[k]) for k in _DATASET_FIELDS if dataset.get(k) is not None}
+            tags = [{"key": str(k), "value": str(v)} for k, v in (link.get("tags") or {}).items()]
+            out.append({"dataset": fields, "tags": tags})
+        return out
+
+
+def _text(value) -> Optional[str]:
+    return None if value is None or value == "" else str(value)
+
+
+def _has_inf(table: pa.Table) -> bool:
+    return table.num_rows > 0 and pc.any(pc.is_inf(table.column("value"))).as_py()
+
+
+def _metric_fast(data: bytes) -> Optional[pa.Table]:
+    """A metric file read by Arrow in one go, or None when any line is unusual."""
+    if not data.strip():
+        return METRIC_SCHEMA.empty_table()
+    try:
+        raw = pacsv.read_csv(pa.py_buffer(data), read_options=_READ, parse_options=_PARSE,
+                             convert_options=_COLUMNS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    n = raw.num_columns
+    if n not in (2, 3, 5):
+        return None
+    step = raw.column("f2") if n > 2 else pa.repeat(pa.scalar(0, pa.int64()), raw.num_rows)
+    table = pa.table([step, raw.column("f0"), raw.column("f1")], schema=METRIC_SCHEMA)
+    if n == 5:
+        table = table.append_column("dataset_name", raw.column("f3"))
+        table = table.append_column("dataset_digest", raw.column("f4"))
+    return table

@@ -16,6 +16,7 @@ bench: $(VENV)/.test    ## throughput and memory figures (minutes; not a test)
 
 schema: $(VENV)/.server ## regenerate the checked-in JSON Schema
 	$(BIN)/importer schema > schemas/run-manifest.schema.json
+	$(BIN)/importer schema --bundle > schemas/bundle.schema.json
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)

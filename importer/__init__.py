@@ -7,12 +7,14 @@ from .errors import (ConflictError, ConnectionFailed, ImporterError, InputError,
                      RetryableError, ServerError, ValidationError)
 from .mlflow_api import ClientConfig
 from .model import RunRecord
+from .moves import Report, export, migrate, verify
+from .sources.server import Selection
 from .pipeline import (Inputs, Summary, find, import_paths, import_records, inspect, read_inputs,
                        read_records, schema, validate)
 
 __all__ = [
     "ClientConfig", "ConflictError", "ConnectionFailed", "ImporterError", "InputError", "Problem",
-    "RetryableError", "RunRecord", "ServerError", "Summary", "ValidationError", "find",
-    "import_paths", "import_records", "Inputs", "inspect", "read_inputs", "read_records", "schema",
-    "validate",
+    "Report", "RetryableError", "RunRecord", "Selection", "ServerError", "Summary",
+    "ValidationError", "export", "find", "import_paths", "import_records", "Inputs", "inspect",
+    "migrate", "read_inputs", "read_records", "schema", "validate", "verify",
 ]

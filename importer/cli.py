@@ -116,8 +116,10 @@ def import_(
     in_flight: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at most.")] = ClientConfig.max_in_flight,
     as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    include_deleted: Annotated[bool, typer.Option("--include-deleted", help="mlruns folders, bundles and exports: also import deleted runs (deleted again on the destination).")] = False,
 ) -> None:
-    """Register the runs of manifests and training logs in an MLflow server."""
+    """Register the runs of manifests, training logs, mlruns/ folders and export bundles in an
+    MLflow server."""
     if on_param_conflict not in ("error", "keep", "rename"):
         typer.echo("error: --on-param-conflict must be error, keep or rename", err=True)
         raise typer.Exit(EXIT_INPUT)
@@ -126,13 +128,17 @@ def import_(
         summary = pipeline.import_paths(
             paths, tracking_uri, experiment=experiment, fmt=fmt,
             options=_options(pattern, step_column, time_column, key_prefix), state=state,
-            dry_run=dry_run, on_param_conflict=on_param_conflict,
+            dry_run=dry_run, on_param_conflict=on_param_conflict, include_deleted=include_deleted,
             config=ClientConfig(max_in_flight=in_flight), progress=bar)
     except ImporterError as e:
         raise _fail(e)
     finally:
         if bar:
             bar.close()
+    _finish(summary, as_json)
+
+
+def _finish(summary: pipeline.Summary, as_json: bool) -> None:
     typer.echo(pipeline.summary_json(summary) if as_json else summary.text())
     if any(o.unreachable for o in summary.failed):
         raise typer.Exit(EXIT_SERVER)
@@ -213,10 +219,152 @@ def find(
     raise typer.Exit(EXIT_OK if ids else EXIT_RUNS_FAILED)
 
 
+# -- between stores ------------------------------------------------------------------------------
+
+From = Annotated[str, typer.Option("--from", help="The source MLflow server (MLFLOW_TRACKING_URI is not used).")]
+To = Annotated[str, typer.Option("--to", help="The destination MLflow server (MLFLOW_TRACKING_URI is not used).")]
+Experiments = Annotated[Optional[list[str]], typer.Option(
+    "--experiment", help="An experiment to take, by name; repeatable. Default: all experiments.")]
+IncludeDeleted = Annotated[bool, typer.Option(
+    "--include-deleted", help="Also deleted runs and experiments (deleted again on the destination).")]
+Shard = Annotated[Optional[str], typer.Option(
+    help="I/N: take only the runs whose root run hashes to shard I of N (1 <= I <= N).")]
+NoModels = Annotated[bool, typer.Option("--no-models", help="Leave registered models out.")]
+InFlight = Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at most, per server.")]
+
+
+def _cred(side: str, what: str) -> Annotated:
+    return Annotated[Optional[str], typer.Option(
+        f"--{side}-{what}-env", metavar="VAR",
+        help=f"Name of the environment variable holding the {side} server's {what}.")]
+
+
+def _selection(experiment, include_deleted, since=None, shard=None):
+    from .sources.server import Selection, parse_shard
+
+    since_ms = None
+    if since:
+        from datetime import datetime, timezone
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            raise _fail(InputError(f"--since {since!r}: expected a date such as 2024-05-01")) from None
+        since_ms = int((when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    return Selection(tuple(experiment or ()), include_deleted, since_ms, parse_shard(shard))
+
+
 @app.command()
-def schema() -> None:
-    """Print the run-manifest JSON Schema."""
-    typer.echo(json.dumps(pipeline.schema(), indent=2))
+def export(
+    source: From,
+    out: Annotated[Path, typer.Option("--out", help="The bundle folder (created; a rerun resumes it).")],
+    experiment: Experiments = None,
+    since: Annotated[Optional[str], typer.Option(help="Only runs started or ended on or after this date (ISO 8601).")] = None,
+    include_deleted: IncludeDeleted = False,
+    shard: Shard = None,
+    no_models: NoModels = False,
+    in_flight: InFlight = ClientConfig.max_in_flight,
+    from_token_env: _cred("from", "token") = None,
+    from_username_env: _cred("from", "username") = None,
+    from_password_env: _cred("from", "password") = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
+) -> None:
+    """Write runs of a server (metrics, params, tags, artifacts, registered models) into a bundle
+    folder that `importer import BUNDLE` reads."""
+    from . import moves
+
+    try:
+        summary = moves.export(source, out, _selection(experiment, include_deleted, since, shard),
+                               models=not no_models, config=ClientConfig(max_in_flight=in_flight),
+                               env=moves.side_env(from_token_env, from_username_env, from_password_env))
+    except ImporterError as e:
+        raise _fail(e)
+    _finish(summary, as_json)
+
+
+@app.command()
+def migrate(
+    source: From,
+    dest: To,
+    experiment: Experiments = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every experiment (the default when no --experiment is given).")] = False,
+    include_deleted: IncludeDeleted = False,
+    shard: Shard = None,
+    no_models: NoModels = False,
+    state: Annotated[Optional[Path], typer.Option(help="Ledger file (default: ~/.local/state/importer/ledger.db).")] = None,
+    on_param_conflict: Annotated[str, typer.Option(help="When a param differs from the stored value: error, keep or rename.")] = "error",
+    in_flight: InFlight = ClientConfig.max_in_flight,
+    from_token_env: _cred("from", "token") = None,
+    from_username_env: _cred("from", "username") = None,
+    from_password_env: _cred("from", "password") = None,
+    to_token_env: _cred("to", "token") = None,
+    to_username_env: _cred("to", "username") = None,
+    to_password_env: _cred("to", "password") = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Copy experiments, runs and registered models from one server to another. Run it again
+    later to copy only what is new or grew."""
+    from . import moves
+
+    if all_ and experiment:
+        raise _fail(InputError("--all and --experiment exclude each other"))
+    bar = _Bar() if (sys.stderr.isatty() and not quiet and not as_json) else None
+    try:
+        summary = moves.migrate(
+            source, dest, _selection(experiment, include_deleted, shard=shard), state=state,
+            on_param_conflict=on_param_conflict, models=not no_models,
+            config=ClientConfig(max_in_flight=in_flight),
+            source_env=moves.side_env(from_token_env, from_username_env, from_password_env),
+            dest_env=moves.side_env(to_token_env, to_username_env, to_password_env), progress=bar)
+    except ImporterError as e:
+        raise _fail(e)
+    finally:
+        if bar:
+            bar.close()
+    _finish(summary, as_json)
+
+
+@app.command()
+def verify(
+    source: From,
+    dest: To,
+    experiment: Experiments = None,
+    include_deleted: IncludeDeleted = False,
+    shard: Shard = None,
+    no_models: NoModels = False,
+    show_map: Annotated[bool, typer.Option("--show-map", help="Print the id map: source run -> destination run.")] = False,
+    in_flight: InFlight = ClientConfig.max_in_flight,
+    from_token_env: _cred("from", "token") = None,
+    from_username_env: _cred("from", "username") = None,
+    from_password_env: _cred("from", "password") = None,
+    to_token_env: _cred("to", "token") = None,
+    to_username_env: _cred("to", "username") = None,
+    to_password_env: _cred("to", "password") = None,
+) -> None:
+    """Compare source and destination run by run: params, tags, times, status, every metric
+    point, artifacts by size and hash, registered models. Exits 1 on any difference."""
+    from . import moves
+
+    try:
+        report = moves.verify(
+            source, dest, _selection(experiment, include_deleted, shard=shard), models=not no_models,
+            config=ClientConfig(max_in_flight=in_flight),
+            source_env=moves.side_env(from_token_env, from_username_env, from_password_env),
+            dest_env=moves.side_env(to_token_env, to_username_env, to_password_env))
+    except ImporterError as e:
+        raise _fail(e)
+    typer.echo(report.text(show_map))
+    raise typer.Exit(EXIT_RUNS_FAILED if report.differences else EXIT_OK)
+
+
+@app.command()
+def schema(bundle: Annotated[bool, typer.Option("--bundle", help="The export bundle's schema instead.")] = False) -> None:
+    """Print the run-manifest JSON Schema (or the export bundle's)."""
+    if bundle:
+        from .bundle import bundle_json_schema
+        typer.echo(json.dumps(bundle_json_schema(), indent=2))
+    else:
+        typer.echo(json.dumps(pipeline.schema(), indent=2))
 
 
 @app.command()

@@ -24,6 +24,7 @@ ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts/"
 # The server's log-batch limits (mlflow/utils/validation.py).
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100  # the server also caps a request at 1000 entries in all: we never mix
+HISTORY_PAGE = 25000  # metrics/get-history page size (the server's own maximum)
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
@@ -249,17 +250,69 @@ class MlflowApi:
         await self.call("runs/update", body)
 
     async def metric_history(self, run_id: str, key: str) -> list[dict]:
-        out: list[dict] = []
+        return [m async for page in self.metric_history_pages(run_id, key) for m in page]
+
+    async def metric_history_pages(self, run_id: str, key: str) -> AsyncIterator[list[dict]]:
+        """A metric's history page by page, so a long one is never held as JSON objects whole."""
         token = None
         while True:
-            params = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+            params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
             if token:
                 params["page_token"] = token
             page = await self.call("metrics/get-history", params, get=True)
-            out.extend(page.get("metrics", []))
+            yield page.get("metrics", [])
             token = page.get("next_page_token")
             if not token:
-                return out
+                return
+
+    async def experiments(self, include_deleted: bool = False) -> AsyncIterator[dict]:
+        token = None
+        while True:
+            body = {"max_results": 1000, "view_type": "ALL" if include_deleted else "ACTIVE_ONLY"}
+            if token:
+                body["page_token"] = token
+            page = await self.call("experiments/search", body)
+            for exp in page.get("experiments", []):
+                yield exp
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    async def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        await self.call("experiments/set-experiment-tag",
+                        {"experiment_id": experiment_id, "key": key, "value": value})
+
+    async def delete_run(self, run_id: str) -> None:
+        await self.call("runs/delete", {"run_id": run_id})
+
+    async def restore_run(self, run_id: str) -> None:
+        await self.call("runs/restore", {"run_id": run_id})
+
+    async def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
+        await self.call("runs/log-inputs", {"run_id": run_id, "datasets": datasets})
+
+    async def list_artifacts(self, run_id: str, path: str = "") -> AsyncIterator[dict]:
+        """Every file (not folder) under `path` of a run's artifacts, recursively:
+        {"path": "a/b.txt", "file_size": 12}."""
+        folders = [path]
+        while folders:
+            folder = folders.pop()
+            token = None
+            while True:
+                params = {"run_id": run_id}
+                if folder:
+                    params["path"] = folder
+                if token:
+                    params["page_token"] = token
+                page = await self.call("artifacts/list", params, get=True)
+                for f in page.get("files", []):
+                    if f.get("is_dir"):
+                        folders.append(f["path"])
+                    else:
+                        yield {"path": f["path"], "file_size": int(f.get("file_size") or 0)}
+                token = page.get("next_page_token")
+                if not token:
+                    break
 
     # -- artifacts through the server's proxy ---------------------------------------------------
 
@@ -276,6 +329,17 @@ class MlflowApi:
     async def upload(self, url_path: str, file_chunks) -> None:
         """PUT a file; `file_chunks` is a function returning a fresh chunk iterator (for retries)."""
         await self.request("PUT", url_path, content=file_chunks)
+
+    async def download(self, url_path: str) -> AsyncIterator[bytes]:
+        """A stored artifact's bytes, streamed (no retry: a failure mid-way surfaces to the caller,
+        which starts over)."""
+        async with self._slots:
+            async with self._http.stream("GET", url_path) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise self._error(resp)
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    yield chunk
 
     async def download_digest(self, url_path: str) -> tuple[str, int]:
         """(SHA-256 hex digest, size) of a stored artifact, streamed."""

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, Union
 
 import pyarrow as pa
 import pydantic
@@ -190,7 +190,9 @@ def store_import_key(run_id: str) -> str:
 
 @dataclass
 class ArtifactFile:
-    source: Path  # a regular file, already checked to lie inside the folder the user named
+    # A regular file, already checked to lie inside the folder the user named; or a file on
+    # another server (sources.server.RemoteArtifact), streamed from there.
+    source: Any
     dest: str  # relative posix path inside the run's artifact root
 
 
@@ -220,6 +222,10 @@ class RunRecord:
     experiment_tags: dict[str, str] = field(default_factory=dict)  # set on the experiment; the
     # experiment's description is its tag `mlflow.note.content`
     inputs: list[dict] = field(default_factory=list)  # dataset inputs, as runs/log-inputs takes them
+    # A source that reads metrics and artifacts only when a run is written (a server) sets `load`,
+    # and `signature`: a hash standing for the content, so an unchanged run is skipped unread.
+    signature: Optional[str] = None
+    load: Optional[Callable[[], Awaitable[None]]] = field(default=None, repr=False)
 
     @property
     def point_count(self) -> int:
@@ -228,8 +234,11 @@ class RunRecord:
     def fingerprint(self) -> str:
         """A hash of everything that would be written, to skip runs that did not change."""
         h = hashlib.sha256()
-        head = {k: v for k, v in self.__dict__.items() if k not in ("metrics", "artifacts", "origin")}
+        head = {k: v for k, v in self.__dict__.items()
+                if k not in ("metrics", "artifacts", "origin", "load")}
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        if self.signature is not None:
+            return h.hexdigest()
         for key in sorted(self.metrics):
             h.update(key.encode())
             for batch in self.metrics[key].to_batches():

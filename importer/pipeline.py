@@ -34,6 +34,7 @@ class Summary:
 
     server: str
     dry_run: bool
+    title: str = ""  # what happened, before the server: "Imported into" unless set
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
     requests: int = 0
@@ -77,7 +78,8 @@ class Summary:
         verb = "would be " if self.dry_run else ""
         rate = f", {self.points / self.seconds:,.0f} points/s" if self.seconds and self.points >= 10_000 else ""
         lines = [
-            f"{'Dry run against' if self.dry_run else 'Imported into'} {self.server} in {self.seconds:.1f} s",
+            f"{self.title or ('Dry run against' if self.dry_run else 'Imported into')} {self.server} "
+            f"in {self.seconds:.1f} s",
             f"  runs: {self.count('created', 'would-create')} {verb}created, "
             f"{self.count('appended', 'would-append')} {verb}appended, "
             f"{self.count('unchanged')} unchanged, {len(self.failed)} failed",
@@ -119,6 +121,7 @@ class Inputs:
     notes: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    models: list = field(default_factory=list)  # registered models from bundles (bundle.BundleModel)
 
 
 def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
@@ -166,6 +169,7 @@ def _collect(fmt: str, unit: str, result: SourceResult, inputs: Inputs, seen: di
     inputs.units.append((fmt, unit, len(result.records)))
     inputs.problems += result.problems
     inputs.notes += result.notes
+    inputs.models += result.models
     for rec in result.records:
         scoped = (rec.experiment, rec.import_key)
         if seen.setdefault(scoped, index) != index:
@@ -241,14 +245,24 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
                  experiment: Optional[str] = None, fmt: Optional[str] = None,
                  options: Optional[SourceOptions] = None, state: Optional[PathLike] = None,
                  dry_run: bool = False, on_param_conflict: str = "error",
-                 config: ClientConfig = DEFAULT_CONFIG,
+                 include_deleted: bool = False, config: ClientConfig = DEFAULT_CONFIG,
                  progress: Optional[Callable[[int, int], None]] = None) -> Summary:
-    """Import manifests and training logs into an MLflow server. Validation of every input comes
-    first: on any problem a ValidationError is raised and nothing is written."""
+    """Import manifests, training logs, `mlruns/` folders and bundles into an MLflow server.
+    Validation of every input comes first: on any problem a ValidationError is raised and nothing
+    is written. Runs deleted in the store they come from are left out unless `include_deleted`."""
     uri = tracking_uri_or_env(tracking_uri)
     inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
-    summary = import_records(inputs.records, uri, state=state, dry_run=dry_run,
+    records = inputs.records
+    if not include_deleted:
+        records = [r for r in records if r.lifecycle != "deleted"]
+        if len(records) < len(inputs.records):
+            inputs.notes.append(f"{len(inputs.records) - len(records)} deleted runs left out "
+                                "(--include-deleted imports them, deleted)")
+    summary = import_records(records, uri, state=state, dry_run=dry_run,
                              on_param_conflict=on_param_conflict, config=config, progress=progress)
+    if inputs.models and not dry_run:
+        from .registry import copy_models
+        inputs.notes += asyncio.run(copy_models(uri, inputs.models, summary.outcomes, config))
     summary.notes, summary.unrecognised = inputs.notes, inputs.unrecognised
     return summary
 
@@ -259,14 +273,15 @@ def import_records(records: list[RunRecord], tracking_uri: str, *, state: Option
                    progress: Optional[Callable[[int, int], None]] = None) -> Summary:
     ledger = Ledger(Path(state) if state else None)
     try:
-        return asyncio.run(_import(records, tracking_uri, ledger, dry_run, on_param_conflict,
-                                   config, progress))
+        return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
+                                        policy=on_param_conflict, config=config, progress=progress))
     finally:
         ledger.close()
 
 
-async def _import(records: list[RunRecord], uri: str, ledger: Ledger, dry_run: bool,
-                  policy: str, config: ClientConfig, progress) -> Summary:
+async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dry_run: bool = False,
+                       policy: str = "error", config: ClientConfig = DEFAULT_CONFIG, progress=None,
+                       env: Optional[dict[str, str]] = None) -> Summary:
     started = time.monotonic()
     total = sum(r.point_count for r in records)
     done = 0
@@ -277,7 +292,7 @@ async def _import(records: list[RunRecord], uri: str, ledger: Ledger, dry_run: b
         if progress:
             progress(done, total)
 
-    async with MlflowApi(uri, config) as api:
+    async with MlflowApi(uri, config, env) as api:
         summary = Summary(server=api.url, dry_run=dry_run)
         try:
             await api.health()  # unreachable: ConnectionFailed, exit code 3, before any work
@@ -295,7 +310,16 @@ async def _import(records: list[RunRecord], uri: str, ledger: Ledger, dry_run: b
         async def one(rec: RunRecord, out: Outcome) -> None:
             mine = created[(rec.experiment, rec.import_key)]
             parent_id = None
-            if rec.parent_key is not None:
+            if rec.parent_key is not None and (rec.experiment, rec.parent_key) not in created:
+                # A parent not in this import (moved earlier, or deleted and left out).
+                exp_id, _ = await sink.experiment(rec.experiment, rec.experiment_tags)
+                found = await sink.find(exp_id, rec.parent_key) if exp_id else None
+                if found is not None:
+                    parent_id = found["info"]["run_id"]
+                else:
+                    out.notes.append(f"its parent run ({rec.parent_key}) is not part of this "
+                                     "import nor on the destination: written without a parent")
+            elif rec.parent_key is not None:
                 parent_id = await created[(rec.experiment, rec.parent_key)]
                 if parent_id is None and not dry_run:
                     out.action, out.error = "failed", f"its parent run {rec.parent_key!r} failed"
@@ -312,6 +336,8 @@ async def _import(records: list[RunRecord], uri: str, ledger: Ledger, dry_run: b
                 parent_id = rec.parent_run_id
             async with run_slots:
                 await sink.write(rec, parent_id, out, mine)
+                if rec.load is not None:  # read again if ever needed: free the memory now
+                    rec.metrics, rec.artifacts = {}, []
 
         await asyncio.gather(*(one(r, o) for r, o in zip(records, outcomes)))
         summary.outcomes = outcomes

@@ -7,12 +7,22 @@ import importer
 from conftest import run_importer
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "run-manifest.schema.json"
+BUNDLE_SCHEMA = SCHEMA.with_name("bundle.schema.json")
 
 
 def test_checked_in_schema_matches_the_models():
     assert json.loads(SCHEMA.read_text()) == importer.schema(), (
         "schemas/run-manifest.schema.json is stale: regenerate it with "
         "`importer schema > schemas/run-manifest.schema.json`")
+
+
+def test_checked_in_bundle_schema_matches_the_models():
+    from importer.bundle import bundle_json_schema
+
+    assert json.loads(BUNDLE_SCHEMA.read_text()) == bundle_json_schema(), (
+        "schemas/bundle.schema.json is stale: regenerate it with "
+        "`importer schema --bundle > schemas/bundle.schema.json`")
+    assert run_importer("schema", "--bundle").stdout == BUNDLE_SCHEMA.read_bytes()
 
 
 def test_schema_command_prints_it():
@@ -28,5 +38,6 @@ def test_schema_rejects_unknown_fields():
 
 def test_exported_members():
     exported = {name for name in dir(importer) if not name.startswith("_")}
-    modules = {"cli", "errors", "ledger", "mlflow_api", "model", "pipeline", "server", "sinks", "sources"}
+    modules = {"bundle", "cli", "errors", "ledger", "mlflow_api", "model", "moves", "pipeline",
+               "registry", "server", "sinks", "sources"}
     assert exported - modules == set(importer.__all__)

@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pyarrow as pa
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
 from ..ledger import Ledger
 from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, tag_filter
-from ..model import IMPORT_KEY_TAG, RunRecord
+from ..model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
@@ -105,8 +106,9 @@ class MlflowSink:
 
     # -- experiments ---------------------------------------------------------------------------
 
-    async def experiment(self, name: str) -> tuple[Optional[str], bool]:
-        """(id, created by this import); one lookup per name however many runs ask at once."""
+    async def experiment(self, name: str, tags: Optional[dict[str, str]] = None) -> tuple[Optional[str], bool]:
+        """(id, created by this import); one lookup per name however many runs ask at once. `tags`
+        (an experiment moved from another store: its tags and description) are set the first time."""
         if name not in self._experiments:
             if self.dry_run:
                 async def lookup() -> tuple[Optional[str], bool]:
@@ -114,7 +116,12 @@ class MlflowSink:
                     return (found["experiment_id"], False) if found else (None, True)
                 coro = lookup()
             else:
-                coro = self.api.get_or_create_experiment(name, EXPERIMENT_TAGS)
+                async def get_or_create() -> tuple[str, bool]:
+                    exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS)
+                    for k, v in (tags or {}).items():
+                        await self.api.set_experiment_tag(exp_id, k, v)
+                    return exp_id, new
+                coro = get_or_create()
             self._experiments[name] = asyncio.ensure_future(coro)
         return await self._experiments[name]
 
@@ -138,26 +145,39 @@ class MlflowSink:
 
     async def _write(self, rec: RunRecord, parent_run_id: Optional[str], out: Outcome,
                      created: asyncio.Future) -> None:
-        exp_id, exp_new = await self.experiment(rec.experiment)
+        exp_id, exp_new = await self.experiment(rec.experiment, rec.experiment_tags)
         out.experiment_id = exp_id
         fingerprint = f"{rec.fingerprint()}:{self.policy}"  # another policy may want other writes
         row = self.ledger.run(self.server, rec.experiment, rec.import_key) if exp_id else None
         if row and row["complete"] and row["fingerprint"] == fingerprint and row["experiment_id"] == exp_id:
             out.action, out.run_id = "unchanged", row["run_id"]
             return
+        if rec.load is not None:  # a run read from a server: its metrics and artifacts, now
+            await rec.load()
 
+        # A run deleted at the source is written, then deleted; so a deleted run on the
+        # destination is the one to go on with.
+        lifecycles = ("active", "deleted") if rec.lifecycle == "deleted" else ("active",)
         run: Optional[dict] = None
         if row:
             run = await self.api.get_run(row["run_id"])
-            if (run is None or run["info"].get("lifecycle_stage") != "active"
+            if (run is None or run["info"].get("lifecycle_stage") not in lifecycles
                     or run["info"]["experiment_id"] != exp_id):
                 if not self.dry_run:
                     self.ledger.forget_run(self.server, rec.experiment, rec.import_key, row["run_id"])
                 row, run = None, None
         if run is None and exp_id and not exp_new:
-            run = await self.find(exp_id, rec.import_key)
+            run = await self.find(exp_id, rec.import_key, include_deleted=rec.lifecycle == "deleted")
+        if run is not None and run["info"].get("lifecycle_stage") == "deleted" and not self.dry_run:
+            await self.api.restore_run(run["info"]["run_id"])  # written to, then deleted again
 
         desired_tags = self._tags(rec, parent_run_id)
+        # Tags holding the source run's own id (e.g. mlflow.log-model.history) get the new id,
+        # which exists only once the run does.
+        own_id_tags = {k: v for k, v in desired_tags.items()
+                       if rec.source_run_id and rec.source_run_id in v and not k.startswith("importer.")}
+        for k in own_id_tags:
+            del desired_tags[k]
         stored_params = {p["key"]: p["value"] for p in run["data"].get("params", [])} if run else {}
         stored_tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])} if run else {}
         params = self._resolve_params(rec, stored_params, out)
@@ -174,6 +194,9 @@ class MlflowSink:
             start = int(run["info"]["start_time"])
         run_id = run["info"]["run_id"] if run else None
         out.run_id = run_id
+        if run_id:
+            tags.update({k: v.replace(rec.source_run_id, run_id) for k, v in own_id_tags.items()
+                         if stored_tags.get(k) != v.replace(rec.source_run_id, run_id)})
         if run_id and not created.done():
             created.set_result(run_id)
         if run_id and not self.dry_run and not row:
@@ -191,26 +214,34 @@ class MlflowSink:
         out.artifacts = len(artifacts)
         status_changed = (run is None or run["info"].get("status") != rec.status
                           or (rec.end_time is not None and int(run["info"].get("end_time") or 0) != rec.end_time))
-        if (out.action in ("appended", "would-append") and not (params or tags or out.points
-                                                                 or artifacts or status_changed)):
+        inputs = rec.inputs if rec.inputs and (new or not run.get("inputs", {}).get("dataset_inputs")) else []
+        lifecycle_changed = run is not None and run["info"].get("lifecycle_stage") != rec.lifecycle
+        if (out.action in ("appended", "would-append") and not (params or tags or out.points or inputs
+                                                                 or artifacts or status_changed
+                                                                 or lifecycle_changed)):
             out.action = "unchanged"
         if self.dry_run:
             return
 
         await self._log_params_tags(run_id, params, tags)
+        if inputs:
+            await self.api.log_inputs(run_id, inputs)
         await self._send_metrics(run_id, rec, plan, start)
         for art in artifacts:
             await self._upload(run, art)
         if status_changed:
             await self.api.update_run(run_id, rec.status, rec.end_time)
+        if rec.lifecycle == "deleted":
+            await self.api.delete_run(run_id)
         self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
                              experiment_id=exp_id, origin=rec.origin, fingerprint=fingerprint,
                              complete=True)
 
-    async def find(self, exp_id: str, key: str) -> Optional[dict]:
-        """The active run holding `key` in its import-key tag. Should a race ever have made two,
-        the oldest wins (and the caller keeps writing to that one only)."""
-        runs = [r async for r in self.api.search_runs([exp_id], tag_filter(IMPORT_KEY_TAG, key))]
+    async def find(self, exp_id: str, key: str, include_deleted: bool = False) -> Optional[dict]:
+        """The active (or also deleted) run holding `key` in its import-key tag. Should a race ever
+        have made two, the oldest wins (and the caller keeps writing to that one only)."""
+        runs = [r async for r in self.api.search_runs([exp_id], tag_filter(IMPORT_KEY_TAG, key),
+                                                      include_deleted=include_deleted)]
         runs = [r for r in runs if any(t["key"] == IMPORT_KEY_TAG and t["value"] == key
                                        for t in r["data"].get("tags", []))]
         if not runs:
@@ -248,10 +279,14 @@ class MlflowSink:
     def _tags(rec: RunRecord, parent_run_id: Optional[str]) -> dict[str, str]:
         tags = dict(rec.tags)
         tags[IMPORT_KEY_TAG] = rec.import_key
+        if rec.source_run_id is not None:
+            tags[SOURCE_RUN_ID_TAG] = rec.source_run_id
         system = {"mlflow.runName": rec.name, "mlflow.user": rec.user, "mlflow.source.name": rec.source,
                   "mlflow.note.content": rec.description, "mlflow.parentRunId": parent_run_id}
+        if rec.source_run_id is not None:  # a moved run already has the system tags it had
+            system = {"mlflow.parentRunId": parent_run_id}
         tags.update({k: v for k, v in system.items() if v is not None})
-        if rec.source is not None:
+        if rec.source is not None and "mlflow.source.type" not in tags:
             tags["mlflow.source.type"] = "LOCAL"
         return tags
 
@@ -404,7 +439,7 @@ class MlflowSink:
         todo = []
         run_id = run["info"]["run_id"]
         for art in rec.artifacts:
-            digest = _sha256(art.source)
+            digest = await _digest(art.source)
             if self.ledger.artifact(run_id, art.dest) == digest:
                 continue
             try:
@@ -422,24 +457,44 @@ class MlflowSink:
         return todo
 
     async def _upload(self, run: dict, art) -> None:
-        digest = _sha256(art.source)
+        """Stream the file up, hashing what was sent, then check the stored copy's hash."""
         url = self.api.artifact_path(run["info"]["artifact_uri"], art.dest)
+        sent = hashlib.sha256()
 
         async def chunks():
-            with open(art.source, "rb") as f:
-                while block := f.read(_CHUNK):
-                    yield block
+            nonlocal sent
+            sent = hashlib.sha256()  # a fresh hash for each attempt
+            async for block in _chunks(art.source):
+                sent.update(block)
+                yield block
 
         await self.api.upload(url, chunks)
         stored, size = await self.api.download_digest(url)
-        if stored != digest:
+        if stored != sent.hexdigest():
             raise ServerError(f"artifact {art.dest!r} came back different from {art.source} "
                               f"({size} bytes stored); it will be uploaded again on the next run",
                               url=self.server)
-        self.ledger.save_artifact(run["info"]["run_id"], art.dest, digest)
+        self.ledger.save_artifact(run["info"]["run_id"], art.dest, stored)
 
 
 _digests: dict[tuple, str] = {}
+
+
+async def _chunks(source):
+    """The bytes of a local file or of a file on another server (sources.server.RemoteArtifact)."""
+    if isinstance(source, Path):
+        with open(source, "rb") as f:
+            while block := f.read(_CHUNK):
+                yield block
+    else:
+        async for block in source.api.download(source.url_path):
+            yield block
+
+
+async def _digest(source) -> str:
+    if isinstance(source, Path):
+        return _sha256(source)
+    return (await source.api.download_digest(source.url_path))[0]
 
 
 def _sha256(path) -> str:

@@ -18,11 +18,12 @@ from types import ModuleType
 from typing import Optional
 
 from ..errors import InputError
-from . import (hf_trainer, keras, lightning, manifest, mlflow_export, mlruns, table, textlog, tfevents,
-               wandb, yolo)
+from . import (bundle, hf_trainer, keras, lightning, manifest, mlflow_export, mlruns, table, textlog,
+               tfevents, wandb, yolo)
 
 # Most specific first: the generic table and text sources take only what nobody else claims.
-ORDER: list[ModuleType] = [mlflow_export, manifest, mlruns, hf_trainer, wandb, tfevents, lightning, yolo, keras, table, textlog]
+ORDER: list[ModuleType] = [mlflow_export, manifest, bundle, mlruns, hf_trainer, wandb, tfevents,
+                           lightning, yolo, keras, table, textlog]
 FORMATS: dict[str, ModuleType] = {m.NAME: m for m in ORDER}
 
 _CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")

@@ -44,6 +44,7 @@ class SourceResult:
     records: list[RunRecord] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. renamed metric keys, for the report
+    models: list = field(default_factory=list)  # registered models (bundle.BundleModel) to copy
 
 
 def import_key(fmt: str, source_identity: str, run_identity: str = "") -> str:

@@ -1,0 +1,256 @@
+"""The export bundle, format version 1: a portable folder of runs that `importer import` reads.
+
+    bundle.json                        BundleManifest: counts, and each run's folder and hash
+    experiments/<experiment_id>.json   BundleExperiment: name, tags (the description is the
+                                       tag mlflow.note.content), lifecycle
+    runs/<run_id>/run.json             BundleRun: info, params, tags, inputs, the parent's id,
+                                       points per metric, artifacts with size and SHA-256,
+                                       and the SHA-256 of metrics.parquet
+    runs/<run_id>/metrics.parquet      key (dictionary), step, timestamp, value, and the MLflow 3
+                                       fields model_id, dataset_name, dataset_digest when present
+    runs/<run_id>/artifacts/...        the run's artifacts, byte for byte
+    models/<n>.json                    BundleModel: a registered model, versions, aliases, tags
+
+Metrics take about 7 bytes a point: delta-encoded steps and timestamps, byte-stream-split
+values, zstd. A run folder is written under a temporary name and renamed when complete, and
+`bundle.json` is written last: an interrupted export leaves no half run, and a bundle without
+`bundle.json` is refused on import. The JSON Schema is `schemas/bundle.schema.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import OPTIONAL_METRIC_FIELDS, RunRecord
+
+FORMAT = "importer-bundle"
+MANIFEST = "bundle.json"
+_PARTIAL = ".partial"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BundleArtifact(_Doc):
+    path: str = Field(description="Relative posix path inside the run's artifacts.")
+    size: int
+    sha256: str
+
+
+class BundleRun(_Doc):
+    run_id: str = Field(description="The run's id in the store it was exported from.")
+    experiment_id: str
+    name: Optional[str] = None
+    status: str
+    start_time: Optional[int] = None
+    end_time: Optional[int] = None
+    user: Optional[str] = None
+    lifecycle: Literal["active", "deleted"] = "active"
+    parent_run_id: Optional[str] = None
+    params: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    inputs: list[dict[str, Any]] = Field([], description="Dataset inputs as MLflow's REST API gives them.")
+    metrics: dict[str, int] = Field({}, description="Points per metric key in metrics.parquet.")
+    metrics_sha256: Optional[str] = None
+    artifacts: list[BundleArtifact] = []
+    signature: Optional[str] = Field(None, description="Stands for the run's state at export time; "
+                                     "a rerun of export rewrites the run when it changed.")
+
+
+class BundleExperiment(_Doc):
+    experiment_id: str
+    name: str
+    tags: dict[str, str] = {}
+    lifecycle: Literal["active", "deleted"] = "active"
+
+
+class BundleModelVersion(_Doc):
+    version: str
+    run_id: Optional[str] = Field(None, description="The source run; its artifacts hold the model.")
+    artifact_path: Optional[str] = Field(None, description="The model's folder inside the run's artifacts.")
+    source: str = Field(description="The version's source as the exporting server had it.")
+    description: Optional[str] = None
+    tags: dict[str, str] = {}
+    stage: Optional[str] = None
+    status: Optional[str] = None
+
+
+class BundleModel(_Doc):
+    name: str
+    description: Optional[str] = None
+    tags: dict[str, str] = {}
+    aliases: dict[str, str] = Field({}, description="alias -> version")
+    versions: list[BundleModelVersion] = []
+
+
+class BundleRunEntry(_Doc):
+    path: str
+    sha256: str = Field(description="SHA-256 of the run's run.json.")
+    points: int
+
+
+class BundleManifest(_Doc):
+    format: Literal["importer-bundle"] = FORMAT
+    format_version: Literal[1] = 1
+    created: int = Field(description="Milliseconds since the epoch.")
+    source: str = Field(description="Where the runs came from (a server URL, without credentials).")
+    counts: dict[str, int] = Field(description="experiments, runs, points, artifacts, models")
+    runs: dict[str, BundleRunEntry] = {}
+    models: list[str] = []
+
+
+def bundle_json_schema() -> dict:
+    """The JSON Schemas of a bundle's documents, in one file."""
+    defs = {}
+    for model in (BundleManifest, BundleExperiment, BundleRun, BundleModel):
+        schema = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        defs[model.__name__] = schema
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "importer export bundle, format version 1",
+            "description": "bundle.json is a BundleManifest; experiments/*.json BundleExperiment; "
+                           "runs/*/run.json BundleRun; models/*.json BundleModel.",
+            "$defs": defs}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, doc: BaseModel) -> str:
+    """Write atomically; return the SHA-256 of what was written."""
+    data = doc.model_dump_json(indent=1, exclude_none=True).encode()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def metrics_schema(extra: list[str]) -> pa.Schema:
+    fields = [("key", pa.dictionary(pa.int32(), pa.string())), ("step", pa.int64()),
+              ("timestamp", pa.int64()), ("value", pa.float64())]
+    return pa.schema(fields + [(f, pa.string()) for f in OPTIONAL_METRIC_FIELDS if f in extra])
+
+
+def write_metrics(path: Path, metrics: dict[str, pa.Table]) -> dict[str, int]:
+    """One Parquet file, one row group per key (a key's table may be in several chunks)."""
+    extra = sorted({f for t in metrics.values() for f in t.column_names if f in OPTIONAL_METRIC_FIELDS})
+    schema = metrics_schema(extra)
+    counts = {}
+    with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=["key"],
+                          column_encoding={"step": "DELTA_BINARY_PACKED",
+                                           "timestamp": "DELTA_BINARY_PACKED",
+                                           "value": "BYTE_STREAM_SPLIT"}) as writer:
+        for key, table in metrics.items():
+            n = table.num_rows
+            counts[key] = n
+            cols = [pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()).fill_null(0), pa.array([key]))]
+            cols += [table.column(c).cast(schema.field(c).type) for c in ("step", "timestamp", "value")]
+            cols += [table.column(f) if f in table.column_names else pa.nulls(n, pa.string()) for f in extra]
+            writer.write_table(pa.table(cols, schema=schema))
+    return counts
+
+
+def read_metrics(path: Path) -> dict[str, pa.Table]:
+    """metrics.parquet back into one table per key (METRIC_SCHEMA plus MLflow 3 fields)."""
+    out: dict[str, list[pa.Table]] = {}
+    pf = pq.ParquetFile(path)
+    for i in range(pf.num_row_groups):
+        group = pf.read_row_group(i)
+        keys = group.column("key").combine_chunks()
+        for k in keys.dictionary.to_pylist() if len(keys) else []:
+            part = group.filter(pa.compute.equal(keys.cast(pa.string()), k)).drop_columns(["key"])
+            out.setdefault(k, []).append(part)
+    return {k: pa.concat_tables(v) for k, v in out.items()}
+
+
+class BundleWriter:
+    """Writes runs into a bundle folder; safe to run again on the same folder (it resumes)."""
+
+    def __init__(self, root: Path, source: str):
+        self.root, self.source = root, source
+        (root / "runs").mkdir(parents=True, exist_ok=True)
+        (root / "experiments").mkdir(exist_ok=True)
+        old = root / MANIFEST
+        if old.exists():  # a rerun: the manifest is rewritten at the end
+            old.unlink()
+        for partial in (root / "runs").glob("*" + _PARTIAL):
+            shutil.rmtree(partial)  # a run interrupted last time
+
+    def done(self, rec: RunRecord) -> bool:
+        """Whether the bundle already holds this run in the state `rec.signature` stands for."""
+        path = self.root / "runs" / rec.source_run_id / "run.json"
+        if not path.exists() or rec.signature is None:
+            return False
+        return json.loads(path.read_text()).get("signature") == rec.signature
+
+    def experiment(self, exp: BundleExperiment) -> None:
+        _write_json(self.root / "experiments" / f"{exp.experiment_id}.json", exp)
+
+    async def write_run(self, rec: RunRecord, experiment_id: str, parent_run_id: Optional[str]) -> int:
+        """Write one loaded run; returns its number of points."""
+        final = self.root / "runs" / rec.source_run_id
+        tmp = final.with_name(final.name + _PARTIAL)
+        tmp.mkdir()
+        counts = write_metrics(tmp / "metrics.parquet", rec.metrics) if rec.metrics else {}
+        artifacts = []
+        for art in rec.artifacts:
+            dest = tmp / "artifacts" / art.dest
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            h, size = hashlib.sha256(), 0
+            with open(dest, "wb") as f:
+                async for block in art.source.api.download(art.source.url_path):
+                    f.write(block)
+                    h.update(block)
+                    size += len(block)
+            artifacts.append(BundleArtifact(path=art.dest, size=size, sha256=h.hexdigest()))
+        doc = BundleRun(
+            run_id=rec.source_run_id, experiment_id=experiment_id, name=rec.name, status=rec.status,
+            start_time=rec.start_time, end_time=rec.end_time, user=rec.user, lifecycle=rec.lifecycle,
+            parent_run_id=parent_run_id, params=rec.params, tags=rec.tags, inputs=rec.inputs,
+            metrics=counts, artifacts=artifacts, signature=rec.signature,
+            metrics_sha256=sha256_file(tmp / "metrics.parquet") if counts else None)
+        _write_json(tmp / "run.json", doc)
+        if final.exists():  # the run changed since the last export
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return sum(counts.values())
+
+    def model(self, model: BundleModel) -> None:
+        (self.root / "models").mkdir(exist_ok=True)
+        name = hashlib.sha256(model.name.encode()).hexdigest()[:16] + ".json"
+        _write_json(self.root / "models" / name, model)
+
+    def finish(self) -> BundleManifest:
+        """Write bundle.json from what the folder holds (runs of earlier, resumed exports too)."""
+        runs, points, artifacts = {}, 0, 0
+        for run_json in sorted((self.root / "runs").glob("*/run.json")):
+            doc = BundleRun.model_validate_json(run_json.read_bytes())
+            n = sum(doc.metrics.values())
+            runs[doc.run_id] = BundleRunEntry(path=f"runs/{run_json.parent.name}",
+                                              sha256=sha256_file(run_json), points=n)
+            points += n
+            artifacts += len(doc.artifacts)
+        experiments = len(list((self.root / "experiments").glob("*.json")))
+        models = sorted(f"models/{p.name}" for p in (self.root / "models").glob("*.json"))
+        manifest = BundleManifest(
+            created=int(time.time() * 1000), source=self.source, runs=runs, models=models,
+            counts={"experiments": experiments, "runs": len(runs), "points": points,
+                    "artifacts": artifacts, "models": len(models)})
+        _write_json(self.root / MANIFEST, manifest)
+        return manifest

@@ -1,0 +1,76 @@
+"""Export bundles (importer/bundle.py) -> RunRecords, every file checked against its hash first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydantic
+
+from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleManifest, BundleModel, BundleRun,
+                      read_metrics, sha256_file)
+from ..errors import Problem
+from ..model import ArtifactFile, RunRecord, store_import_key
+from .base import SourceOptions, SourceResult
+
+NAME = "bundle"
+
+
+def detect(path: Path) -> bool:
+    if path.name != MANIFEST or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return FORMAT.encode() in f.read(200)
+
+
+def unit(file: Path) -> Path:
+    return file.parent
+
+
+def read(path: Path, options: SourceOptions) -> SourceResult:
+    root = path.parent if path.is_file() else path
+    result = SourceResult()
+    manifest_file = root / MANIFEST
+    if not manifest_file.exists():
+        result.problems.append(Problem(str(root), MANIFEST, "no bundle.json: not a bundle, or its "
+                                       "export did not finish (run export again to complete it)"))
+        return result
+    try:
+        manifest = BundleManifest.model_validate_json(manifest_file.read_bytes())
+        experiments = {e.experiment_id: e for e in (
+            BundleExperiment.model_validate_json(p.read_bytes()) for p in (root / "experiments").glob("*.json"))}
+        result.models = [BundleModel.model_validate_json((root / m).read_bytes()) for m in manifest.models]
+    except (OSError, pydantic.ValidationError) as e:
+        result.problems.append(Problem(str(manifest_file), "", f"unreadable bundle: {e}"))
+        return result
+    for run_id, entry in manifest.runs.items():
+        folder = root / entry.path
+        where = f"{entry.path}/run.json"
+        try:
+            if sha256_file(folder / "run.json") != entry.sha256:
+                raise ValueError("run.json does not match its hash in bundle.json")
+            doc = BundleRun.model_validate_json((folder / "run.json").read_bytes())
+            if doc.metrics and sha256_file(folder / "metrics.parquet") != doc.metrics_sha256:
+                raise ValueError("metrics.parquet does not match its hash in run.json")
+            metrics = read_metrics(folder / "metrics.parquet") if doc.metrics else {}
+            if {k: t.num_rows for k, t in metrics.items()} != doc.metrics:
+                raise ValueError("metrics.parquet does not hold the points run.json counts")
+            artifacts = []
+            for a in doc.artifacts:
+                file = folder / "artifacts" / a.path
+                if not file.is_file() or file.stat().st_size != a.size:
+                    raise ValueError(f"artifact {a.path!r} is missing or has another size")
+                artifacts.append(ArtifactFile(file, a.path))
+            exp = experiments[doc.experiment_id]
+        except (OSError, ValueError, KeyError, pydantic.ValidationError) as e:
+            msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
+            result.problems.append(Problem(str(root), where, msg))
+            continue
+        result.records.append(RunRecord(
+            experiment=options.experiment or exp.name, import_key=store_import_key(run_id),
+            origin=f"{root}: {entry.path}", name=doc.name, start_time=doc.start_time,
+            end_time=doc.end_time, status=doc.status, user=doc.user, params=doc.params,
+            tags=doc.tags, metrics=metrics, artifacts=artifacts, source_run_id=run_id,
+            parent_key=store_import_key(doc.parent_run_id) if doc.parent_run_id else None,
+            lifecycle=doc.lifecycle, experiment_tags=exp.tags, inputs=doc.inputs))
+    return result

@@ -1,0 +1,171 @@
+"""An MLflow tracking server as a source: experiments, runs and everything in them, read through
+the REST API. Used by `export`, `migrate` and `verify`.
+
+Runs come out in two steps, so that a rerun skips unchanged runs cheaply: `runs()` yields a
+RunRecord skeleton per run from `runs/search` (info, params, tags, inputs, and a `signature` of
+all that plus each metric's latest point), and `load()` fills in the metric histories, page by
+page into Arrow columns, and the artifact listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import AsyncIterator, Optional
+
+import pyarrow as pa
+
+from ..errors import InputError
+from ..mlflow_api import MlflowApi
+from ..model import METRIC_SCHEMA, ArtifactFile, OPTIONAL_METRIC_FIELDS, RunRecord, store_import_key
+
+_VALUES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+@dataclass
+class RemoteArtifact:
+    """An artifact file on the source server, streamed through its artifact proxy."""
+
+    api: MlflowApi
+    url_path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which runs to take: experiments by name (none: all), lifecycle, time, and a shard."""
+
+    experiments: tuple[str, ...] = ()
+    include_deleted: bool = False
+    since: Optional[int] = None  # ms: runs started or ended at or after this
+    shard: Optional[tuple[int, int]] = None  # (i, n), i from 1 to n
+
+    def in_shard(self, root_run_id: str) -> bool:
+        """A stable hash of the run's root run: a family of nested runs stays in one shard."""
+        if self.shard is None:
+            return True
+        i, n = self.shard
+        return int(hashlib.sha256(root_run_id.encode()).hexdigest()[:16], 16) % n == i - 1
+
+
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: expected I/N, e.g. 1/4") from None
+    if not 1 <= i <= n:
+        raise InputError(f"--shard {text!r}: I counts from 1 to N")
+    return i, n
+
+
+async def experiments(api: MlflowApi, selection: Selection) -> list[dict]:
+    """The selected experiments; a name that does not exist is an InputError."""
+    found = [e async for e in api.experiments(selection.include_deleted)]
+    if not selection.experiments:
+        return found
+    by_name = {e["name"]: e for e in found}
+    missing = [n for n in selection.experiments if n not in by_name]
+    if missing:
+        raise InputError(f"no experiment named {', '.join(map(repr, missing))} on {api.url}")
+    return [by_name[n] for n in selection.experiments]
+
+
+def _pairs(items: list[dict]) -> dict[str, str]:
+    return {i["key"]: i.get("value", "") for i in items or []}
+
+
+def signature(run: dict) -> str:
+    """A hash of what `runs/search` says about a run: info, params, tags, inputs, and each metric's
+    latest point. A run that gained points, tags or a new status gets another signature."""
+    data = run.get("data", {})
+    info = {k: v for k, v in run["info"].items() if k != "artifact_uri"}
+    doc = [info, sorted(_pairs(data.get("params")).items()), sorted(_pairs(data.get("tags")).items()),
+           sorted((m["key"], m.get("step"), m.get("timestamp"), str(m.get("value")))
+                  for m in data.get("metrics", [])), run.get("inputs", {})]
+    return "sig-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def skeleton(api: MlflowApi, run: dict, experiment: dict) -> RunRecord:
+    """A RunRecord of everything `runs/search` returned; metrics and artifacts come with `load`."""
+    info, data = run["info"], run.get("data", {})
+    tags = _pairs(data.get("tags"))
+    parent = tags.pop("mlflow.parentRunId", None)
+    run_id = info["run_id"]
+    exp_tags = _pairs(experiment.get("tags"))
+    exp_tags.pop("mlflow.experimentKind", None)  # the destination sets its own
+    rec = RunRecord(
+        experiment=experiment["name"], import_key=store_import_key(run_id),
+        origin=f"run {run_id}", name=info.get("run_name") or tags.get("mlflow.runName"),
+        start_time=_int(info.get("start_time")), end_time=_int(info.get("end_time")),
+        status=info.get("status", "FINISHED"), user=info.get("user_id") or None,
+        params=_pairs(data.get("params")), tags=tags,
+        parent_key=store_import_key(parent) if parent else None,
+        source_run_id=run_id, lifecycle=info.get("lifecycle_stage", "active"),
+        experiment_tags=exp_tags, inputs=run.get("inputs", {}).get("dataset_inputs", []))
+    rec.signature = signature(run)
+    keys = sorted({m["key"] for m in data.get("metrics", [])})
+    rec.load = lambda: load(api, rec, keys, info.get("artifact_uri", ""))
+    return rec
+
+
+def _int(v) -> Optional[int]:
+    return None if v in (None, "") else int(v)
+
+
+async def runs(api: MlflowApi, selection: Selection) -> AsyncIterator[tuple[dict, RunRecord]]:
+    """(experiment, skeleton) of the selected runs, experiment by experiment."""
+    for exp in await experiments(api, selection):
+        records = []
+        async for run in api.search_runs([exp["experiment_id"]], include_deleted=selection.include_deleted):
+            info = run["info"]
+            if selection.since is not None and max(_int(info.get("start_time")) or 0,
+                                                   _int(info.get("end_time")) or 0) < selection.since:
+                continue
+            records.append(skeleton(api, run, exp))
+        parents = {r.source_run_id: r.parent_key for r in records}
+        for rec in records:
+            if selection.in_shard(_root(rec, parents)):
+                yield exp, rec
+
+
+def _root(rec: RunRecord, parents: dict[str, Optional[str]]) -> str:
+    run_id, seen = rec.source_run_id, set()
+    while True:
+        parent = parents.get(run_id)
+        if parent is None or run_id in seen:
+            return run_id
+        seen.add(run_id)
+        run_id = parent.removeprefix("mlflow-run-")
+
+
+async def load(api: MlflowApi, rec: RunRecord, keys: list[str], artifact_uri: str) -> None:
+    """Fill in the metric histories and the artifact listing of a skeleton."""
+    rec.metrics = {key: await history(api, rec.source_run_id, key) for key in keys}
+    rec.artifacts = []
+    if artifact_uri:
+        async for f in api.list_artifacts(rec.source_run_id):
+            remote = RemoteArtifact(api, api.artifact_path(artifact_uri, f["path"]), f["file_size"])
+            rec.artifacts.append(ArtifactFile(remote, f["path"]))
+
+
+async def history(api: MlflowApi, run_id: str, key: str) -> pa.Table:
+    """Every point of a metric as a METRIC_SCHEMA table (plus MLflow 3 fields where present)."""
+    batches = []
+    async for page in api.metric_history_pages(run_id, key):
+        if not page:
+            continue
+        cols = {"step": pa.array([int(m.get("step", 0)) for m in page], pa.int64()),
+                "timestamp": pa.array([int(m["timestamp"]) for m in page], pa.int64()),
+                "value": pa.array([_VALUES.get(v, v) if isinstance(v, str) else float(v)
+                                   for v in (m.get("value", 0.0) for m in page)], pa.float64())}
+        for name in OPTIONAL_METRIC_FIELDS:
+            if any(name in m for m in page):
+                cols[name] = pa.array([m.get(name) for m in page], pa.string())
+        batches.append(pa.table(cols))
+    if not batches:
+        return METRIC_SCHEMA.empty_table()
+    return pa.concat_tables(batches, promote_options="default")

@@ -1,0 +1,261 @@
+"""Between stores: server -> server (`migrate`), server -> bundle -> server (`export`, `import`),
+and `verify`, against real `mlflow server` processes (a source and fresh destinations).
+
+Every test ends with `verify`, and `verify` itself is shown to catch differences."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from importer.server import LocalServer
+
+from conftest import View, params_of, run_importer, tags_of
+
+T0 = 1_600_000_000_000  # historical times: 2020-09-13
+
+
+class Rest:
+    """Writes to a server the way a training script's client would, through the REST API."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.http = httpx.Client(base_url=url + "/api/2.0/mlflow/", timeout=60)
+
+    def post(self, endpoint: str, body: dict) -> dict:
+        r = self.http.post(endpoint, json=body)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def run(self, exp_id: str, name: str, start: int, parent: str | None = None, **tags) -> str:
+        all_tags = {"mlflow.runName": name, **tags}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        body = {"experiment_id": exp_id, "start_time": start, "run_name": name, "user_id": "alice",
+                "tags": [{"key": k, "value": v} for k, v in all_tags.items()]}
+        return self.post("runs/create", body)["run"]["info"]["run_id"]
+
+    def finish(self, run_id: str, status: str, end: int) -> None:
+        self.post("runs/update", {"run_id": run_id, "status": status, "end_time": end})
+
+    def artifact(self, run_id: str, path: str, data: bytes) -> None:
+        run = self.http.get("runs/get", params={"run_id": run_id}).json()["run"]
+        root = run["info"]["artifact_uri"].split(":", 1)[1].lstrip("/")
+        r = httpx.put(f"{self.url}/api/2.0/mlflow-artifacts/artifacts/{root}/{path}", content=data)
+        assert r.status_code == 200, r.text
+
+
+def populate(url: str, name: str, points: int = 3000) -> dict:
+    """One experiment with what a migration must carry: three levels of nesting, FAILED and KILLED
+    runs with historical times, NaN and Infinity, a 6000-character param (the most the server
+    keeps), artifacts in sub-folders, a deleted run, dataset inputs, and a registered model with
+    two versions and an alias. Returns the source run ids by role."""
+    rest = Rest(url)
+    exp_id = rest.post("experiments/create", {"name": name, "tags": [
+        {"key": "team", "value": "vision"}, {"key": "mlflow.note.content", "value": "What we tried"}]})["experiment_id"]
+    ids = {}
+    ids["root"] = rest.run(exp_id, "sweep", T0, purpose="search")
+    ids["child"] = rest.run(exp_id, "trial-1", T0 + 1000, parent=ids["root"])
+    ids["grandchild"] = rest.run(exp_id, "fold-0", T0 + 2000, parent=ids["child"])
+    ids["failed"] = rest.run(exp_id, "crashed", T0 + 3000, parent=ids["root"])
+    ids["killed"] = rest.run(exp_id, "stopped", T0 + 4000)
+    ids["deleted"] = rest.run(exp_id, "thrown-away", T0 + 5000)
+    for role, run_id in ids.items():
+        rest.post("runs/log-batch", {"run_id": run_id, "params": [
+            {"key": "lr", "value": "0.001"}, {"key": "role", "value": role},
+            {"key": "config", "value": "x" * 6000}]})
+        for start in range(0, points, 1000):
+            rest.post("runs/log-batch", {"run_id": run_id, "metrics": [
+                {"key": "loss", "value": 1.0 / (s + 1), "timestamp": T0 + s * 10, "step": s}
+                for s in range(start, min(points, start + 1000))]})
+    rest.post("runs/log-batch", {"run_id": ids["child"], "metrics": [
+        {"key": "val/acc", "value": "NaN", "timestamp": T0, "step": 0},
+        {"key": "val/acc", "value": "Infinity", "timestamp": T0 + 1, "step": 1},
+        {"key": "val/acc", "value": 0.5, "timestamp": T0 + 2, "step": 1},  # two points at one step
+    ]})
+    rest.post("runs/log-inputs", {"run_id": ids["root"], "datasets": [{
+        "dataset": {"name": "train", "digest": "abc123", "source_type": "local",
+                    "source": '{"uri": "/data/train"}'},
+        "tags": [{"key": "mlflow.data.context", "value": "training"}]}]})
+    rest.artifact(ids["root"], "model/MLmodel", b"artifact_path: model\n")
+    rest.artifact(ids["root"], "model/data/weights.bin", bytes(range(256)) * 4096)
+    rest.artifact(ids["grandchild"], "plots/deep/curve.txt", b"0.1 0.2\n")
+    for role, status in (("root", "FINISHED"), ("child", "FINISHED"), ("grandchild", "FINISHED"),
+                         ("failed", "FAILED"), ("killed", "KILLED"), ("deleted", "FINISHED")):
+        rest.finish(ids[role], status, T0 + 600_000 + len(role))
+    rest.post("runs/delete", {"run_id": ids["deleted"]})
+    model = f"model-{name}"
+    rest.post("registered-models/create", {"name": model, "description": "the model",
+                                           "tags": [{"key": "owner", "value": "alice"}]})
+    run = rest.http.get("runs/get", params={"run_id": ids["root"]}).json()["run"]
+    for i, rid in enumerate((ids["root"], ids["child"])):
+        run = rest.http.get("runs/get", params={"run_id": rid}).json()["run"]
+        rest.post("model-versions/create", {"name": model, "source": run["info"]["artifact_uri"] + "/model",
+                                            "run_id": rid, "description": f"v{i + 1}",
+                                            "tags": [{"key": "stage", "value": f"s{i}"}]})
+    rest.post("registered-models/alias", {"name": model, "alias": "champion", "version": "2"})
+    ids["model"] = model
+    return ids
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    srv = LocalServer(tmp_path_factory.mktemp("source"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def dest(tmp_path):
+    """A fresh destination server per test."""
+    srv = LocalServer(tmp_path / "dest")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def populated(source):
+    name = f"mig-{uuid.uuid4().hex[:8]}"
+    return name, populate(source.url, name)
+
+
+def verify(src: str, dst: str, *extra: str):
+    return run_importer("verify", "--from", src, "--to", dst, *extra)
+
+
+def test_migrate_is_exact_and_a_rerun_copies_nothing(source, dest, populated, tmp_path):
+    name, ids = populated
+    state = str(tmp_path / "ledger.db")
+    r = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
+                     "--include-deleted", "--state", state)
+    assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
+    v = verify(source.url, dest.url, "--experiment", name, "--include-deleted", "--show-map")
+    assert v.returncode == 0, v.stdout.decode()
+    out = v.stdout.decode()
+    assert "no differences" in out and ids["grandchild"] in out  # the id map is printed
+
+    view = View(dest.url)
+    runs = {tags_of(r)["importer.source_run_id"]: r for r in view.runs(name, include_deleted=True)}
+    assert len(runs) == 6
+    new = {role: runs[ids[role]]["info"]["run_id"] for role in ("root", "child", "grandchild")}
+    assert tags_of(runs[ids["grandchild"]])["mlflow.parentRunId"] == new["child"]
+    assert tags_of(runs[ids["child"]])["mlflow.parentRunId"] == new["root"]
+    assert runs[ids["deleted"]]["info"]["lifecycle_stage"] == "deleted"
+    assert runs[ids["killed"]]["info"]["status"] == "KILLED"
+    assert runs[ids["failed"]]["info"]["start_time"] == str(T0 + 3000) or int(runs[ids["failed"]]["info"]["start_time"]) == T0 + 3000
+    assert params_of(runs[ids["root"]])["config"] == "x" * 6000
+    acc = view.history(new["child"], "val/acc")
+    assert len(acc) == 3 and any(isinstance(v, str) and v == "NaN" or (isinstance(v, float) and math.isnan(v))
+                                 for _, _, v in acc)
+    assert runs[ids["root"]]["inputs"]["dataset_inputs"][0]["dataset"]["digest"] == "abc123"
+    assert view.artifact(runs[ids["root"]], "model/data/weights.bin") == bytes(range(256)) * 4096
+    exp = view.http.get("experiments/get-by-name", params={"experiment_name": name}).json()["experiment"]
+    assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.note.content"] == "What we tried"
+    model = view.http.get("registered-models/get", params={"name": ids["model"]}).json()["registered_model"]
+    assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "2"}
+    v2 = view.http.get("model-versions/get", params={"name": ids["model"], "version": "2"}).json()["model_version"]
+    assert v2["run_id"] == new["child"]
+
+    again = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
+                         "--include-deleted", "--state", state, "--json")
+    assert again.returncode == 0, again.stderr.decode()
+    summary = json.loads(again.stdout)
+    assert summary["runs"] == {"created": 0, "appended": 0, "unchanged": 6, "failed": 0}
+    assert summary["points"] == 0
+    assert len(view.runs(name, include_deleted=True)) == 6
+
+
+def test_migrate_without_ledger_nor_deleted_runs_then_growth(source, dest, populated, tmp_path):
+    """No ledger at all (a new machine): runs are found by their key tag; a run that grew at the
+    source gets only its new points."""
+    name, ids = populated
+    r = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
+                     "--state", str(tmp_path / "a.db"))
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(View(dest.url).runs(name, include_deleted=True)) == 5  # the deleted run stays behind
+    assert verify(source.url, dest.url, "--experiment", name).returncode == 0
+    Rest(source.url).post("runs/log-batch", {"run_id": ids["killed"], "metrics": [
+        {"key": "loss", "value": 0.0001, "timestamp": T0 + 99_999, "step": 5000}]})
+    r = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
+                     "--state", str(tmp_path / "b.db"), "--json")
+    summary = json.loads(r.stdout)
+    assert summary["runs"]["appended"] == 1 and summary["points"] == 1, summary
+    assert verify(source.url, dest.url, "--experiment", name).returncode == 0
+
+
+def test_export_bundle_import_round_trip(source, dest, populated, tmp_path):
+    name, ids = populated
+    bundle = tmp_path / "bundle"
+    r = run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name,
+                     "--include-deleted")
+    assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["counts"]["runs"] == 6 and manifest["counts"]["models"] == 1
+    table = pq.read_table(bundle / "runs" / ids["child"] / "metrics.parquet")
+    assert table.num_rows == 3003 and set(table.column_names) >= {"key", "step", "timestamp", "value"}
+    size = sum(p.stat().st_size for p in bundle.glob("runs/*/metrics.parquet"))
+    assert size / manifest["counts"]["points"] <= 20, "bundle metrics must take at most 20 bytes a point"
+
+    again = run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name,
+                         "--include-deleted", "--json")
+    assert json.loads(again.stdout)["runs"]["unchanged"] == 6
+
+    r = run_importer("import", str(bundle), "--tracking-uri", dest.url, "--include-deleted",
+                     "--state", str(tmp_path / "ledger.db"))
+    assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
+    v = verify(source.url, dest.url, "--experiment", name, "--include-deleted")
+    assert v.returncode == 0, v.stdout.decode()
+
+
+def test_verify_reports_differences(source, dest, populated, tmp_path):
+    name, ids = populated
+    r = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
+                     "--state", str(tmp_path / "l.db"))
+    assert r.returncode == 0, r.stderr.decode()
+    view = View(dest.url)
+    moved = {tags_of(r)["importer.source_run_id"]: r["info"]["run_id"] for r in view.runs(name)}
+    Rest(dest.url).post("runs/log-batch", {"run_id": moved[ids["killed"]], "metrics": [
+        {"key": "loss", "value": 9.0, "timestamp": T0, "step": 77777}], "tags": [{"key": "extra", "value": "1"}]})
+    v = verify(source.url, dest.url, "--experiment", name)
+    out = v.stdout.decode()
+    assert v.returncode == 1
+    assert "metric loss" in out and "tag extra" in out and ids["killed"] in out
+
+
+def test_bundle_with_a_broken_file_is_refused(source, populated, tmp_path):
+    name, ids = populated
+    bundle = tmp_path / "b"
+    assert run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name,
+                        "--no-models").returncode == 0
+    parquet = bundle / "runs" / ids["root"] / "metrics.parquet"
+    data = bytearray(parquet.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    parquet.write_bytes(bytes(data))
+    r = run_importer("validate", str(bundle))
+    assert r.returncode == 2
+    assert "metrics.parquet does not match its hash" in r.stderr.decode()
+
+
+def test_shards_split_families_disjointly(source, populated, tmp_path):
+    name, ids = populated
+    seen = []
+    for i in (1, 2, 3):
+        out = tmp_path / f"s{i}"
+        r = run_importer("export", "--from", source.url, "--out", str(out), "--experiment", name,
+                         "--include-deleted", "--shard", f"{i}/3", "--no-models")
+        assert r.returncode == 0, r.stderr.decode()
+        seen.append({p.name for p in (out / "runs").iterdir()})
+    everything = set().union(*seen)
+    assert len(everything) == sum(map(len, seen)) == 6  # disjoint, complete
+    family = {ids["root"], ids["child"], ids["grandchild"], ids["failed"]}
+    assert any(family <= s for s in seen)  # nested runs stay together
+    bad = run_importer("export", "--from", source.url, "--out", str(tmp_path / "x"), "--shard", "0/3")
+    assert bad.returncode == 2 and "I counts from 1" in bad.stderr.decode()

@@ -26,6 +26,8 @@ from pydantic_core import PydanticCustomError
 # Tags importer writes on every run it creates; `IMPORT_KEY_TAG` is how a run is found again.
 IMPORT_KEY_TAG = "importer.import_key"
 SOURCE_RUN_ID_TAG = "importer.source_run_id"  # a run moved from another MLflow store: its id there
+LONG_PARAMS_TAG = "importer.long_params"  # params longer than the server keeps (see spill_long_params)
+LONG_PARAMS_DIR = "importer/long_params"
 DERIVED_TIMESTAMPS_TAG = "importer.derived_timestamps"
 INFINITE_VALUES_TAG = "importer.infinite_values"
 
@@ -190,8 +192,8 @@ def store_import_key(run_id: str) -> str:
 
 @dataclass
 class ArtifactFile:
-    # A regular file, already checked to lie inside the folder the user named; or a file on
-    # another server (sources.server.RemoteArtifact), streamed from there.
+    # A regular file, already checked to lie inside the folder the user named; a file on
+    # another server (sources.server.RemoteArtifact), streamed from there; or bytes.
     source: Any
     dest: str  # relative posix path inside the run's artifact root
 
@@ -314,6 +316,19 @@ def derived_key(experiment: str, name: Optional[str], start_time: Optional[int])
     """The import key of a manifest run without `id`: a hash of experiment, name and start time."""
     ident = json.dumps([experiment, name, start_time])
     return "auto-" + hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def spill_long_params(rec: RunRecord) -> None:
+    """A param longer than the server keeps (a store written by another client may hold one) is
+    never cut silently: the param keeps the first MAX_PARAM_VALUE_LENGTH characters, the whole
+    value goes to the artifact `importer/long_params/<key>`, and the tag LONG_PARAMS_TAG lists
+    the keys."""
+    long = {k: v for k, v in rec.params.items() if len(v) > MAX_PARAM_VALUE_LENGTH}
+    for k, v in long.items():
+        rec.params[k] = v[:MAX_PARAM_VALUE_LENGTH]
+        rec.artifacts.append(ArtifactFile(v.encode(), f"{LONG_PARAMS_DIR}/{k}"))
+    if long:
+        rec.tags[LONG_PARAMS_TAG] = ",".join(sorted(long))
 
 
 def metric_value(v: Any) -> float:

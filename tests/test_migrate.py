@@ -259,3 +259,30 @@ def test_shards_split_families_disjointly(source, populated, tmp_path):
     assert any(family <= s for s in seen)  # nested runs stay together
     bad = run_importer("export", "--from", source.url, "--out", str(tmp_path / "x"), "--shard", "0/3")
     assert bad.returncode == 2 and "I counts from 1" in bad.stderr.decode()
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_mlruns_folder_imports_with_long_params_kept_whole(dest, tmp_path):
+    """A file store may hold a param longer than any server keeps (10,000 characters here): the
+    param gets the first 6000, the artifact importer/long_params/<key> the whole value."""
+    store = FIXTURES / "mlruns" / "project"
+    state = str(tmp_path / "ledger.db")
+    r = run_importer("import", str(store), "--tracking-uri", dest.url, "--include-deleted",
+                     "--state", state, "--json")
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    view = View(dest.url)
+    runs = {tags_of(run)["importer.source_run_id"]: run
+            for run in view.runs("fixture experiment", include_deleted=True)}
+    long_run = runs["4f0c2e1d9b8a4c7e9f6a5b3c2d1e0f9a"]
+    whole = (store / "mlruns/1/4f0c2e1d9b8a4c7e9f6a5b3c2d1e0f9a/params/long").read_text()
+    assert len(whole) == 10_000
+    assert params_of(long_run)["long"] == whole[:6000]
+    assert tags_of(long_run)["importer.long_params"] == "long"
+    assert view.artifact(long_run, "importer/long_params/long").decode() == whole
+    again = run_importer("import", str(store), "--tracking-uri", dest.url, "--include-deleted",
+                         "--state", state, "--json")
+    summary = json.loads(again.stdout)
+    assert summary["runs"]["created"] == 0 and summary["runs"]["failed"] == 0, summary
+    assert len(view.runs("fixture experiment", include_deleted=True)) == len(runs)

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
 from ..ledger import Ledger
 from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, tag_filter
-from ..model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord
+from ..model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord, spill_long_params
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
@@ -67,6 +67,7 @@ def metric_entries(key: str, table: pa.Table, start_time: int) -> pa.Array:
     """One JSON object string per point, built column-wise by Arrow."""
     values = table.column("value").combine_chunks()
     text = values.cast(pa.string())
+    text = pc.if_else(pc.equal(text, "-0"), pa.scalar("-0.0"), text)  # "-0" would be read as integer 0
     # JSON has no NaN/Infinity literals; the server takes these strings.
     text = pc.if_else(pc.is_nan(values), pa.scalar('"NaN"'), text)
     text = pc.if_else(pc.equal(values, math.inf), pa.scalar('"Infinity"'), text)
@@ -154,6 +155,7 @@ class MlflowSink:
             return
         if rec.load is not None:  # a run read from a server: its metrics and artifacts, now
             await rec.load()
+        spill_long_params(rec)
 
         # A run deleted at the source is written, then deleted; so a deleted run on the
         # destination is the one to go on with.
@@ -284,7 +286,10 @@ class MlflowSink:
         system = {"mlflow.runName": rec.name, "mlflow.user": rec.user, "mlflow.source.name": rec.source,
                   "mlflow.note.content": rec.description, "mlflow.parentRunId": parent_run_id}
         if rec.source_run_id is not None:  # a moved run already has the system tags it had
-            system = {"mlflow.parentRunId": parent_run_id}
+            # ... but MLflow keeps the tag mlflow.runName equal to the run name (old stores did
+            # not): the run name wins.
+            system = {"mlflow.parentRunId": parent_run_id,
+                      "mlflow.runName": rec.name if "mlflow.runName" in tags else None}
         tags.update({k: v for k, v in system.items() if v is not None})
         if rec.source is not None and "mlflow.source.type" not in tags:
             tags["mlflow.source.type"] = "LOCAL"
@@ -486,6 +491,8 @@ async def _chunks(source):
         with open(source, "rb") as f:
             while block := f.read(_CHUNK):
                 yield block
+    elif isinstance(source, bytes):
+        yield source
     else:
         async for block in source.api.download(source.url_path):
             yield block
@@ -494,6 +501,8 @@ async def _chunks(source):
 async def _digest(source) -> str:
     if isinstance(source, Path):
         return _sha256(source)
+    if isinstance(source, bytes):
+        return hashlib.sha256(source).hexdigest()
     return (await source.api.download_digest(source.url_path))[0]
 
 

@@ -106,7 +106,7 @@ async def _export(uri, out, selection, with_models, config, env, progress) -> Su
             jobs.append(one(exp, rec, o))
         await asyncio.gather(*jobs)
         if with_models:
-            ids = None if not selection.experiments else {o.run_id for o in summary.outcomes}
+            ids = None if not (selection.experiments or selection.shard) else {o.run_id for o in summary.outcomes}
             for model in await registry.read_models(api, ids):
                 writer.model(model)
         manifest = writer.finish()
@@ -146,7 +146,7 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
                                      progress=progress, env=dst_env)
         summary.title = f"Migrated from {api.url} to"
         if with_models:
-            ids = None if not selection.experiments else {r.source_run_id for r in records}
+            ids = None if not (selection.experiments or selection.shard) else {r.source_run_id for r in records}
             models = await registry.read_models(api, ids)
             summary.notes += await registry.copy_models(dst, models, summary.outcomes, config, dst_env)
         summary.requests += api.requests
@@ -232,7 +232,7 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
             jobs.append(_compare_run(a, b, rec, dest_runs, report, sem))
         await asyncio.gather(*jobs)
         if with_models:
-            ids = None if not selection.experiments else set(report.id_map)
+            ids = None if not (selection.experiments or selection.shard) else set(report.id_map)
             await _compare_models(await registry.read_models(a, ids), await registry.read_models(b), report)
         return report
 

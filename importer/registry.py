@@ -102,9 +102,10 @@ async def write_models(api: MlflowApi, models: list[BundleModel],
                 mapped[v.version] = existing[v.version]
                 continue
             run = runs.get(v.run_id) if v.run_id else None
-            if v.run_id and run is None:
-                notes.append(f"model {model.name!r} version {v.version}: its run {v.run_id} was not "
-                             "moved; the version keeps its original source")
+            if v.run_id and run is None:  # another shard, or an experiment not selected
+                notes.append(f"model {model.name!r} version {v.version}: left out, its run "
+                             f"{v.run_id} is not part of this move")
+                continue
             source = (f"{run['artifact_uri']}/{v.artifact_path}" if run and v.artifact_path is not None
                       else v.source)
             body = {"name": model.name, "source": source,

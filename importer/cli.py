@@ -72,8 +72,10 @@ class _Bar:
         self.shown = False
 
     def __call__(self, done: int, total: int) -> None:
-        pct = 100 * done / total if total else 100
-        sys.stderr.write(f"\r  {done:,}/{total:,} metric points ({pct:.0f}%)")
+        if total:
+            sys.stderr.write(f"\r  {done:,}/{total:,} metric points ({100 * done / total:.0f}%)")
+        else:  # runs read from a server: their size is known only as each is read
+            sys.stderr.write(f"\r  {done:,} metric points")
         sys.stderr.flush()
         self.shown = True
 

@@ -390,3 +390,99 @@ def test_sample_logs_read_cleanly():
         opts = SourceOptions(step_column="step", time_column="time") if mod is table else SourceOptions()
         result = mod.read(path, opts)
         assert result.problems == [] and result.records and result.records[0].metrics, path
+
+
+# ---------------------------------------------------------------------------------------------
+# The streaming CSV reader: blocks, exact locations, what is held in memory
+# ---------------------------------------------------------------------------------------------
+
+
+def test_csv_blocks_keep_exact_lines_and_rules(tmp_path, monkeypatch):
+    """Many small blocks: problems in late blocks still name the physical line and column; a
+    repeated header, blank lines and padded / NA cells are handled in whichever block they fall."""
+    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    lines = ["step,loss,acc"]
+    for i in range(3000):
+        if i == 1000:
+            lines.append("")  # blank line: not a row, but counted in line numbers
+        if i == 1500:
+            lines.append("step,loss,acc")  # a second header appended
+        loss = {700: "  NA ", 900: '""', 2500: "nan(1)", 2600: "abc"}.get(i, f"  {i / 10} ")
+        lines.append(f"{i},{loss},{'' if i % 2 else i}")
+    lines.insert(2201, "7,8")  # a row with too few cells
+    f = _write(tmp_path, "m.csv", ("\n".join(lines) + "\n").encode())
+    result = table.read(f, _csv_options(step_column="step"))
+    where = {p.location: p.message for p in result.problems}
+    # line = 1 (header) + row index + 1, +1 after the blank line, +1 after the second header,
+    # +1 after the short row
+    assert where == {
+        "line 2202": "the row has 2 cells; the header has 3",
+        f"line {2500 + 5} column 2 ('loss')": "the cell 'nan(1)' is not a number",
+    }
+    assert result.records  # the run is read; the problems stop an import
+
+
+def test_csv_blocks_values_and_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    rows = [f"{i * 10},{'' if i == 3 else i / 4},{' NA ' if i % 3 else 1e300}\n" for i in range(2000)]
+    f = _write(tmp_path, "m.csv", b"it,loss,big\n" + "".join(rows).encode() + b"it,loss,big\n" + rows[0].encode())
+    result = table.read(f, _csv_options(step_column="it"))
+    assert result.problems == []
+    loss = result.records[0].metrics["loss"]
+    assert loss.num_rows == 2000  # 2000 rows + 1 after the repeated header, minus the empty cell
+    assert loss["step"].to_pylist()[:4] == [0, 10, 20, 40] and loss["value"][3].as_py() == 1.0
+    assert result.records[0].metrics["big"].num_rows == 668
+    assert any("repeated header" in n for n in result.notes)
+
+
+def test_csv_dense_columns_share_arrays(tmp_path):
+    """Columns without empty cells keep the steps array and one null-timestamp array: no copy per key."""
+    f = _write(tmp_path, "m.csv", b"step,a,b,c\n" + b"".join(b"%d,%d,1.5,%s\n" % (i, i, b"" if i == 2 else b"2")
+                                                             for i in range(10)))
+    data = table.read_delimited(f, [], keep_text=["step"])
+    assert data.text["step"].type == pa.int64()  # integers are kept as int64, not as text
+    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    a, b, c = (rec.metrics[k] for k in "abc")
+
+    def step_buf(t):
+        return t["step"].chunk(0).buffers()[1].address
+
+    def ts_buf(t):
+        return t["timestamp"].chunk(0).buffers()[1].address
+
+    assert step_buf(a) == step_buf(b) and ts_buf(a) == ts_buf(b) == ts_buf(c)
+    assert c.num_rows == 9 and c["timestamp"].null_count == 9 and rec.tags[DERIVED_TIMESTAMPS_TAG]
+
+
+def test_metric_tables_are_chunked_alike():
+    """Every column of a table has the values' chunks (so its batches are its chunks and nothing is
+    hashed twice); steps in another layout are cut once per run; sparse columns keep the layout."""
+    from importer.sources.base import SourceResult
+    builder = table.MetricBuilder("f", SourceResult())
+    steps = pa.array(range(10), pa.int64())  # one chunk, as row_steps gives
+    dense = pa.chunked_array([[1.0] * 4, [2.0] * 6])
+    sparse = pa.chunked_array([[1.0, None, 3.0, None], [None] * 5 + [6.0]])
+    builder.add("a", steps, dense)
+    builder.add("b", steps, dense)
+    builder.add("c", steps, sparse)
+    a, b, c = (builder.tables[k] for k in "abc")
+    for t in (a, b, c):
+        assert t.schema == METRIC_SCHEMA
+        layouts = {tuple(len(x) for x in col.chunks) for col in t.columns}
+        assert len(layouts) == 1 and len(t.to_batches()) == t.column("value").num_chunks
+    assert [len(x) for x in a["step"].chunks] == [4, 6]
+    assert a["step"].chunk(1).buffers()[1].address == b["step"].chunk(1).buffers()[1].address
+    assert a["step"].chunk(1).buffers()[1].size == 6 * 8  # a chunk of its own, not a slice
+    assert c.to_pylist() == [{"step": s, "timestamp": None, "value": v} for s, v in [(0, 1.0), (2, 3.0), (9, 6.0)]]
+    assert [len(x) for x in c["value"].chunks] == [2, 1]
+
+
+def test_csv_step_and_time_cells_exact(tmp_path):
+    # Arrow's integer parser reads `0x10` as 16: not a step by our rule; `+5` and `7.0` are.
+    f = _write(tmp_path, "m.csv", b"step,loss\n+5,1\n7.0,2\n0x10,3\n")
+    (p,) = table.read(f, _csv_options(step_column="step")).problems
+    assert p.location == "row 3 column 'step'" and "'0x10' is not an integer" in p.message
+    g = _write(tmp_path, "t.csv", b"step,t,loss\n1,1718000000,1\n2,,2\n3,1718000002,3\n")
+    rec = table.read(g, _csv_options(step_column="step", time_column="t")).records[0]
+    assert rec.metrics["loss"]["timestamp"].to_pylist() == [1718000000000, None, 1718000002000]
+    assert rec.metrics["loss"]["step"].to_pylist() == [1, 2, 3]

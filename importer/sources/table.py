@@ -4,8 +4,11 @@ machinery the Keras, Lightning and YOLO sources share.
 Formats, by file suffix (content decides between them only for `detect`):
 
 * `.csv` (comma) and `.tsv` / `.tab` (tab): a header row, then one row per logged point set.
-  Read with pyarrow's streaming CSV reader over the memory-mapped file, every cell as bytes first,
-  so invalid UTF-8 and non-numbers are found and located by us, not by a reader exception.
+  Streamed with pyarrow's CSV reader in 4 MB blocks (plain reads, at most two blocks ahead), every
+  cell as bytes first, so invalid UTF-8 and non-numbers are found and located by us, not by a
+  reader exception. Each block becomes float64 columns (and int64 for a step column) at once and
+  its text is dropped: memory holds 8 bytes per numeric cell, not the file (10 million points:
+  about 220 MB peak for the whole `importer validate` process, 100 MB of which is the process).
 * `.jsonl` / `.ndjson`: one JSON object per line (pyarrow.json); nested objects become dotted keys
   (`{"val": {"loss": 1}}` -> `val.loss`). JSON has no NaN: Python's `NaN`/`Infinity` literals are a
   problem, strings "NaN", "nan", "inf", "-Infinity" are numbers.
@@ -39,7 +42,10 @@ Rules (shared by every table-shaped source):
 from __future__ import annotations
 
 import csv
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -49,8 +55,8 @@ import pyarrow.csv as pv
 import yaml
 
 from ..errors import Problem
-from ..model import (RunRecord)
-from .base import (DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, import_key, metric_table)
+from ..model import METRIC_SCHEMA, RunRecord
+from .base import DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, import_key
 
 NAME = "csv"
 
@@ -62,6 +68,8 @@ _NUMBER = r"^[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|(?i:nan|inf|infinity))$"
 _INTEGER = r"^[+-]?\d+$"
 _HEAD_LIMIT = 1 << 20  # a header line longer than this is not a log header
 _TAIL_CHUNK = 1 << 16
+_BLOCK = 1 << 22  # bytes the CSV reader parses at a time
+_READ_AHEAD = 2  # blocks read ahead of the consumer
 DERIVED_STEPS_TEXT = "steps are row numbers 0..n-1 in file order (the log has no step column)"
 DERIVED_TIMESTAMPS_TEXT = "points without a timestamp have the run's start_time"
 
@@ -168,7 +176,10 @@ class _Bad:
 @dataclass
 class TableData:
     """A table read from one file. `values` hold float64 (null where the cell is empty or not a
-    number); `text` the trimmed cells of the columns asked for as text."""
+    number); `text` the columns asked for as text: int64 when every cell of the column is an
+    integer or empty (8 bytes a row instead of the digits and an offset), else the trimmed cells
+    as strings; `integer_steps` and `ms_timestamps` take either. A delimited file's columns are
+    chunked alike, one chunk per block read (MetricBuilder keeps that layout)."""
 
     file: str
     header: list[str] = field(default_factory=list)
@@ -181,14 +192,127 @@ class TableData:
     notes: list[str] = field(default_factory=list)
 
 
+@lru_cache(maxsize=1)
+def _block_pool() -> Optional[pa.MemoryPool]:
+    """Arrow's jemalloc with dirty pages returned to the system at once, when pyarrow has it.
+
+    Reading a CSV block by block allocates and frees tens of MB per block from several threads
+    (the reader reads ahead); glibc's malloc kept most of it (10M points: 500 MB peak for 100 MB
+    of data, its arenas and its moving mmap threshold), jemalloc with no decay delay does not."""
+    # Arrow starts its jemalloc (when pyarrow loads) with a 1 s decay and a background purging
+    # thread; jemalloc_set_decay_ms covers only arenas created later (the reader's threads get
+    # those). The arenas made at the start follow JE_ARROW_MALLOC_CONF=dirty_decay_ms:0,
+    # muzzy_decay_ms:0 if it is set before pyarrow loads (on one busy core: 240 -> 220 MB peak).
+    try:
+        pa.jemalloc_set_decay_ms(0)
+        return pa.jemalloc_memory_pool()
+    except (NotImplementedError, AttributeError, pa.ArrowException):
+        return None
+
+
+@contextmanager
+def _reading_pool():
+    """Arrow's default pool is _block_pool() inside; every buffer still goes back to its own pool."""
+    pool = _block_pool()
+    if pool is None or pool.backend_name == pa.default_memory_pool().backend_name:
+        yield
+        return
+    before = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(before)
+
+
+class _Paced:
+    """The bytes [start, end) of a file for Arrow's streaming CSV reader, read at most
+    _READ_AHEAD blocks ahead of the batches consumed.
+
+    Plain reads, not a memory map (a map's pages count in the process's memory once read). The
+    reader reads its blocks on a background thread up to 32 ahead (128 MB of 4 MB blocks) when
+    the consumer is slower than the disk; here each read waits for a permit, and every consumed
+    batch gives one back. A wait gives up after a moment, so a reader that needs more blocks for
+    its next batch (a long run of blank or invalid lines) is slowed down, never stuck."""
+
+    def __init__(self, file: pa.NativeFile, start: int, end: int):
+        self._file, self._stream = file, file.get_stream(start, end - start)
+        self._permits = threading.Semaphore(_READ_AHEAD)
+        self._pos = 0
+        self.closed = False
+
+    def read(self, nbytes: int = -1) -> pa.Buffer:
+        self._permits.acquire(timeout=0.2)
+        buf = self._stream.read_buffer(nbytes)  # Arrow memory, handed over without a copy
+        self._pos += buf.size
+        return buf
+
+    def consumed(self) -> None:
+        self._permits.release()
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._permits.release(_READ_AHEAD)  # a read still waiting goes on (and ends)
+            self._file.close()
+
+
+def _fast_floats(col: pa.Array) -> Optional[pa.Array]:
+    """float64 of a block's cells (reader nulls stay null) when Arrow's own parser takes every cell
+    as it is or trimmed, and no cell is NaN; else None (the exact, slower path decides: Arrow also
+    takes `nan(...)` and rejects empty or `NA` cells once they are padded)."""
+    try:
+        floats = col.cast(pa.float64())
+    except pa.ArrowInvalid:
+        try:
+            floats = pc.utf8_trim_whitespace(col).cast(pa.float64())
+        except pa.ArrowInvalid:
+            return None
+    if floats.null_count < len(floats) and pc.any(pc.is_nan(floats)).as_py():
+        return None
+    return floats
+
+
+def _fast_integers(trimmed: pa.Array) -> Optional[pa.Array]:
+    """int64 of a block's trimmed cells when Arrow parses every one as a plain decimal integer."""
+    try:
+        ints = trimmed.cast(pa.int64())
+    except pa.ArrowInvalid:
+        return None
+    if pc.any(pc.match_substring(trimmed, "x", ignore_case=True)).as_py():  # Arrow reads 0x10
+        return None
+    return ints
+
+
 class _CsvReader:
-    """Streams one delimited file into a TableData; problems name file, line and column."""
+    """Streams one delimited file into a TableData; problems name file, line and column.
+
+    Memory: the file is read in blocks of 4 MB through plain reads; each block's cells become
+    float64 (per metric column) and int64 (a step column) at once, and the text is released
+    before the next block. What stays is 8 bytes per cell of the numeric columns.
+    Speed: Arrow's parser converts a block column directly; the exact rules (the number regex,
+    null cells among padding, `nan(...)`) run only on a block column it does not take, and locate
+    the first bad cell there."""
 
     def __init__(self, path: Path, problems: list[Problem], delimiter: str, keep_text: set[str],
-                 null_cells: tuple[str, ...]):
+                 null_cells: tuple[str, ...], text_only: bool = False):
         self.path, self.file = path, str(path)
+        self.text_only = text_only
         self.problems, self.delimiter = problems, delimiter
-        self.keep_text, self.null_cells = keep_text, pa.array(list(null_cells), pa.string())
+        self.keep_text, self.null_list = keep_text, list(null_cells)
+        self.null_cells = pa.array(self.null_list, pa.string())
         self.skipped: list[int] = []  # pyarrow's 1-based data row numbers of invalid rows
         self.invalid: list[tuple[int, str]] = []
         self.bad: list[_Bad] = []
@@ -216,9 +340,33 @@ class _CsvReader:
         for i, n in enumerate(names):
             if not n:
                 data.notes.append(f"{self.file}: column {i + 1} has no name; it is ignored")
-        fatal = end > after and not self._rows(data, after, end)
+        with _reading_pool():
+            fatal = end > after and not self._rows(data, after, end)
         self._report(data)
         return None if fatal else data
+
+    def _repeats(self, names: list[str], columns: list[pa.Array]) -> Optional[pa.Array]:
+        """Rows of a block that repeat the header (a second header appended to the file), or None.
+        Column 0 alone first: the whole row is compared only where its first cell is the name."""
+        repeat = None
+        for k, (name, col) in enumerate(zip(names, columns)):
+            same = pc.equal(pc.utf8_trim_whitespace(col), name)
+            if name in self.null_list:  # the reader made such cells null
+                same = pc.or_kleene(same, pc.is_null(col))
+            same = pc.fill_null(same, False)
+            repeat = same if repeat is None else pc.and_(repeat, same)
+            if k == 0 and not pc.any(repeat).as_py():
+                return None
+        return repeat if repeat is not None and pc.any(repeat).as_py() else None
+
+    def _exact(self, col: pa.Array) -> tuple[pa.Array, pa.Array]:
+        """(float64 with null for empty and non-numeric cells, mask of non-numeric non-empty cells)
+        by the documented rules, on a block column Arrow's parser did not take."""
+        trimmed = pc.utf8_trim_whitespace(col)
+        empty = pc.or_kleene(pc.is_null(trimmed), pc.is_in(trimmed, value_set=self.null_cells))
+        number = pc.fill_null(pc.match_substring_regex(trimmed, _NUMBER), False)
+        bad = pc.and_(pc.invert(empty), pc.invert(number))
+        return pc.if_else(number, trimmed, None).cast(pa.float64()), bad
 
     def _rows(self, data: TableData, start: int, end: int) -> bool:
         """Fill `data` from the bytes [start, end); False when the rest cannot be read (not UTF-8)."""
@@ -231,55 +379,66 @@ class _CsvReader:
                                               f"{row.expected_columns}"))
             return "skip"
 
-        mapped = pa.memory_map(self.file, "r")
+        stream = _Paced(pa.OSFile(self.file), start, end)
         reader = pv.open_csv(
-            pa.BufferReader(mapped.read_buffer().slice(start, end - start)),
-            read_options=pv.ReadOptions(column_names=cols, use_threads=False, block_size=1 << 22),
+            pa.PythonFile(stream, mode="r"),
+            read_options=pv.ReadOptions(column_names=cols, use_threads=False, block_size=_BLOCK),
             parse_options=pv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=invalid),
             convert_options=pv.ConvertOptions(column_types={c: pa.binary() for c in cols},
-                                              strings_can_be_null=False, quoted_strings_can_be_null=False))
-        chunks: dict[str, list[pa.Array]] = {n: [] for n in names if n}
+                                              null_values=self.null_list, strings_can_be_null=True,
+                                              quoted_strings_can_be_null=False))
+        chunks: dict[str, list[pa.Array]] = {
+            n: [] for n in names if n and not (self.text_only and n in self.keep_text)}
         texts: dict[str, list[pa.Array]] = {n: [] for n in names if n in self.keep_text}
         numeric = {n: 0 for n in chunks}
         first_bad: dict[str, _Bad] = {}
         delivered = kept = 0
-        for batch in reader:
-            trimmed = []
-            for i, col in enumerate(batch.columns):
-                if _not_utf8(col):
-                    at = _first_failing(col, _not_utf8)
-                    self.bad.append(_Bad(delivered + at, i, "is not UTF-8"))
-                    return False
-                trimmed.append(pc.utf8_trim_whitespace(col.cast(pa.string())))
-            # A row that repeats the header: a second header appended to the file.
-            repeat = None
-            for name, col in zip(names, trimmed):
-                same = pc.equal(col, name)
-                repeat = same if repeat is None else pc.and_(repeat, same)
-            if repeat is not None and pc.any(repeat).as_py():
-                keep = pc.invert(repeat)
-                positions = pc.indices_nonzero(repeat).to_pylist()
-                data.header_repeats += [kept + p - k for k, p in enumerate(positions)]
-                rows_kept = pc.indices_nonzero(keep)
-                trimmed = [c.filter(keep) for c in trimmed]
-            else:
-                rows_kept = None
-            for i, (name, col) in enumerate(zip(names, trimmed)):
-                if not name:
-                    continue
-                if name in texts:
-                    texts[name].append(col)
-                empty = pc.is_in(col, value_set=self.null_cells)
-                number = pc.match_substring_regex(col, _NUMBER)
-                numeric[name] += pc.sum(number).as_py() or 0
-                bad = pc.and_(pc.invert(empty), pc.invert(number))
-                if name not in first_bad and pc.any(bad).as_py():
-                    at = pc.index(bad, True).as_py()
-                    row = at if rows_kept is None else rows_kept[at].as_py()
-                    first_bad[name] = _Bad(delivered + row, i, f"{col[at].as_py()!r} is not a number")
-                chunks[name].append(pc.if_else(number, col, None).cast(pa.float64()))
-            delivered += batch.num_rows
-            kept += len(trimmed[0]) if trimmed else 0
+        try:
+            for batch in reader:
+                columns = []
+                for i, col in enumerate(batch.columns):
+                    try:
+                        columns.append(col.cast(pa.string()))  # checks UTF-8, no copy
+                    except pa.ArrowInvalid:
+                        at = _first_failing(col, _not_utf8)
+                        self.bad.append(_Bad(delivered + at, i, "is not UTF-8"))
+                        return False
+                n_rows = batch.num_rows
+                del batch
+                repeat = self._repeats(names, columns) if names else None
+                rows_kept, repeated = None, 0
+                if repeat is not None:
+                    keep = pc.invert(repeat)
+                    positions = pc.indices_nonzero(repeat).to_pylist()
+                    repeated = len(positions)
+                    data.header_repeats += [kept + p - k for k, p in enumerate(positions)]
+                    rows_kept = pc.indices_nonzero(keep)
+                    columns = [c.filter(keep) for c in columns]
+                for i, name in enumerate(names):
+                    col, columns[i] = columns[i], None  # the block's text goes as soon as it is used
+                    if not name:
+                        continue
+                    if name in texts:
+                        trimmed = pc.utf8_trim_whitespace(col)
+                        ints = _fast_integers(trimmed)
+                        texts[name].append(trimmed if ints is None else ints)
+                    if name not in chunks:
+                        continue
+                    floats = _fast_floats(col)
+                    if floats is None:
+                        floats, bad = self._exact(col)
+                        if name not in first_bad and pc.any(bad).as_py():
+                            at = pc.index(bad, True).as_py()
+                            row = at if rows_kept is None else rows_kept[at].as_py()
+                            cell = pc.utf8_trim_whitespace(col.slice(at, 1))[0].as_py()
+                            first_bad[name] = _Bad(delivered + row, i, f"{cell!r} is not a number")
+                    numeric[name] += len(floats) - floats.null_count
+                    chunks[name].append(floats)
+                delivered += n_rows
+                kept += n_rows - repeated
+                stream.consumed()
+        finally:
+            stream.close()
         data.rows = kept
         for name, parts in chunks.items():
             if name in first_bad and numeric[name] == 0:
@@ -287,7 +446,11 @@ class _CsvReader:
             elif name in first_bad and name not in self.keep_text:
                 self.bad.append(first_bad[name])
             data.values[name] = pa.chunked_array(parts, pa.float64())
-        data.text = {n: pa.chunked_array(parts, pa.string()) for n, parts in texts.items()}
+        for name, parts in texts.items():
+            if all(pa.types.is_integer(p.type) for p in parts):
+                data.text[name] = pa.chunked_array(parts, pa.int64())
+            else:
+                data.text[name] = pa.chunked_array([p.cast(pa.string()) for p in parts], pa.string())
         return True
 
     def _report(self, data: TableData) -> None:
@@ -315,11 +478,13 @@ class _CsvReader:
 
 
 def read_delimited(path: Path, problems: list[Problem], *, delimiter: str = ",",
-                   keep_text: Iterable[str] = (), null_cells: tuple[str, ...] = NULL_CELLS
-                   ) -> Optional[TableData]:
+                   keep_text: Iterable[str] = (), null_cells: tuple[str, ...] = NULL_CELLS,
+                   text_only: bool = False) -> Optional[TableData]:
     """Read a delimited file with a header into float64 columns (see the module docstring for
-    the rules). Returns None when the file cannot be used at all (its problems are recorded)."""
-    return _CsvReader(path, problems, delimiter, set(keep_text), null_cells).read()
+    the rules). Returns None when the file cannot be used at all (its problems are recorded).
+    `text_only`: the `keep_text` columns get no float64 `values` (they are not metrics; for a
+    step column of 10 million rows that is 80 MB less while the file is read)."""
+    return _CsvReader(path, problems, delimiter, set(keep_text), null_cells, text_only).read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,10 +492,20 @@ def read_delimited(path: Path, problems: list[Problem], *, delimiter: str = ",",
 # ---------------------------------------------------------------------------------------------
 
 
+def _one(arr) -> pa.Array:
+    """An Array from an Array or ChunkedArray, without a copy when there is one chunk."""
+    if isinstance(arr, pa.ChunkedArray):
+        return arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    return arr
+
+
 def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[Problem]
-                  ) -> Optional[pa.Array]:
-    """A step column's trimmed cells as int64 (null where empty). Integers only; `3.0` is allowed."""
-    arr = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+                  ) -> Optional[pa.Array | pa.ChunkedArray]:
+    """A step column as int64 (null where empty): TableData.text's int64 as it is, else its
+    trimmed cells. Integers only; `3.0` is allowed."""
+    if pa.types.is_integer(text.type):
+        return text.cast(pa.int64())  # chunked as it was read
+    arr = _one(text)
     empty = pc.is_in(arr, value_set=pa.array(list(NULL_CELLS)))
     arr = pc.if_else(empty, None, arr)
     is_int = pc.match_substring_regex(arr, _INTEGER)
@@ -342,8 +517,8 @@ def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[
             return None
     number = pc.match_substring_regex(arr, _NUMBER)
     floats = pc.if_else(number, arr, None).cast(pa.float64())
-    whole = pc.and_(pc.is_finite(floats), pc.equal(pc.floor(floats), floats))
-    ok = pc.or_kleene(whole, pc.is_null(arr))
+    whole = pc.fill_null(pc.and_(pc.is_finite(floats), pc.equal(pc.floor(floats), floats)), False)
+    ok = pc.or_kleene(whole, pc.is_null(arr))  # a cell that is no number at all is not ok either
     if not pc.all(ok).as_py():
         at = pc.index(pc.invert(pc.fill_null(ok, False)), True).as_py()
         problems.append(Problem(file, f"row {at + 1} column {column!r}",
@@ -353,12 +528,16 @@ def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[
 
 
 def ms_timestamps(text: pa.ChunkedArray, file: str, column: str, problems: list[Problem],
-                  notes: list[str]) -> Optional[pa.Array]:
-    """A time column as int64 milliseconds since the epoch (rules in the module docstring)."""
-    arr = text.combine_chunks()
-    arr = pc.if_else(pc.is_in(arr, value_set=pa.array(list(NULL_CELLS))), None, arr)
-    number = pc.match_substring_regex(arr, _NUMBER)
-    if pc.all(pc.or_kleene(number, pc.is_null(arr))).as_py() is not False:
+                  notes: list[str]) -> Optional[pa.Array | pa.ChunkedArray]:
+    """A time column as int64 milliseconds since the epoch (rules in the module docstring);
+    TableData.text's int64 or its trimmed cells."""
+    if pa.types.is_integer(text.type):
+        arr, number = text, None  # chunked as it was read
+    else:
+        arr = _one(text)
+        arr = pc.if_else(pc.is_in(arr, value_set=pa.array(list(NULL_CELLS))), None, arr)
+        number = pc.match_substring_regex(arr, _NUMBER)
+    if number is None or pc.all(pc.or_kleene(number, pc.is_null(arr))).as_py() is not False:
         secs = arr.cast(pa.float64())
         big = pc.max(pc.abs(secs)).as_py()
         scale = 1000.0 if big is None or big < 1e11 else 1.0
@@ -388,28 +567,86 @@ def _fails_time(arr: pa.Array) -> bool:
     return True
 
 
+def _chunked(arr) -> pa.ChunkedArray:
+    return arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
+
+
+def _layout(arr: pa.ChunkedArray) -> tuple[int, ...]:
+    return tuple(len(c) for c in arr.chunks)
+
+
 class MetricBuilder(Metrics):
     """Metric columns of one run: empty cells are no point, a value without a step a problem;
-    naming and tags as every source (base.Metrics)."""
+    naming and tags as every source (base.Metrics).
 
-    def add(self, key: str, steps: pa.Array, values: pa.Array,
-            timestamps: Optional[pa.Array] = None) -> None:
-        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        has_value = pc.is_valid(values)
-        orphan = pc.and_(has_value, pc.is_null(steps))
-        if pc.any(orphan).as_py():
-            at = pc.index(orphan, True).as_py()
-            self.result.problems.append(Problem(self.file, f"row {at + 1} column {key!r}",
-                                                "a value in a row without a step"))
-            return
-        ts = None if timestamps is None else timestamps.filter(has_value)
-        table = metric_table(steps.filter(has_value), values.filter(has_value), ts)
-        super().add(key, table, f"column {key!r}")
+    Nothing is copied that need not be. A column without empty cells keeps its values and the
+    steps it was given (one array for every such key of the run). Tables keep the values' chunks
+    (a CSV block each) and every column of a table is chunked alike: steps given in another
+    layout are cut to it once per run (copied, so each chunk has its own buffer: a table's
+    batches are then exactly its chunks, and hashing them (RunRecord.fingerprint) reads each
+    byte once); missing timestamps are slices of one null array shared by every key."""
+
+    def __init__(self, file: str, result: SourceResult):
+        super().__init__(file, result)
+        self._nulls = pa.nulls(0, pa.int64())
+        self._cut: dict[tuple, tuple[pa.ChunkedArray, pa.ChunkedArray]] = {}
+
+    def _like(self, arr: pa.ChunkedArray, layout: tuple[int, ...]) -> pa.ChunkedArray:
+        """`arr` in chunks of the lengths `layout`."""
+        if _layout(arr) == layout:
+            return arr
+        key = (tuple((c.buffers()[-1].address if c.buffers()[-1] else 0, c.offset, len(c))
+                     for c in arr.chunks), layout)
+        if key not in self._cut:  # the source is kept with its cut: its buffers' addresses stay its own
+            parts, at = [], 0
+            for n in layout:
+                parts.append(pa.concat_arrays(arr.slice(at, n).chunks or [arr.chunk(0).slice(0, 0)]))
+                at += n
+            self._cut[key] = (arr, pa.chunked_array(parts, arr.type))
+        return self._cut[key][1]
+
+    def _null_timestamps(self, layout: tuple[int, ...]) -> pa.ChunkedArray:
+        longest = max(layout, default=0)
+        if len(self._nulls) < longest:
+            self._nulls = pa.nulls(longest, pa.int64())
+        return pa.chunked_array([self._nulls.slice(0, n) for n in layout], pa.int64())
+
+    def add(self, key: str, steps, values, timestamps=None) -> None:
+        values = _chunked(values).cast(pa.float64())
+        layout = _layout(values)
+        steps = self._like(_chunked(steps).cast(pa.int64()), layout)
+        if timestamps is not None:
+            timestamps = self._like(_chunked(timestamps).cast(pa.int64()), layout)
+        has_value = pc.is_valid(values) if values.null_count else None
+        if steps.null_count:
+            orphan = pc.is_null(steps) if has_value is None else pc.and_(has_value, pc.is_null(steps))
+            if pc.any(orphan).as_py():
+                at = pc.index(orphan, True).as_py()
+                self.result.problems.append(Problem(self.file, f"row {at + 1} column {key!r}",
+                                                    "a value in a row without a step"))
+                return
+        if has_value is not None:  # chunk by chunk: the layout stays alike in every column
+            kept = pa.table({"s": steps, "v": values, **({} if timestamps is None else {"t": timestamps})}
+                            ).filter(has_value)
+            steps, values = kept.column("s"), kept.column("v")
+            timestamps = None if timestamps is None else kept.column("t")
+        ts = self._null_timestamps(_layout(values)) if timestamps is None else timestamps
+        Metrics.add(self, key, pa.table([steps, ts, values], schema=METRIC_SCHEMA), f"column {key!r}")
 
 
-def row_steps(n: int) -> pa.Array:
-    """0..n-1: the steps of a log that has none of its own."""
-    return pa.array(range(n), pa.int64()) if n else pa.array([], pa.int64())
+def row_steps(n: int, like: Optional[pa.ChunkedArray] = None) -> pa.Array | pa.ChunkedArray:
+    """0..n-1: the steps of a log that has none of its own; chunked as `like` when given (the
+    layout MetricBuilder would otherwise cut them to)."""
+    if like is not None and len(like) == n and like.num_chunks > 1:
+        parts, at = [], 0
+        for chunk in like.chunks:
+            parts.append(pc.add(row_steps(len(chunk)), at))
+            at += len(chunk)
+        return pa.chunked_array(parts, pa.int64())
+    if not n:
+        return pa.array([], pa.int64())
+    ones = pc.fill_null(pa.nulls(n, pa.int64()), 1)  # Arrow has no range kernel; a Python range is slow
+    return pc.subtract(pc.cumulative_sum(ones), 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,7 +773,7 @@ def _wanted_text(options: SourceOptions) -> set[str]:
 
 def _read_delimited(file: Path, options: SourceOptions, result: SourceResult) -> Optional[TableData]:
     data = read_delimited(file, result.problems, delimiter=SUFFIXES[file.suffix.lower()],
-                          keep_text=_wanted_text(options))
+                          keep_text=_wanted_text(options), text_only=True)
     if data is not None:
         result.notes += data.notes
         if data.header_repeats:
@@ -608,13 +845,16 @@ def _record(file: Path, data: TableData, options: SourceOptions, result: SourceR
                     import_key=import_key(NAME, str(resolved), "file"),
                     origin=f"{file}: file", name=file.stem)
     problems = result.problems
+    for column in (options.step_column, options.time_column):  # not metrics: free them now
+        if column:
+            data.values.pop(column, None)
     if options.step_column:
         if options.step_column not in data.header:
             problems.append(Problem(str(file), "header", f"no step column {options.step_column!r}"))
             return rec
         steps = integer_steps(data.text[options.step_column], str(file), options.step_column, problems)
     else:
-        steps = row_steps(data.rows)
+        steps = row_steps(data.rows, next(iter(data.values.values()), None))
         if data.rows:
             rec.tags[DERIVED_STEPS_TAG] = DERIVED_STEPS_TEXT
     stamps = None

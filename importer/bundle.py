@@ -173,7 +173,11 @@ def read_metrics(path: Path) -> dict[str, pa.Table]:
     for i in range(pf.num_row_groups):
         group = pf.read_row_group(i)
         keys = group.column("key").combine_chunks()
-        for k in keys.dictionary.to_pylist() if len(keys) else []:
+        present = pa.compute.unique(keys.cast(pa.string())).to_pylist() if len(keys) else []
+        if len(present) == 1:  # as write_metrics writes them: no copy
+            out.setdefault(present[0], []).append(group.drop_columns(["key"]))
+            continue
+        for k in present:
             part = group.filter(pa.compute.equal(keys.cast(pa.string()), k)).drop_columns(["key"])
             out.setdefault(k, []).append(part)
     return {k: pa.concat_tables(v) for k, v in out.items()}

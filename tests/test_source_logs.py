@@ -191,8 +191,9 @@ def test_text_corpus_keras_phases():
 # Detection
 # ---------------------------------------------------------------------------------------------
 
-TEXT_FIXTURES = ["mmdet_run.log", "mmdet_run.log.json", "fairseq_hydra.log", "keras_console.txt",
-                 "llmc.log", "llmc_main.log", "python_logging.log", "no_steps.log"]
+TEXT_FIXTURES = ["mmdet_run.log", "mmdet_run.log.json", "fairseq_hydra.log", "fairseq_simple.log",
+                 "fairseq_legacy_simple.log", "keras_console.txt", "llmc.log", "llmc_main.log",
+                 "python_logging.log", "no_steps.log"]
 
 
 @pytest.mark.parametrize("name", TEXT_FIXTURES)
@@ -250,6 +251,58 @@ def test_fairseq_fixture():
     assert pts(rec.metrics["valid/valid_loss"]) == [(479, 6.389)]
     assert "train_inner/epoch" not in rec.metrics
     assert rec.params["optimization.lr.0"] == "0.0005"
+
+
+def test_fairseq_simple_format():
+    """--log-format simple (fairseq >= 0.10, Python logging): num_updates is the step; keys as the
+    json format names the same stats (print() lines prefixed with their logger: valid/valid_loss)."""
+    path = FIXTURES / "fairseq_simple.log"
+    assert textlog.sniff(path.read_bytes()) == "fairseq"
+    (rec,) = read_clean(textlog, path).records
+    assert pts(rec.metrics["train_inner/loss"]) == [(100, 9.817), (200, 8.912), (1200, 7.61)]
+    assert rec.metrics["train_inner/loss"].column("timestamp").to_pylist()[0] == 1614679930000
+    assert pts(rec.metrics["train_inner/num_updates"])[-1] == (1200, 1200.0)  # kept, as in json
+    assert pts(rec.metrics["valid/valid_loss"]) == [(1124, 7.996)]
+    assert pts(rec.metrics["valid/valid_ppl"]) == [(1124, 137.17)]
+    assert pts(rec.metrics["train/train_loss"]) == [(1124, 9.016)]
+    assert pts(rec.metrics["train/train_wall"]) == [(1124, 560.0)]
+    assert not any("epoch" in k for k in rec.metrics)
+    assert rec.start_time == 1614679872000 and rec.tags[textlog.FORMAT_TAG] == "fairseq"
+    assert rec.tags[textlog.STEP_RULE_TAG] == textlog.STEP_RULES["fairseq"]
+
+
+def test_fairseq_legacy_simple_stdout():
+    """fairseq <= 0.9 printed the same lines to stdout with a leading `| `, no time, no logger; each
+    `Namespace(...)` args dump starts a new run."""
+    first, second = read_clean(textlog, FIXTURES / "fairseq_legacy_simple.log").records
+    assert pts(first.metrics["train_inner/loss"]) == [(100, 12.917), (200, 11.5)]
+    assert pts(first.metrics["train/train_loss"]) == [(1101, 10.203)]
+    assert pts(first.metrics["valid/valid_loss"]) == [(1101, 8.996)]
+    assert first.tags[DERIVED_TIMESTAMPS_TAG] and first.start_time is None
+    assert pts(second.metrics["train_inner/loss"]) == [(100, 12.802), (200, 11.4)]
+    assert second.name == "fairseq_legacy_simple.log #1"
+
+
+def test_fairseq_simple_hydra_envelope_and_bad_fields(tmp_path):
+    path = tmp_path / "hydra_train.log"
+    path.write_text(
+        "[2022-04-08 18:41:01,160][fairseq_cli.train][INFO] - Start iterating over samples\n"
+        "[2022-04-08 18:48:05,372][train_inner][INFO] - epoch 001:    200 / 481 loss=9.276, "
+        "num_updates=200, lr=3.125e-06\n"
+        "[2022-04-08 18:49:05,372][train_inner][INFO] - epoch 001:    300 / 481 loss=9.1, "
+        "nll_loss=8.x, num_updates=300\n"
+        "[2022-04-08 18:58:04,035][valid][INFO] - epoch 001 | valid on 'valid' subset | loss 6.389 | "
+        "accuracy | num_updates 479\n"
+        "[2022-04-08 18:58:05,000][fairseq_cli.train][INFO] - epoch 1 done\n")
+    result = textlog.read(path, SourceOptions())
+    assert [(p.location, p.message) for p in result.problems] == [
+        ("line 3", "fairseq train_inner record, field 2 ('nll_loss=8.x'): not a `key=value` / "
+                   "`key value` pair with a number"),
+        ("line 4", "fairseq valid record, field 2 ('accuracy'): not a `key=value` / `key value` pair "
+                   "with a number")]
+    (rec,) = result.records
+    assert pts(rec.metrics["train_inner/loss"]) == [(200, 9.276), (300, 9.1)]
+    assert pts(rec.metrics["valid/valid_loss"]) == [(479, 6.389)]
 
 
 def test_keras_console_progress_and_phases():

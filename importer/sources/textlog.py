@@ -7,8 +7,15 @@ dialect is still sniffed, in this order):
                 (env_info/config) and starts a new run; `{"mode": "train", "epoch": 1, "iter": 50, ...}`.
 * `mmdet`       OpenMMLab text logs: `2021-08-12 19:07:24,634 - mmdet - INFO - Epoch [1][50/58633]\tlr: ..., loss: 1.52`
                 (also `Epoch(val) [1][625]`, `Iter [50/90000]`, and mmengine's `2023/01/01 ... Epoch(train) [1][ 50/7330]  loss: ...`).
-* `fairseq`     `[ts][train_inner][INFO] - {"epoch": 1, "loss": "9.276", "num_updates": "200", ...}` (hydra) or
-                `ts | INFO | train_inner | {...}`; values are JSON strings.
+* `fairseq`     `--log-format json`: `[ts][train_inner][INFO] - {"epoch": 1, "loss": "9.276", "num_updates": "200", ...}`
+                (hydra) or `ts | INFO | train_inner | {...}`; values are JSON strings.
+                `--log-format simple` (fairseq/logging/progress_bar.py SimpleProgressBar), in the same two
+                envelopes: `epoch 001:    100 / 1124 loss=9.817, nll_loss=9.03, ..., num_updates=100, lr=1.25e-05`
+                (log(), logger `train_inner`) and `epoch 001 | valid on 'valid' subset | loss 7.996 | ... |
+                num_updates 1124` / `epoch 001 | loss 9.016 | ...` (print(), logger = the subset or `train`).
+                Also fairseq <= 0.9's stdout form of the same lines, without envelope or time: `| epoch 001:
+                999 / 1124 loss=...` and `| epoch 001 | valid on 'valid' subset | loss ...` (the logger is then
+                `train_inner` for the first, the subset for `valid on '<subset>' subset`, else `train`).
 * `keras`       Keras fit() console: `Epoch 3/10` then `... - loss: 0.1 - acc: 0.9` (progress bars with \\r or \\b are
                 reduced to their final state; lines with `ETA:` are progress, not results).
 * `llmc`        llm.c: `step    1/74 | train loss 11.01 | norm 15.4 | lr 6.00e-06 | (2235.45 ms | 229 tok/s)`,
@@ -23,7 +30,8 @@ Rules:
 * Steps. mmdet: step = (epoch - 1) * N + iter for train lines and epoch * N for val lines, where N is the
   iterations per epoch from the `[iter/N]` form (for `.log.json`, from the sibling `.log`); when N is
   never stated, N = 1_000_000. `Iter [i/...]` lines: step = i; `Iter(val)` lines take the last train step.
-  fairseq: `num_updates` / `<prefix>_num_updates`; a record without it takes the last step seen.
+  fairseq (json and simple): `num_updates` / `<prefix>_num_updates`; a record without it takes the last
+  step seen.
   keras: the printed epoch number (1-based). llmc: the printed step k of `step k/n`; `val loss` takes the
   last step. logging: a `step`, `global_step`, `iter`, `iteration`, `it`, `update` or `num_updates` field.
   user patterns: group `step`, else group `epoch`, else derived.
@@ -32,7 +40,12 @@ Rules:
 * Step-like fields (`epoch`, `iter`, `mode`, the step field) are not metrics, except `epoch` in the
   logging dialect and `num_updates` in fairseq (kept as the log has it).
 * Metric keys: `<mode>/<key>` for mmdet (`train/loss`, `val/bbox_mAP`), `<logger>/<key>` for fairseq
-  (`train_inner/loss`, `valid/valid_loss`), as printed otherwise. Keys the server rejects are renamed
+  (`train_inner/loss`, `valid/valid_loss`), as printed otherwise. fairseq's simple format is named as its
+  json format names the same stats, so a run gives the same keys in either: json prefixes the stats of
+  print() lines with the logger (`valid_loss`), so `epoch 001 | valid on 'valid' subset | loss 7.9`
+  gives `valid/valid_loss` and `epoch 001 | loss 9.0` gives `train/train_loss`; log() lines are not
+  prefixed (`train_inner/loss`). A simple-format field that is not `key=value` / `key value` with a
+  number is a problem naming the line and the field. Keys the server rejects are renamed
   with `base.safe_metric_key` (tag `RENAMED_METRICS_TAG`, and a note).
 * Times. A line's time (`2021-08-12 19:07:24,634`, also with `/` or `T`, optional offset) becomes the
   points' timestamp in ms; a time without a UTC offset is read as UTC (tag `importer.naive_times`).
@@ -40,7 +53,7 @@ Rules:
   `DERIVED_TIMESTAMPS_TAG`, start/end None.
 * Several runs in one file. A launch banner starts a new run when the current run already has points:
   mmdet `Environment info:`, a `.log.json` header line, the fairseq config dump (`{'_name': ...}`) or
-  `Namespace(`, keras `Epoch 1/N` (every fit() call), and a step lower than the previous one (logging,
+  `Namespace(` (also at the start of a line, as fairseq <= 0.9 printed it), keras `Epoch 1/N` (every fit() call), and a step lower than the previous one (logging,
   llmc, user patterns). Run identity = the segment index in the file (0, 1, ...), stable as the file grows.
   A segment without points is not a run (a note says so).
 * Values are float64; `nan`, `inf`, `-inf` are kept (the tag `importer.infinite_values` names keys with +-inf).
@@ -386,19 +399,34 @@ def _parse_mmdet_json(rd: _Reader, lines: Iterator[str]) -> None:
 
 _FS_HYDRA = re.compile(r"^\[([^\]]+)\]\[([^\]]+)\]\[[A-Z]+\] - (.*)$")
 _FS_PLAIN = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| [A-Z]+ \| ([\w.]+) \| (.*)$")
+# --log-format simple: log() and print() lines (fairseq/logging/progress_bar.py SimpleProgressBar);
+# fairseq <= 0.9 printed them to stdout with a leading `| ` and no logger.
+_FS_LEGACY = re.compile(r"^\| (epoch \d{3,}(?::\s+\d+ / \d+ [A-Za-z_]\w*=| \| (?:valid on '|[A-Za-z_]\w* [-+.\w]))"
+                        r".*)$")
+_FS_SIMPLE_LOG = re.compile(r"^epoch (\d+):\s+(\d+) / (\d+) (.*)$")
+_FS_SIMPLE_PRINT = re.compile(r"^epoch (\d+) \| (.*)$")
+_FS_SUBSET = re.compile(r"^valid on '([^']*)' subset$")
 
 
 def _parse_fairseq(rd: _Reader, lines: Iterator[str]) -> None:
     for line in lines:
         m = _FS_HYDRA.match(line) or _FS_PLAIN.match(line)
-        if not m:
+        if m:
+            stamp, logger, msg = m.group(1), m.group(2), m.group(3)
+        elif legacy := _FS_LEGACY.match(line):
+            stamp, logger, msg = None, None, legacy.group(1)
+        else:
+            if line.startswith("Namespace("):  # fairseq <= 0.9 printed its args first
+                rd.banner()
             continue
-        logger, msg = m.group(2), m.group(3)
         if msg.startswith("{'_name'") or msg.startswith("Namespace("):
             rd.banner()
             if msg.startswith("{"):
                 _fairseq_params(rd, msg)
-        ts = rd.time(m.group(1))
+        ts = rd.time(stamp) if stamp else None
+        if msg.startswith("epoch "):
+            _fairseq_simple(rd, logger, msg, ts)
+            continue
         if not msg.startswith("{\""):
             continue
         try:
@@ -418,6 +446,39 @@ def _parse_fairseq(rd: _Reader, lines: Iterator[str]) -> None:
         if step is None:
             step = rd.run.last_step if rd.run.last_step is not None else 0
         rd.points(metrics, step, ts)
+
+
+def _fairseq_simple(rd: _Reader, logger: Optional[str], msg: str, ts: Optional[int]) -> None:
+    """One `--log-format simple` line: `epoch 001:  100 / 1124 k=v, k=v` (log) or
+    `epoch 001 | [valid on 'x' subset | ]k v | k v` (print). Keys as the json format names them."""
+    if m := _FS_SIMPLE_LOG.match(msg):
+        tag, prefix = logger or "train_inner", ""
+        fields = [(f, *f.partition("=")[::2]) for f in m.group(4).split(", ") if f.strip()]
+    elif m := _FS_SIMPLE_PRINT.match(msg):
+        parts = m.group(2).split(" | ")
+        subset = _FS_SUBSET.match(parts[0].strip())
+        if subset:
+            parts = parts[1:]
+        tag = logger or (subset.group(1) if subset else "train")
+        prefix = tag + "_"
+        fields = [(f, *f.strip().partition(" ")[::2]) for f in parts if f.strip()]
+    else:
+        return  # another message that starts with "epoch" (e.g. "epoch 1 done")
+    step = None
+    metrics: dict[str, float] = {}
+    for n, (field, key, raw) in enumerate(fields, 1):
+        key, raw = key.strip(), raw.strip()
+        value = _number(raw)
+        if not key or value is None:
+            rd.problem(rd.lineno, f"fairseq {tag} record, field {n} ({field.strip()[:60]!r}): "
+                                  "not a `key=value` / `key value` pair with a number")
+            continue
+        if key == "num_updates" and value.is_integer():
+            step = int(value)
+        metrics[f"{tag}/{prefix}{key}"] = value
+    if step is None:
+        step = rd.run.last_step if rd.run.last_step is not None else 0
+    rd.points(metrics, step, ts)
 
 
 def _fairseq_params(rd: _Reader, msg: str) -> None:
@@ -620,6 +681,8 @@ def sniff(head: bytes) -> Optional[str]:
         return "mmdet"
     if any(_FS_HYDRA.match(ln) or _FS_PLAIN.match(ln) for ln in lines) and (
             "fairseq" in text or "[train_inner]" in text or "| train_inner |" in text):
+        return "fairseq"
+    if any(_FS_LEGACY.match(ln) for ln in lines):
         return "fairseq"
     if any(_KERAS_EPOCH.match(ln) for ln in lines):
         return "keras"

@@ -26,7 +26,7 @@ from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi
 from .model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord
 from .pipeline import Summary, import_async
-from .sinks.mlflow import Outcome
+from .sinks.mlflow import EXPERIMENT_TAGS, Outcome
 from .sources import server
 from .sources.server import Selection
 
@@ -139,8 +139,10 @@ def migrate(source_uri: str, dest_uri: str, selection: Selection = Selection(), 
 
 async def _migrate(src, dst, selection, ledger, policy, with_models, config, src_env, dst_env,
                    progress) -> Summary:
-    async with MlflowApi(src, config, src_env) as api:
+    async with MlflowApi(src, config, src_env) as api, MlflowApi(dst, config, dst_env) as dest:
         await api.call("experiments/search", {"max_results": 1})
+        exps = await server.experiments(api, selection)
+        deleted = await _prepare_experiments(dest, exps)
         records = [rec async for _, rec in server.runs(api, selection)]
         summary = await import_async(records, dst, ledger, policy=policy, config=config,
                                      progress=progress, env=dst_env)
@@ -149,9 +151,34 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
             ids = None if not (selection.experiments or selection.shard) else {r.source_run_id for r in records}
             models = await registry.read_models(api, ids)
             summary.notes += await registry.copy_models(dst, models, summary.outcomes, config, dst_env)
-        summary.requests += api.requests
-        summary.retried += api.retried
+        if selection.shard is None:  # other shards may still be writing into them
+            for exp_id in deleted:
+                await dest.call("experiments/delete", {"experiment_id": exp_id})
+        summary.requests += api.requests + dest.requests
+        summary.retried += api.retried + dest.retried
         return summary
+
+
+async def _prepare_experiments(dest: MlflowApi, exps: list[dict]) -> list[str]:
+    """Create every selected experiment on the destination with its tags, empty ones too. One
+    deleted at the source is restored there for the writing (if a former run deleted it) and
+    its id returned, to be deleted again once the runs are in."""
+    deleted = []
+    for exp in exps:
+        gone = exp.get("lifecycle_stage") == "deleted"
+        found = await dest.experiment_by_name(exp["name"])
+        if found is not None and found.get("lifecycle_stage") == "deleted":
+            if not gone:
+                continue  # the sink names the problem: restore it or choose another name
+            await dest.call("experiments/restore", {"experiment_id": found["experiment_id"]})
+        exp_id, _ = await dest.get_or_create_experiment(exp["name"], EXPERIMENT_TAGS)
+        have = {t["key"]: t["value"] for t in (found or {}).get("tags", [])}
+        for t in exp.get("tags", []):
+            if t["key"] != "mlflow.experimentKind" and have.get(t["key"]) != t["value"]:
+                await dest.set_experiment_tag(exp_id, t["key"], t["value"])
+        if gone:
+            deleted.append(exp_id)
+    return deleted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +243,9 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
             if other is None:
                 diff(Difference(f"experiment {exp['name']}", "experiment", "present", "missing"))
                 continue
+            if other.get("lifecycle_stage") != exp.get("lifecycle_stage"):
+                diff(Difference(f"experiment {exp['name']}", "lifecycle", exp.get("lifecycle_stage"),
+                                other.get("lifecycle_stage")))
             want = {t["key"]: t["value"] for t in exp.get("tags", []) if t["key"] != "mlflow.experimentKind"}
             have = {t["key"]: t["value"] for t in other.get("tags", [])}
             for k, v in want.items():

@@ -286,3 +286,30 @@ def test_mlruns_folder_imports_with_long_params_kept_whole(dest, tmp_path):
     summary = json.loads(again.stdout)
     assert summary["runs"]["created"] == 0 and summary["runs"]["failed"] == 0, summary
     assert len(view.runs("fixture experiment", include_deleted=True)) == len(runs)
+
+
+def test_empty_and_deleted_experiments(source, dest, tmp_path):
+    """An experiment without runs is created with its tags; one deleted at the source is deleted on
+    the destination too, and a rerun (which must write into it) leaves it deleted, unchanged."""
+    rest = Rest(source.url)
+    empty, gone = f"empty-{uuid.uuid4().hex[:8]}", f"gone-{uuid.uuid4().hex[:8]}"
+    rest.post("experiments/create", {"name": empty, "tags": [{"key": "mlflow.note.content", "value": "nothing yet"}]})
+    gone_id = rest.post("experiments/create", {"name": gone})["experiment_id"]
+    run_id = rest.run(gone_id, "old", T0)
+    rest.post("runs/log-batch", {"run_id": run_id, "metrics": [{"key": "m", "value": 1.5, "timestamp": T0, "step": 0}]})
+    rest.finish(run_id, "FINISHED", T0 + 10)
+    rest.post("experiments/delete", {"experiment_id": gone_id})
+    args = ["migrate", "--from", source.url, "--to", dest.url, "--experiment", empty, "--experiment", gone,
+            "--include-deleted", "--state", str(tmp_path / "l.db"), "--json"]
+    r = run_importer(*args)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    v = verify(source.url, dest.url, "--experiment", empty, "--experiment", gone, "--include-deleted")
+    assert v.returncode == 0, v.stdout.decode()
+    view = View(dest.url)
+    exp = view.http.get("experiments/get-by-name", params={"experiment_name": gone}).json()["experiment"]
+    assert exp["lifecycle_stage"] == "deleted"
+    again = run_importer(*args)
+    assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
+    assert json.loads(again.stdout)["runs"] == {"created": 0, "appended": 0, "unchanged": 1, "failed": 0}
+    assert verify(source.url, dest.url, "--experiment", empty, "--experiment", gone,
+                  "--include-deleted").returncode == 0

@@ -486,3 +486,95 @@ def test_csv_step_and_time_cells_exact(tmp_path):
     rec = table.read(g, _csv_options(step_column="step", time_column="t")).records[0]
     assert rec.metrics["loss"]["timestamp"].to_pylist() == [1718000000000, None, 1718000002000]
     assert rec.metrics["loss"]["step"].to_pylist() == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# YOLO results.txt layouts: lines written with the writers' own format strings
+# ---------------------------------------------------------------------------------------------
+
+def _v3_2019_04(e, t):  # ultralytics/yolov3 train.py 2019-04-05 .. 07-15; t: time (s) or img_size
+    s = ("%8s%12s" + "%10.3g" * 7) % ("%g/%g" % (e, 2), "%g/%g" % (99, 99), 0.1, 0.2, 0.3, 0.4, 1.0, 12, t)
+    return s + "%11.3g" * 5 % (0.5, 0.4, 0.3 + e / 10, 0.44, 2.5)
+
+
+YOLO_TXT = {
+    # YOLOv5 v1.0-v5.0 and YOLOv7 (train.py): ('%10s' * 2 + '%10.4g' * 6) % (...) + '%10.4g' * 7 % results
+    "yolov5": (lambda e: ("%10s" * 2 + "%10.4g" * 6) % ("%g/%g" % (e, 2), "%.3gG" % 3.58, 0.04567, 0.02, 0.01,
+                                                       0.07567, 19, 640)
+               + "%10.4g" * 7 % (0.6123, 0.5, 0.4 + e / 10, 0.2512, 0.03, 0.02, 0.01),
+               {"metrics/mAP_0.5:0.95": 0.2512, "train/box_loss": 0.04567, "train/gpu_mem": 3.58}),
+    # yolov3 2019-08-24 .. 2020-11-25: the same shape with '%10.3g', and F1 where YOLOv5 has mAP_0.5:0.95
+    "yolov3-2019-08-24": (lambda e: ("%10s" * 2 + "%10.3g" * 6) % ("%g/%g" % (e, 2), "%.3gG" % 3.58, 4.567, 2.0,
+                                                                  1.0, 7.567, 19, 416)
+                          + "%10.3g" * 7 % (0.6123, 0.5, 0.4 + e / 10, 0.55, 3.0, 2.0, 1.0),
+                          {"metrics/F1": 0.55, "train/GIoU_loss": 4.57, "val/GIoU_loss": 3.0}),
+    "yolov3-2019-08-04": (lambda e: ("%10s" * 2 + "%10.3g" * 7) % ("%g/%g" % (e, 2), "%.3gG" % 3.58, 4.5, 1.0, 2.0,
+                                                                  1.0, 8.5, 19, 416)
+                          + "%10.3g" * 7 % (0.6, 0.5, 0.4 + e / 10, 0.55, 3.0, 2.0, 1.0),
+                          {"train/wh_loss": 1.0, "metrics/F1": 0.55, "val/cls_loss": 1.0}),
+    "yolov3-2019-07-16": (lambda e: ("%10s" * 2 + "%10.3g" * 7) % ("%g/%g" % (e, 2), "%.3gG" % 3.58, 4.5, 1.0, 2.0,
+                                                                  1.0, 8.5, 19, 416)
+                          + "%11.3g" * 5 % (0.6, 0.5, 0.4 + e / 10, 0.55, 7.5),
+                          {"train/GIoU_loss": 4.5, "val/total_loss": 7.5, "train/img_size": 416}),
+    "yolov3-2019-04-05": (lambda e: _v3_2019_04(e, 416), {"train/xy_loss": 0.1, "train/img_size": 416,
+                                                          "metrics/F1": 0.44, "val/total_loss": 2.5}),
+    "yolov3-2019-02-19": (lambda e: ("%8s%12s" + "%10.3g" * 7) % ("%g/%g" % (e, 2), "%g/%g" % (99, 99), 0.1, 0.2, 0.3,
+                                                                 0.4, 1.0, 12, 0.52)
+                          + "%11.3g" * 3 % (0.5, 0.4, 0.3 + e / 10),
+                          {"train/time": 0.52, "metrics/precision": 0.5}),
+    "yolov3-2018-11-22": (lambda e: ("%8s%12s" + "%10.3g" * 14) % ("%g/%g" % (e, 2), "%g/%g" % (99, 99), 0.1, 0.2, 0.3,
+                                                                  0.4, 0.5, 0.6, 2.1, 0.7, 0.6, 30, 20, 5, 10, 0.3)
+                          + "%11.3g" * 3 % (0.3 + e / 10, 0.5, 0.4),
+                          {"train/x_loss": 0.1, "train/FN": 10, "train/precision": 0.7, "metrics/precision": 0.5}),
+    "yolov3-2018-11-14": (lambda e: ("%11s%11s" + "%11.3g" * 14) % ("%g/%g" % (e, 2), "%g/%g" % (99, 99), 0.1, 0.2,
+                                                                   0.3, 0.4, 0.5, 0.6, 2.1, 0.7, 0.6, 30, 20, 5, 10, 0.3)
+                          + "%11.3g" % (0.3 + e / 10),
+                          {"train/conf_loss": 0.5, "train/time": 0.3}),
+    "yolov3-2018-08-26": (lambda e: ("%10s%10s" + "%10.3g" * 14) % ("%g/%g" % (e, 2), "%g/%g" % (99, 99), 0.1, 0.2,
+                                                                   0.3, 0.4, 0.5, 0.6, 2.1, 0.7, 0.6, 30, 20, 5, 10, 0.3),
+                          {"train/h_loss": 0.4, "train/instances": 30}),
+}
+
+
+@pytest.mark.parametrize("layout", list(YOLO_TXT))
+def test_yolo_results_txt_layouts(tmp_path, layout):
+    line, facts = YOLO_TXT[layout]
+    f = _write(tmp_path, f"runs/train/{layout}/results.txt", "".join(line(e) + "\n" for e in range(3)).encode())
+    assert yolo.detect(f) and not keras.detect(f) and not table.detect(f)
+    result = yolo.read(f, SourceOptions())
+    assert result.problems == []
+    rec = result.records[0]
+    assert rec.tags[yolo.LAYOUT_TAG] == layout
+    names = dict([*yolo.TXT_LAYOUTS.values(), yolo.TXT_YOLOV3_2019_08])[layout]
+    assert set(rec.metrics) == set(names) - {"epoch/total", "batch/last"}
+    for key, value in facts.items():
+        assert rec.metrics[key]["value"].to_pylist() == [value] * 3, key
+        assert rec.metrics[key]["step"].to_pylist() == [0, 1, 2]
+    if layout != "yolov3-2018-08-26":  # the only layout without a test mAP
+        mAP = [round(v, 2) for v in rec.metrics["metrics/mAP_0.5"]["value"].to_pylist()]
+        assert mAP in ([0.4, 0.5, 0.6], [0.3, 0.4, 0.5])
+
+
+def test_yolo_results_txt_time_column_before_image_sizes(tmp_path):
+    f = _write(tmp_path, "runs/train/exp/results.txt", "".join(_v3_2019_04(e, 0.52) + "\n" for e in range(2)).encode())
+    rec = yolo.read(f, SourceOptions()).records[0]
+    assert rec.metrics["train/time"]["value"].to_pylist() == [0.52, 0.52] and "train/img_size" not in rec.metrics
+
+
+def test_yolo_results_txt_bad_rows(tmp_path):
+    line = YOLO_TXT["yolov3-2019-07-16"][0]
+    rows = [line(0), line(1), line(2).replace("0.55", "0.5x")]
+    f = _write(tmp_path, "runs/train/a/results.txt", "\n".join(rows).encode() + b"\n")
+    (p,) = yolo.read(f, SourceOptions()).problems
+    assert p.location == "line 3" and p.message == "column 13 ('metrics/F1'): '0.5x' is not a number"
+    g = _write(tmp_path, "runs/train/b/results.txt", (line(0) + "\n\n" + YOLO_TXT["yolov5"][0](1) + "\n").encode())
+    (p,) = yolo.read(g, SourceOptions()).problems
+    assert p.location == "line 3" and "15 fields" in p.message and "first line" in p.message
+    h = _write(tmp_path, "runs/train/c/results.txt", b"  0/9  1.2G  0.1  0.2  0.3  0.4\n")
+    assert not yolo.detect(h)
+    (p,) = yolo.read(h, SourceOptions()).problems  # named with --format yolo
+    assert p.location == "line 1" and p.message.startswith("the line has 6 fields")
+    k = _write(tmp_path, "runs/train/d/results.txt", (YOLO_TXT["yolov3-2018-08-26"][0](0).replace("99/99", "99-99")
+                                                       + "\n").encode())
+    (p,) = yolo.read(k, SourceOptions()).problems  # 16 fields, field 2 not batch/last: the 2019-08 layout
+    assert p.location == "line 1" and "column 2 ('train/gpu_mem'): '99-99' is not a number" == p.message

@@ -7,22 +7,61 @@ Variants:
   `epoch, train/box_loss, train/obj_loss, ..., metrics/mAP_0.5:0.95, ..., x/lr0` (v5). Padding is
   stripped. Detected by content: the first column is `epoch` and another column starts with
   `train/`, `val/`, `metrics/`, `lr/` or `x/lr`.
-* `results.txt` (YOLOv5 < v6.0, YOLOv7; no header, whitespace-separated, 15 columns per row).
-  Positional layout, named as YOLOv5 v6 names the same quantities:
+* `results.txt` (YOLOv5 < v6.0, YOLOv7, ultralytics/yolov3 until its v6.0 update of 2021-11): no
+  header, whitespace-separated, one row per epoch, the first field `epoch/last` (`12/54` -> step 12;
+  the total is not kept, opt.yaml has `epochs`). Positional: which name a column gets depends on
+  the writer (train.py's `s = ('%10s' * 2 + '%10.4g' * 6) % (...)` + `'%10.4g' * 7 % results`), told
+  apart by the number of fields, whether field 2 is `batch/last`, and the printed precision:
 
-      0  epoch/total   e.g. `12/54` -> step 12 (the total is not kept; opt.yaml has `epochs`)
-      1  gpu_mem       e.g. `12.8G` -> metric `train/gpu_mem` in GB (the G suffix dropped)
-      2  train/box_loss          3  train/obj_loss         4  train/cls_loss
-      5  train/total_loss        6  train/instances (targets in the last batch)
-      7  train/img_size          8  metrics/precision      9  metrics/recall
-      10 metrics/mAP_0.5        11 metrics/mAP_0.5:0.95   12 val/box_loss
-      13 val/obj_loss           14 val/cls_loss
+      fields  writer (train.py, ultralytics/yolov3 unless named)      columns after epoch/last
+      15      YOLOv5 v1.0-v5.0 (2020-05 .. 2021-07), YOLOv7, yolov3    gpu_mem, train box/obj/cls/total
+              2020-11-26 .. 2021-11 (all `%10.4g`)                     loss, instances, img_size, P, R,
+                                                                       mAP_0.5, mAP_0.5:0.95, val box/obj/cls
+      15      yolov3 2019-08-24 .. 2020-11-25 (`%10.3g`)               gpu_mem, train GIoU/obj/cls/total,
+                                                                       instances, img_size, P, R, mAP_0.5,
+                                                                       F1, val GIoU/obj/cls
+      16      yolov3 2019-08-04 .. 08-23                               gpu_mem, train GIoU/wh/obj/cls/total,
+                                                                       instances, img_size, P, R, mAP_0.5,
+                                                                       F1, val GIoU/obj/cls
+      14      yolov3 2019-07-16 .. 08-03                               gpu_mem, train GIoU/wh/obj/cls/total,
+                                                                       instances, img_size, P, R, mAP_0.5,
+                                                                       F1, val total
+      14 + batch  yolov3 2019-04-05 .. 07-15                           batch/last, train xy/wh/obj/cls/total,
+                                                                       instances, time or img_size, P, R,
+                                                                       mAP_0.5, F1, val total
+      12 + batch  yolov3 2019-02-19 .. 04-04                           batch/last, train xy/wh/obj/cls/total,
+                                                                       instances, time, P, R, mAP_0.5
+      19 + batch  yolov3 2018-11-22 .. 2019-02-09                      batch/last, train x/y/w/h/conf/cls/
+                                                                       total loss, train P, R (of the batch),
+                                                                       instances, TP, FP, FN, time, then
+                                                                       mAP_0.5, P, R of the test
+      17 + batch  yolov3 2018-11-14 .. 11-21                           the first 16, then mAP_0.5
+      16 + batch  yolov3 2018-08-26 .. 11-13                           the first 16 of the 19 above
 
-  (ultralytics/yolov3 wrote the same 15-column shape with mAP@0.5 and F1 in columns 10 and 11;
-  it is read with the names above.) Detected by name `results.txt` and a first line of 15 fields
-  starting with `<int>/<int>`.
+  Names follow YOLOv5 v6's: `train/<x>_loss`, `val/<x>_loss`, `train/instances` (targets in the
+  last batch), `train/img_size`, `train/gpu_mem` (GB; a `G` suffix is dropped; before 2020-02
+  yolov3 printed the bare number), `metrics/precision`, `metrics/recall`, `metrics/mAP_0.5`,
+  `metrics/mAP_0.5:0.95`, `metrics/F1`; the 2018 layouts add `train/precision`, `train/recall`,
+  `train/TP`, `train/FP`, `train/FN`; 2018 .. mid-2019 files have `train/time` (seconds the last
+  batch took). `batch/last` is not a metric. The layout read is in the run tag
+  `importer.results_layout`.
+  What the field count cannot tell, and the rule used:
+  - 15 fields: YOLOv5's mAP_0.5:0.95 or yolov3's F1 in column 12 (and box or GIoU losses): a
+    file with any value printed with 4 significant digits was written with `%10.4g` (YOLOv5
+    layout); else `%10.3g` (yolov3 2019-08 .. 2020-11 layout).
+  - 14 fields with a batch column: column 9 is `train/img_size` when every value is a multiple of
+    32, else `train/time`. yolov3's 2019-02-10 .. 02-18 layout (x/y/w/h/conf/cls/total, instances,
+    time, mAP_0.5, P, R) also has 14 fields and a batch column; it is read as the 2019-04 layout.
+    Its column 3 was xy until 2019-07-08, GIoU (or xy with GIoU off) after: named `train/xy_loss`;
+    `conf` (until 2019-07-04) and `obj` are the same objectness loss: `train/obj_loss`.
+  - 12 fields: until 2019-03-16 the last three were mAP_0.5, P, R; from 03-17 P, R, mAP_0.5: read
+    as the later order.
+  - 14 fields without a batch column: for a few hours on 2019-07-16 gpu_mem was the last train
+    column instead of the first; read as the later order.
+  Detected by name `results.txt` and a first line of 12, 14, 15, 16, 17 or 19 fields starting with
+  `<int>/<int>`. Every line of a file must have the first line's field count.
 
-Rules: the `epoch` column (or the epoch part of `epoch/total`) is the step, as written (v5/v8.0
+Rules: the `epoch` column (or the epoch part of `epoch/last`) is the step, as written (v5/v8.0
 count from 0, later Ultralytics from 1); epochs are not split into runs (a resumed run continues
 its epochs; a new `--resume`-less run is a new folder). Timestamps are not in the files: null,
 with DERIVED_TIMESTAMPS_TAG (a v8.3+ `time` column is kept as a metric: seconds since start).
@@ -55,12 +94,42 @@ from .table import (_NUMBER, MetricBuilder, _first_failing, _not_utf8,
                     read_delimited, split_header)
 
 NAME = "yolo"
+LAYOUT_TAG = "importer.results_layout"
 TXT_COLUMNS = ["epoch/total", "train/gpu_mem", "train/box_loss", "train/obj_loss",
                "train/cls_loss", "train/total_loss", "train/instances", "train/img_size",
                "metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-               "val/box_loss", "val/obj_loss", "val/cls_loss"]
+               "val/box_loss", "val/obj_loss", "val/cls_loss"]  # YOLOv5 < v6.0, YOLOv7
+_EPOCH, _BATCH, _GPU = "epoch/total", "batch/last", "train/gpu_mem"
+_YOLOV3_2018 = [_EPOCH, _BATCH, "train/x_loss", "train/y_loss", "train/w_loss", "train/h_loss",
+                "train/conf_loss", "train/cls_loss", "train/total_loss", "train/precision",
+                "train/recall", "train/instances", "train/TP", "train/FP", "train/FN", "train/time"]
+_YOLOV3_2019_04 = [_EPOCH, _BATCH, "train/xy_loss", "train/wh_loss", "train/obj_loss", "train/cls_loss",
+                   "train/total_loss", "train/instances", "train/img_size"]
+_YOLOV3_2019_07 = [_EPOCH, _GPU, "train/GIoU_loss", "train/wh_loss", "train/obj_loss", "train/cls_loss",
+                   "train/total_loss", "train/instances", "train/img_size", "metrics/precision",
+                   "metrics/recall", "metrics/mAP_0.5", "metrics/F1"]
+# (field count, field 2 is batch/last) -> (layout name, column names); see the module docstring.
+TXT_LAYOUTS: dict[tuple[int, bool], tuple[str, list[str]]] = {
+    (15, False): ("yolov5", TXT_COLUMNS),
+    (16, False): ("yolov3-2019-08-04", _YOLOV3_2019_07 + ["val/GIoU_loss", "val/obj_loss", "val/cls_loss"]),
+    (14, False): ("yolov3-2019-07-16", _YOLOV3_2019_07 + ["val/total_loss"]),
+    (14, True): ("yolov3-2019-04-05", _YOLOV3_2019_04 + ["metrics/precision", "metrics/recall",
+                                                         "metrics/mAP_0.5", "metrics/F1", "val/total_loss"]),
+    (12, True): ("yolov3-2019-02-19", _YOLOV3_2019_04[:8] + ["train/time", "metrics/precision",
+                                                             "metrics/recall", "metrics/mAP_0.5"]),
+    (19, True): ("yolov3-2018-11-22", _YOLOV3_2018 + ["metrics/mAP_0.5", "metrics/precision", "metrics/recall"]),
+    (17, True): ("yolov3-2018-11-14", _YOLOV3_2018 + ["metrics/mAP_0.5"]),
+    (16, True): ("yolov3-2018-08-26", _YOLOV3_2018),
+}
+# 15 fields written with %10.3g: yolov3 2019-08-24 .. 2020-11-25 (F1 where YOLOv5 has mAP_0.5:0.95).
+TXT_YOLOV3_2019_08 = ("yolov3-2019-08-24", [_EPOCH, _GPU, "train/GIoU_loss", "train/obj_loss", "train/cls_loss",
+                                            "train/total_loss", "train/instances", "train/img_size",
+                                            "metrics/precision", "metrics/recall", "metrics/mAP_0.5",
+                                            "metrics/F1", "val/GIoU_loss", "val/obj_loss", "val/cls_loss"])
+_TXT_FIELDS = {n for n, _ in TXT_LAYOUTS}
 _YOLO_PREFIXES = ("train/", "val/", "metrics/", "lr/", "x/lr")
 _EPOCH_TOTAL = re.compile(rb"^\s*\d+/\d+\s")
+_FRACTION = re.compile(r"^\d+/\d+$")
 
 
 def _csv_is_yolo(path: Path) -> bool:
@@ -74,7 +143,7 @@ def _csv_is_yolo(path: Path) -> bool:
 
 def _txt_is_yolo(path: Path) -> bool:
     line, _ = first_line(path, 1 << 16)
-    return bool(_EPOCH_TOTAL.match(line)) and len(line.split()) == len(TXT_COLUMNS)
+    return bool(_EPOCH_TOTAL.match(line)) and len(line.split()) in _TXT_FIELDS
 
 
 def _detect_file(path: Path) -> bool:
@@ -141,10 +210,13 @@ def _record(file: Path, options: SourceOptions, result: SourceResult) -> Optiona
     rec.params = _params(folder, rec.origin, result)
     metrics = MetricBuilder(str(file), result)
     if file.suffix.lower() == ".txt":
-        columns = _read_txt(file, result.problems)
-        if columns is None:
+        read = _read_txt(file, result.problems)
+        if read is None:
             return rec
-        steps = columns.pop("epoch/total")
+        layout, columns = read
+        if layout:
+            rec.tags[LAYOUT_TAG] = layout
+        steps = columns.pop(_EPOCH)
     else:
         data = read_delimited(file, result.problems, keep_text=["epoch"])
         if data is None:
@@ -164,14 +236,21 @@ def _record(file: Path, options: SourceOptions, result: SourceResult) -> Optiona
     return rec
 
 
-def _read_txt(file: Path, problems: list[Problem]) -> Optional[dict[str, pa.Array]]:
-    """The 15 positional columns of a headerless results.txt: `epoch/total` as int64 steps,
-    the rest float64. Rows with another field count, or cells that are not numbers, are problems."""
+def _significant_digits(cell: str) -> int:
+    """Digits %g printed for a number: `0.04567` -> 4, `640` -> 3, `1.02e+03` -> 3."""
+    mantissa = cell.lstrip("+-").lower().split("e")[0].replace(".", "").lstrip("0")
+    return len(mantissa) if mantissa.isdigit() else 0
+
+
+def _read_txt(file: Path, problems: list[Problem]) -> Optional[tuple[str, dict[str, pa.Array]]]:
+    """(layout name, columns) of a headerless results.txt: `epoch/total` as int64 steps, the
+    metrics float64 (layouts in the module docstring). A row with another field count than the
+    first, or a cell that is not a number, is a problem naming the line and the column."""
     size = file.stat().st_size
     end = complete_end(file, size) if size else 0
     if end == 0:
-        return {name: pa.array([], pa.int64() if i == 0 else pa.float64())
-                for i, name in enumerate(TXT_COLUMNS)}
+        return "", {name: pa.array([], pa.int64() if i == 0 else pa.float64())
+                    for i, name in enumerate(TXT_COLUMNS)}
     buf = pa.memory_map(str(file), "r").read_buffer().slice(0, end)
     # One column holding whole lines: no delimiter or quote character occurs in these files.
     table = pv.read_csv(pa.BufferReader(buf),
@@ -185,31 +264,59 @@ def _read_txt(file: Path, problems: list[Problem]) -> Optional[dict[str, pa.Arra
         bad.append((at, "the line is not UTF-8"))
     else:
         fields = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(lines.cast(pa.string())))
-        wrong = pc.not_equal(pc.list_value_length(fields), len(TXT_COLUMNS))
-        if pc.any(wrong).as_py():
+        first = fields[0].as_py()
+        n = len(first)
+        key = (n, len(first) > 1 and bool(_FRACTION.match(first[1])))
+        wrong = pc.not_equal(pc.list_value_length(fields), n)
+        if key not in TXT_LAYOUTS:
+            bad.append((0, f"the line has {n} fields; results.txt rows have "
+                           f"{', '.join(map(str, sorted(_TXT_FIELDS)))} (see importer/sources/yolo.py)"))
+        elif pc.any(wrong).as_py():
             at = pc.index(wrong, True).as_py()
-            bad.append((at, f"the line has {len(fields[at])} fields; results.txt rows have "
-                            f"{len(TXT_COLUMNS)}"))
+            bad.append((at, f"the line has {len(fields[at])} fields; the first line of this "
+                            f"results.txt has {n}"))
         else:
+            layout, names = TXT_LAYOUTS[key]
+            if n == 15 and not _four_digits(fields):
+                layout, names = TXT_YOLOV3_2019_08
             columns = {}
-            for i, name in enumerate(TXT_COLUMNS):
+            for i, name in enumerate(names):
                 cells = pc.list_element(fields, i)
-                if i == 0:
+                if name in (_EPOCH, _BATCH):
                     ok = pc.match_substring_regex(cells, r"^\d+/\d+$")
                     cells = pc.list_element(pc.split_pattern(cells, "/"), 0)
                 else:
-                    if i == 1:
+                    if name == _GPU:
                         cells = pc.replace_substring_regex(cells, "[Gg]$", "")
                     ok = pc.match_substring_regex(cells, _NUMBER)
                 if not pc.all(ok).as_py():
                     at = pc.index(pc.invert(ok), True).as_py()
-                    bad.append((at, f"column {i + 1} ({name!r}): {fields[at][i].as_py()!r} is "
-                                    "not a number"))
+                    what = "not <int>/<int>" if name in (_EPOCH, _BATCH) else "not a number"
+                    bad.append((at, f"column {i + 1} ({name!r}): {fields[at][i].as_py()!r} is {what}"))
                     continue
-                columns[name] = cells.cast(pa.int64() if i == 0 else pa.float64())
+                if name != _BATCH:
+                    columns[name] = cells.cast(pa.int64() if name == _EPOCH else pa.float64())
             if not bad:
-                return columns
+                size_col = columns.get("train/img_size")
+                if key == (14, True) and size_col is not None and not _image_sizes(size_col):
+                    columns["train/time"] = columns.pop("train/img_size")  # before 2019-06-30
+                return layout, columns
     where = physical_lines(file, [b[0] + 1 for b in bad])
     for row, message in bad:
         problems.append(Problem(str(file), f"line {where.get(row + 1, row + 1)}", message))
     return None
+
+
+def _four_digits(fields: pa.ListArray) -> bool:
+    """Whether a 15-field results.txt was written with %10.4g (YOLOv5, YOLOv7, yolov3 from
+    2020-11-26): some value among the metric columns shows 4 significant digits."""
+    for row in fields.to_pylist():
+        if any(_significant_digits(c) >= 4 for c in row[2:]):
+            return True
+    return False
+
+
+def _image_sizes(values: pa.Array) -> bool:
+    """Every value a positive multiple of 32 (an image size, not the seconds of a batch)."""
+    ok = pc.and_(pc.greater(values, 0), pc.equal(pc.multiply(pc.floor(pc.divide(values, 32)), 32), values))
+    return bool(pc.all(pc.fill_null(ok, False)).as_py())

@@ -212,6 +212,74 @@ def test_tfevents_not_an_event_file(tmp_path):
     assert not tfevents.detect(FIXTURES / "wandb-jsonl")
 
 
+def _gzipped(f: Path, name: str) -> Path:
+    import gzip
+
+    out = f.with_name(name)
+    out.write_bytes(gzip.compress(f.read_bytes()))
+    f.unlink()
+    return out
+
+
+def test_tfevents_gzip_fixture():
+    """A gzip-compressed event file (tensorboardX's writer, then gzip: make_gzip_sample.py)."""
+    _needs("tensorboard")
+    path = FIXTURES / "gzip"
+    assert tfevents.detect(path)
+    result = tfevents.read(path, SourceOptions())
+    assert result.problems == [] and result.notes == []
+    [rec] = result.records
+    assert _points(rec.metrics["train/loss"]) == [(s, pytest.approx(1 / (s + 1))) for s in range(4)]
+    assert rec.metrics["lr"].column("timestamp").to_pylist() == [1700000000500 + 1000 * s for s in range(4)]
+    assert rec.start_time == 1700000000000
+
+
+@pytest.mark.parametrize("name", ["events.out.tfevents.1.host.gz", "events.out.tfevents.1.host"])
+def test_tfevents_gzip_read_transparently(tmp_path, name):
+    """By content, whatever the name: the same run as the uncompressed file."""
+    _needs("tensorboard")
+    _write_events(tmp_path / "run")
+    [f] = list((tmp_path / "run").iterdir())
+    whole = tfevents.read(tmp_path / "run", SourceOptions())
+    _gzipped(f, name)
+    result = tfevents.read(tmp_path / "run", SourceOptions())
+    assert result.problems == []
+    [rec], [plain] = result.records, whole.records
+    assert rec.params == plain.params and rec.metrics.keys() == plain.metrics.keys()
+    for key, table in plain.metrics.items():
+        assert str(rec.metrics[key].to_pylist()) == str(table.to_pylist()), key  # NaN too
+    assert (rec.start_time, rec.end_time) == (plain.start_time, plain.end_time)
+
+
+def test_tfevents_gzip_cut_or_corrupt(tmp_path):
+    _needs("tensorboard")
+    from tensorboardX import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "run"))
+    for step in range(3000):  # enough for several deflate blocks
+        w.add_scalar("loss", 1.0 / (step + 1), step)
+    w.close()
+    [f] = list((tmp_path / "run").iterdir())
+    whole = tfevents.read(tmp_path / "run", SourceOptions()).records[0]
+    gz = _gzipped(f, f.name + ".gz")
+    data = gz.read_bytes()
+    gz.write_bytes(data[:len(data) // 2])  # a gzip stream still being written
+    result = tfevents.read(tmp_path / "run", SourceOptions())
+    assert result.problems == []
+    [rec] = result.records
+    assert 0 < rec.point_count < whole.point_count
+    [note] = [n for n in result.notes if "gzip" in n]
+    assert note.startswith(f"{gz}: kept the ") and "of the decompressed gzip stream" in note
+    assert "ends early" in note
+
+    gz.write_bytes(data[:10] + b"\x00garbage" * 20)  # a gzip header, then no deflate data
+    result = tfevents.read(tmp_path / "run", SourceOptions())
+    assert result.records == []
+    [p] = result.problems
+    assert p.file == str(gz) and p.location == "byte 0 of the decompressed gzip stream"
+    assert "gzip stream is corrupt" in p.message and "(gzip-compressed)" in p.message
+
+
 def test_tfevents_missing_package_names_the_extra(monkeypatch):
     import builtins
     real_import = builtins.__import__

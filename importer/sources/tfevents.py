@@ -30,6 +30,12 @@ Rules:
 - experiment default: the name of the run folder's parent folder (`lightning_logs`); run name:
   the run folder's path relative to the named folder, or its own name when that is the run.
 - import key: import_key("tensorboard", resolved run folder (or the file named), "").
+- gzip: an event file whose content starts with the gzip magic (`events.out.tfevents.*.gz`, or
+  any name) is read through gzip, record by record as it is decompressed (multi-member files too).
+  A gzip stream that is cut short or corrupt is treated like a truncated record: the records
+  before it are kept and a note names the offset in the decompressed stream; when not even the
+  first record can be read it is a Problem. (TensorFlow's ZLIB-compressed TFRecords, without a
+  gzip header, are not recognised: a Problem at byte 0.)
 - A git-LFS pointer in place of an event file is a Problem. A truncated or corrupt record (a file
   still being written) ends the reading of that file: the records before it are kept, and a note
   says from which byte on the file was not read and why.
@@ -39,9 +45,11 @@ Rules:
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import struct
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -53,6 +61,7 @@ from .base import Metrics, SourceOptions, SourceResult, import_key, metric_table
 NAME = "tensorboard"
 INSTALL_HINT = "pip install 'importer[tensorboard]'"
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
+GZIP_MAGIC = b"\x1f\x8b"
 _RECORD_OVERHEAD = 16  # TFRecord framing: length (8) + its CRC (4) + data CRC (4)
 
 
@@ -174,7 +183,11 @@ class _Records:
     def __iter__(self):
         fh, crc = self.fh, self.crc
         while True:
-            header = fh.read(12)
+            try:
+                header = fh.read(12)
+            except (EOFError, OSError, zlib.error) as e:  # a gzip stream cut short or corrupt
+                self.error = _gzip_error(e)
+                return
             if not header:
                 return
             if len(header) < 12:
@@ -184,8 +197,12 @@ class _Records:
             if _masked(crc(header[:8])) != header_crc:
                 self.error = "record length fails its CRC check"
                 return
-            data = fh.read(length)
-            footer = fh.read(4)
+            try:
+                data = fh.read(length)
+                footer = fh.read(4)
+            except (EOFError, OSError, zlib.error) as e:
+                self.error = _gzip_error(e)
+                return
             if len(data) < length or len(footer) < 4:
                 self.error = "truncated record"
                 return
@@ -196,36 +213,60 @@ class _Records:
             yield data
 
 
+def _gzip_error(e: BaseException) -> str:
+    if isinstance(e, EOFError):
+        return "the gzip stream ends early (a file still being written, or cut)"
+    return f"the gzip stream is corrupt ({e})"
+
+
 def _read_file(f: Path, run: _Run, event_pb2, tensor_util, crc, result: SourceResult) -> None:
+    from google.protobuf.message import DecodeError  # protobuf comes with tensorboard
+
     try:
         fh = open(f, "rb", buffering=1 << 20)
     except OSError as e:
         result.problems.append(Problem(str(f), "", f"cannot read: {e.strerror or e}"))
         return
     with fh:
-        if fh.peek(len(LFS_MAGIC))[:len(LFS_MAGIC)] == LFS_MAGIC:
+        head = fh.peek(len(LFS_MAGIC))[:len(LFS_MAGIC)]
+        if head == LFS_MAGIC:
             result.problems.append(Problem(str(f), "", "this is a git-LFS pointer file, not the "
                                            "event file itself: fetch the content first "
                                            "(`git lfs pull`)"))
             return
-        records = _Records(fh, crc)
+        compressed = head.startswith(GZIP_MAGIC)
+        stream = gzip.GzipFile(fileobj=fh, mode="rb") if compressed else fh
+        records = _Records(stream, crc)
         count = 0
-        for raw in records:
-            count += 1
-            event = event_pb2.Event.FromString(raw)
-            run.wall(event.wall_time)
-            if event.HasField("summary"):  # not file_version, graph_def, session_log, ...
-                for value in event.summary.value:
-                    _take_value(value, event, run, tensor_util)
+        try:
+            for raw in records:
+                count += 1
+                try:
+                    event = event_pb2.Event.FromString(raw)
+                except DecodeError:  # its CRC passed: another kind of TFRecord file
+                    records.error = "a record is not a TensorBoard Event protobuf"
+                    records.good_bytes -= len(raw) + _RECORD_OVERHEAD
+                    count -= 1
+                    break
+                run.wall(event.wall_time)
+                if event.HasField("summary"):  # not file_version, graph_def, session_log, ...
+                    for value in event.summary.value:
+                        _take_value(value, event, run, tensor_util)
+        finally:
+            if compressed:
+                stream.close()
+    where = "byte {} of the decompressed gzip stream" if compressed else "byte {}"
     if records.error and count == 0:
-        result.problems.append(Problem(str(f), "byte 0", f"no readable TFRecord ({records.error}): "
-                                       "not a TensorBoard event file, or corrupt from the start"))
+        result.problems.append(Problem(str(f), where.format(0), f"no readable TFRecord "
+                                       f"({records.error}): not a TensorBoard event file"
+                                       f"{' (gzip-compressed)' if compressed else ''}, or corrupt "
+                                       "from the start"))
         return
     run.files_read += 1
     if records.error:
-        result.notes.append(f"{f}: kept the {count} whole records before byte "
-                            f"{records.good_bytes}; then {records.error} (a file still being "
-                            "written?): the rest of the file was not read")
+        result.notes.append(f"{f}: kept the {count} whole records before "
+                            f"{where.format(records.good_bytes)}; then {records.error} (a file "
+                            "still being written?): the rest of the file was not read")
 
 
 def _take_value(value, event, run: _Run, tensor_util) -> None:

@@ -280,7 +280,9 @@ def test_discovery_from_the_project_or_the_store():
         assert [(m.NAME, u) for m, u in units] == [("mlruns", STORE)] and not unknown
         inputs = pipeline.read_inputs([path])
         assert sorted(r.source_run_id for r in inputs.records) == sorted([A, B, C, D, T, N])
-    assert pipeline.read_inputs([STORE / "1" / "meta.yaml"]).units[0][1] == str(STORE)
+    # Naming an experiment (its folder or its meta.yaml) reads that experiment, not the store.
+    assert pipeline.read_inputs([STORE / "1" / "meta.yaml"]).units[0][1] == str(STORE / "1")
+    assert [(m.NAME, u) for m, u in discover([STORE / "1"])[0]] == [("mlruns", STORE / "1")]
 
 
 def test_an_experiment_or_a_run_folder_named_directly():

@@ -30,10 +30,12 @@ _CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")
 _WANDB_RUN = re.compile(r"^(offline-)?run-")
 
 
-def _unit(module: ModuleType, file: Path) -> Path:
-    """What `module` reads for a file it recognised: the file, or the run folder holding it."""
-    if hasattr(module, "unit"):  # a source that knows its own layout (mlruns, mlflow-export)
-        return module.unit(file)
+def _unit(module: ModuleType, file: Path, named: Path) -> Path:
+    """What `module` reads for a file it recognised: the file, or the run folder holding it.
+    Never a folder above the one the user named (`mlruns/1/` is that experiment, not the store)."""
+    if hasattr(module, "unit"):  # a source that knows its own layout (mlruns, mlflow-export, bundle)
+        unit = module.unit(file)
+        return unit if unit.is_relative_to(named) else named
     if module is hf_trainer:
         return file.parent.parent if _CHECKPOINT.match(file.parent.name) else file.parent
     if module in (lightning, tfevents, yolo):  # a YOLO run folder also holds args.yaml, weights, plots
@@ -69,7 +71,7 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
             if module is None:
                 raise InputError(f"{path}: not a format importer recognises; name it with --format "
                                  f"({', '.join(sorted(FORMATS))})")
-            units.setdefault(_unit(module, path), module)
+            units.setdefault(_unit(module, path, path.parent), module)
             continue
         for folder, dirs, files in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -81,7 +83,7 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
                 if module is None:
                     unknown.append(file)
                 else:
-                    units.setdefault(_unit(module, file), module)
+                    units.setdefault(_unit(module, file, path), module)
     # A file seen before its run folder was claimed (a config.json beside a trainer_state.json)
     # is not unknown.
     unknown = [f for f in unknown if not any(f.is_relative_to(u) for u in units if u.is_dir())]

@@ -25,9 +25,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, AsyncIterator, Literal, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -141,29 +142,54 @@ def _write_json(path: Path, doc: BaseModel) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def metrics_schema(extra: list[str]) -> pa.Schema:
-    fields = [("key", pa.dictionary(pa.int32(), pa.string())), ("step", pa.int64()),
-              ("timestamp", pa.int64()), ("value", pa.float64())]
-    return pa.schema(fields + [(f, pa.string()) for f in OPTIONAL_METRIC_FIELDS if f in extra])
+METRICS_SCHEMA = pa.schema([("key", pa.dictionary(pa.int32(), pa.string())), ("step", pa.int64()),
+                            ("timestamp", pa.int64()), ("value", pa.float64())]
+                           + [(f, pa.string()) for f in OPTIONAL_METRIC_FIELDS])
+_ROW_GROUP = 1 << 20
 
 
-def write_metrics(path: Path, metrics: dict[str, pa.Table]) -> dict[str, int]:
-    """One Parquet file, one row group per key (a key's table may be in several chunks)."""
-    extra = sorted({f for t in metrics.values() for f in t.column_names if f in OPTIONAL_METRIC_FIELDS})
-    schema = metrics_schema(extra)
-    counts = {}
-    with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=["key"],
-                          column_encoding={"step": "DELTA_BINARY_PACKED",
-                                           "timestamp": "DELTA_BINARY_PACKED",
-                                           "value": "BYTE_STREAM_SPLIT"}) as writer:
-        for key, table in metrics.items():
-            n = table.num_rows
-            counts[key] = n
-            cols = [pa.DictionaryArray.from_arrays(pa.nulls(n, pa.int32()).fill_null(0), pa.array([key]))]
-            cols += [table.column(c).cast(schema.field(c).type) for c in ("step", "timestamp", "value")]
-            cols += [table.column(f) if f in table.column_names else pa.nulls(n, pa.string()) for f in extra]
-            writer.write_table(pa.table(cols, schema=schema))
-    return counts
+class MetricsWriter:
+    """metrics.parquet written as pages arrive: memory holds one row group (at most 1Mi points
+    of one key), whatever the size of the run. Columns a page lacks are null (free on disk)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.counts: dict[str, int] = {}
+        self._writer: Optional[pq.ParquetWriter] = None
+        self._key: Optional[str] = None
+        self._pending: list[pa.Table] = []
+        self._rows = 0
+
+    def add(self, key: str, table: pa.Table) -> None:
+        if key != self._key or self._rows >= _ROW_GROUP:
+            self._flush()
+            self._key = key
+        self.counts[key] = self.counts.get(key, 0) + table.num_rows
+        self._pending.append(table)
+        self._rows += table.num_rows
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self.path, METRICS_SCHEMA, compression="zstd", use_dictionary=["key"],
+                column_encoding={"step": "DELTA_BINARY_PACKED", "timestamp": "DELTA_BINARY_PACKED",
+                                 "value": "BYTE_STREAM_SPLIT"})
+        n = self._rows
+        cols = [pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array([self._key]))]
+        for field in list(METRICS_SCHEMA)[1:]:
+            chunks = [t.column(field.name).cast(field.type) if field.name in t.column_names
+                      else pa.nulls(t.num_rows, field.type) for t in self._pending]
+            cols.append(pa.chunked_array(chunks, field.type))
+        self._writer.write_table(pa.table(cols, schema=METRICS_SCHEMA))
+        self._pending, self._rows = [], 0
+
+    def close(self) -> dict[str, int]:
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+        return self.counts
 
 
 def read_metrics(path: Path) -> dict[str, pa.Table]:
@@ -173,14 +199,17 @@ def read_metrics(path: Path) -> dict[str, pa.Table]:
     for i in range(pf.num_row_groups):
         group = pf.read_row_group(i)
         keys = group.column("key").combine_chunks()
-        present = pa.compute.unique(keys.cast(pa.string())).to_pylist() if len(keys) else []
-        if len(present) == 1:  # as write_metrics writes them: no copy
+        present = pc.unique(keys.cast(pa.string())).to_pylist() if len(keys) else []
+        if len(present) == 1:  # as MetricsWriter writes them: no copy
             out.setdefault(present[0], []).append(group.drop_columns(["key"]))
             continue
         for k in present:
-            part = group.filter(pa.compute.equal(keys.cast(pa.string()), k)).drop_columns(["key"])
+            part = group.filter(pc.equal(keys.cast(pa.string()), k)).drop_columns(["key"])
             out.setdefault(k, []).append(part)
-    return {k: pa.concat_tables(v) for k, v in out.items()}
+    tables = {k: pa.concat_tables(v) for k, v in out.items()}
+    unused = [f for f in OPTIONAL_METRIC_FIELDS
+              if all(t.column(f).null_count == t.num_rows for t in tables.values())]
+    return {k: t.drop_columns(unused) for k, t in tables.items()}
 
 
 class BundleWriter:
@@ -206,12 +235,17 @@ class BundleWriter:
     def experiment(self, exp: BundleExperiment) -> None:
         _write_json(self.root / "experiments" / f"{exp.experiment_id}.json", exp)
 
-    async def write_run(self, rec: RunRecord, experiment_id: str, parent_run_id: Optional[str]) -> int:
-        """Write one loaded run; returns its number of points."""
+    async def write_run(self, rec: RunRecord, experiment_id: str, parent_run_id: Optional[str],
+                        pages: AsyncIterator[tuple[str, pa.Table]]) -> int:
+        """Write one run, its metrics from `pages` ((key, points) as they are read) and its
+        artifacts from `rec.artifacts`; returns its number of points."""
         final = self.root / "runs" / rec.source_run_id
         tmp = final.with_name(final.name + _PARTIAL)
         tmp.mkdir()
-        counts = write_metrics(tmp / "metrics.parquet", rec.metrics) if rec.metrics else {}
+        metrics = MetricsWriter(tmp / "metrics.parquet")
+        async for key, table in pages:
+            metrics.add(key, table)
+        counts = metrics.close()
         artifacts = []
         for art in rec.artifacts:
             dest = tmp / "artifacts" / art.dest

@@ -86,9 +86,9 @@ async def _export(uri, out, selection, with_models, config, env, progress) -> Su
                     if writer.done(rec):
                         out_.action = "unchanged"
                         return
-                    await rec.load()
+                    rec.artifacts = await rec.load.artifacts()
                     parent = rec.parent_key.removeprefix("mlflow-run-") if rec.parent_key else None
-                    out_.points = await writer.write_run(rec, exp["experiment_id"], parent)
+                    out_.points = await writer.write_run(rec, exp["experiment_id"], parent, rec.load.pages())
                     out_.artifacts = len(rec.artifacts)
                     out_.action = "created"
                     done += out_.points

@@ -107,8 +107,8 @@ def skeleton(api: MlflowApi, run: dict, experiment: dict) -> RunRecord:
         source_run_id=run_id, lifecycle=info.get("lifecycle_stage", "active"),
         experiment_tags=exp_tags, inputs=run.get("inputs", {}).get("dataset_inputs", []))
     rec.signature = signature(run)
-    keys = sorted({m["key"] for m in data.get("metrics", [])})
-    rec.load = lambda: load(api, rec, keys, info.get("artifact_uri", ""))
+    rec.load = ServerRun(api, rec, sorted({m["key"] for m in data.get("metrics", [])}),
+                         info.get("artifact_uri", ""))
     return rec
 
 
@@ -119,16 +119,12 @@ def _int(v) -> Optional[int]:
 async def runs(api: MlflowApi, selection: Selection) -> AsyncIterator[tuple[dict, RunRecord]]:
     """(experiment, skeleton) of the selected runs, experiment by experiment."""
     for exp in await experiments(api, selection):
-        records = []
-        async for run in api.search_runs([exp["experiment_id"]], include_deleted=selection.include_deleted):
-            info = run["info"]
-            if selection.since is not None and max(_int(info.get("start_time")) or 0,
-                                                   _int(info.get("end_time")) or 0) < selection.since:
-                continue
-            records.append(skeleton(api, run, exp))
-        parents = {r.source_run_id: r.parent_key for r in records}
+        records = [skeleton(api, run, exp) async for run in
+                   api.search_runs([exp["experiment_id"]], include_deleted=selection.include_deleted)]
+        parents = {r.source_run_id: r.parent_key for r in records}  # before --since drops any
         for rec in records:
-            if selection.in_shard(_root(rec, parents)):
+            recent = selection.since is None or max(rec.start_time or 0, rec.end_time or 0) >= selection.since
+            if recent and selection.in_shard(_root(rec, parents)):
                 yield exp, rec
 
 
@@ -142,19 +138,45 @@ def _root(rec: RunRecord, parents: dict[str, Optional[str]]) -> str:
         run_id = parent.removeprefix("mlflow-run-")
 
 
-async def load(api: MlflowApi, rec: RunRecord, keys: list[str], artifact_uri: str) -> None:
-    """Fill in the metric histories and the artifact listing of a skeleton."""
-    rec.metrics = {key: await history(api, rec.source_run_id, key) for key in keys}
-    rec.artifacts = []
-    if artifact_uri:
-        async for f in api.list_artifacts(rec.source_run_id):
-            remote = RemoteArtifact(api, api.artifact_path(artifact_uri, f["path"]), f["file_size"])
-            rec.artifacts.append(ArtifactFile(remote, f["path"]))
+@dataclass
+class ServerRun:
+    """The rest of a skeleton, read on demand: `await rec.load()` fills in every metric history
+    and the artifact listing; `pages()` streams the histories instead (export)."""
+
+    api: MlflowApi
+    rec: RunRecord
+    keys: list[str]
+    artifact_uri: str
+
+    async def __call__(self) -> None:
+        self.rec.metrics = {key: await history(self.api, self.rec.source_run_id, key) for key in self.keys}
+        self.rec.artifacts = await self.artifacts()
+
+    async def pages(self) -> AsyncIterator[tuple[str, pa.Table]]:
+        for key in self.keys:
+            async for table in history_pages(self.api, self.rec.source_run_id, key):
+                yield key, table
+
+    async def artifacts(self) -> list[ArtifactFile]:
+        out = []
+        if self.artifact_uri:
+            async for f in self.api.list_artifacts(self.rec.source_run_id):
+                remote = RemoteArtifact(self.api, self.api.artifact_path(self.artifact_uri, f["path"]),
+                                        f["file_size"])
+                out.append(ArtifactFile(remote, f["path"]))
+        return out
 
 
 async def history(api: MlflowApi, run_id: str, key: str) -> pa.Table:
     """Every point of a metric as a METRIC_SCHEMA table (plus MLflow 3 fields where present)."""
-    batches = []
+    batches = [t async for t in history_pages(api, run_id, key)]
+    if not batches:
+        return METRIC_SCHEMA.empty_table()
+    return pa.concat_tables(batches, promote_options="default")
+
+
+async def history_pages(api: MlflowApi, run_id: str, key: str) -> AsyncIterator[pa.Table]:
+    """A metric's points page by page, each a METRIC_SCHEMA table (plus MLflow 3 fields)."""
     async for page in api.metric_history_pages(run_id, key):
         if not page:
             continue
@@ -165,7 +187,4 @@ async def history(api: MlflowApi, run_id: str, key: str) -> pa.Table:
         for name in OPTIONAL_METRIC_FIELDS:
             if any(name in m for m in page):
                 cols[name] = pa.array([m.get(name) for m in page], pa.string())
-        batches.append(pa.table(cols))
-    if not batches:
-        return METRIC_SCHEMA.empty_table()
-    return pa.concat_tables(batches, promote_options="default")
+        yield pa.table(cols)

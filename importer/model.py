@@ -228,16 +228,19 @@ class RunRecord:
     # and `signature`: a hash standing for the content, so an unchanged run is skipped unread.
     signature: Optional[str] = None
     load: Optional[Callable[[], Awaitable[None]]] = field(default=None, repr=False)
+    points_to_load: int = 0  # what `load` will bring, where the source knows it (a bundle)
 
     @property
     def point_count(self) -> int:
+        if self.load is not None and not self.metrics:
+            return self.points_to_load
         return sum(t.num_rows for t in self.metrics.values())
 
     def fingerprint(self) -> str:
         """A hash of everything that would be written, to skip runs that did not change."""
         h = hashlib.sha256()
         head = {k: v for k, v in self.__dict__.items()
-                if k not in ("metrics", "artifacts", "origin", "load")}
+                if k not in ("metrics", "artifacts", "origin", "load", "points_to_load")}
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
         if self.signature is not None:
             return h.hexdigest()

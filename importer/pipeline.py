@@ -195,6 +195,8 @@ def inspect(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwarg
     inputs = read_inputs(paths, experiment, strict=False, **kwargs)
     runs = []
     for rec in inputs.records:
+        if rec.load is not None:  # a bundle's run: read it for the report, then let it go
+            asyncio.run(rec.load())
         metrics = {}
         for key, table in rec.metrics.items():
             steps = table.column("step")
@@ -204,6 +206,8 @@ def inspect(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwarg
                      "import_key": rec.import_key, "status": rec.status, "start_time": rec.start_time,
                      "end_time": rec.end_time, "params": len(rec.params), "tags": rec.tags,
                      "artifacts": len(rec.artifacts), "metrics": metrics})
+        if rec.load is not None:
+            rec.metrics = {}
     return {"units": [{"format": f, "path": p, "runs": n} for f, p, n in inputs.units], "runs": runs,
             "notes": inputs.notes, "unrecognised": inputs.unrecognised,
             "problems": [str(p) for p in inputs.problems]}

@@ -1,10 +1,14 @@
-"""Export bundles (importer/bundle.py) -> RunRecords, every file checked against its hash first."""
+"""Export bundles (importer/bundle.py) -> RunRecords, every file checked against its hash first.
+
+A run's metrics are read from its metrics.parquet only when the run is written (`RunRecord.load`)
+and let go after, so importing a bundle takes the memory of its largest run, not of the bundle."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pydantic
 
 from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleManifest, BundleModel, BundleRun,
@@ -52,8 +56,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             doc = BundleRun.model_validate_json((folder / "run.json").read_bytes())
             if doc.metrics and sha256_file(folder / "metrics.parquet") != doc.metrics_sha256:
                 raise ValueError("metrics.parquet does not match its hash in run.json")
-            metrics = read_metrics(folder / "metrics.parquet") if doc.metrics else {}
-            if {k: t.num_rows for k, t in metrics.items()} != doc.metrics:
+            if doc.metrics and pq.ParquetFile(folder / "metrics.parquet").metadata.num_rows != sum(doc.metrics.values()):
                 raise ValueError("metrics.parquet does not hold the points run.json counts")
             artifacts = []
             for a in doc.artifacts:
@@ -66,11 +69,21 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
             result.problems.append(Problem(str(root), where, msg))
             continue
-        result.records.append(RunRecord(
+        rec = RunRecord(
             experiment=options.experiment or exp.name, import_key=store_import_key(run_id),
             origin=f"{root}: {entry.path}", name=doc.name, start_time=doc.start_time,
             end_time=doc.end_time, status=doc.status, user=doc.user, params=doc.params,
-            tags=doc.tags, metrics=metrics, artifacts=artifacts, source_run_id=run_id,
+            tags=doc.tags, artifacts=artifacts, source_run_id=run_id,
             parent_key=store_import_key(doc.parent_run_id) if doc.parent_run_id else None,
-            lifecycle=doc.lifecycle, experiment_tags=exp.tags, inputs=doc.inputs))
+            lifecycle=doc.lifecycle, experiment_tags=exp.tags, inputs=doc.inputs,
+            signature=entry.sha256, points_to_load=sum(doc.metrics.values()))
+        rec.load = _loader(rec, folder / "metrics.parquet", list(artifacts))
+        result.records.append(rec)
     return result
+
+
+def _loader(rec: RunRecord, parquet: Path, artifacts: list[ArtifactFile]):
+    async def load() -> None:
+        rec.metrics = read_metrics(parquet) if rec.points_to_load else {}
+        rec.artifacts = list(artifacts)
+    return load

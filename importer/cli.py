@@ -88,8 +88,8 @@ Paths = Annotated[list[str], typer.Argument(
     help="Manifests, log files or folders (walked; every recognised run is read); - reads a manifest from stdin.")]
 Experiment = Annotated[Optional[str], typer.Option(help="Experiment for runs whose input names none.")]
 Format = Annotated[Optional[str], typer.Option(
-    "--format", help="Read every path as this format instead of detecting it: "
-    "manifest, keras, lightning, yolo, csv, hf, text, tensorboard, wandb.")]
+    "--format", help="Read every path as this format instead of detecting it: manifest, bundle, "
+    "mlruns, mlflow-export, keras, lightning, yolo, csv, hf, text, tensorboard, wandb.")]
 Pattern = Annotated[Optional[list[str]], typer.Option(
     "--pattern", help="Text logs: a regex with named groups (step, epoch, time; any other group is a metric). Repeatable.")]
 StepColumn = Annotated[Optional[str], typer.Option(help="Generic tables: the column holding the step.")]

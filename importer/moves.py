@@ -253,8 +253,10 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
                     diff(Difference(f"experiment {exp['name']}", f"tag {k}", v, have.get(k, "(missing)")))
             async for run in b.search_runs([other["experiment_id"]], include_deleted=True):
                 tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-                if SOURCE_RUN_ID_TAG in tags:
-                    dest_runs.setdefault(tags[SOURCE_RUN_ID_TAG], run)
+                key = tags.get(IMPORT_KEY_TAG, "")  # what the writer finds a run by
+                src_id = key.removeprefix("mlflow-run-")
+                if key.startswith("mlflow-run-") and (src_id not in dest_runs or _older(run, dest_runs[src_id])):
+                    dest_runs[src_id] = run  # the one the writer keeps, should there be two
         sem = asyncio.Semaphore(config.max_in_flight)
         jobs = []
         async for _, rec in server.runs(a, selection):
@@ -374,3 +376,7 @@ async def _compare_models(src_models, dst_models, report: Report) -> None:
 
 def _int(v) -> Optional[int]:
     return None if v in (None, "") else int(v)
+
+
+def _older(a: dict, b: dict) -> bool:
+    return (int(a["info"]["start_time"]), a["info"]["run_id"]) < (int(b["info"]["start_time"]), b["info"]["run_id"])

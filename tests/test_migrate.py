@@ -313,3 +313,23 @@ def test_empty_and_deleted_experiments(source, dest, tmp_path):
     assert json.loads(again.stdout)["runs"] == {"created": 0, "appended": 0, "unchanged": 1, "failed": 0}
     assert verify(source.url, dest.url, "--experiment", empty, "--experiment", gone,
                   "--include-deleted").returncode == 0
+
+
+def test_one_failing_run_does_not_stop_the_others(source, dest, populated, tmp_path):
+    """The destination already holds one of the runs with another value of a param (someone
+    edited it): that run fails, named with the reason, the others are moved, and the exit code
+    says so."""
+    name, ids = populated
+    d = Rest(dest.url)
+    exp_id = d.post("experiments/create", {"name": name})["experiment_id"]
+    clash = d.run(exp_id, "stopped", T0 + 4000, **{"importer.import_key": f"mlflow-run-{ids['killed']}"})
+    d.post("runs/log-batch", {"run_id": clash, "params": [{"key": "lr", "value": "0.5"}]})
+    r = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
+                     "--state", str(tmp_path / "l.db"), "--json")
+    assert r.returncode == 1
+    summary = json.loads(r.stdout)
+    assert summary["runs"]["created"] == 4 and summary["runs"]["failed"] == 1
+    failed = [o for o in summary["details"] if o["action"] == "failed"]
+    assert "lr" in failed[0]["error"] and failed[0]["import_key"] == f"mlflow-run-{ids['killed']}"
+    v = verify(source.url, dest.url, "--experiment", name)
+    assert v.returncode == 1 and "param lr" in v.stdout.decode()

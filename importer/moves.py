@@ -238,6 +238,7 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
         report = Report(a.url, b.url)
         diff = report.differences.append
         dest_runs: dict[str, dict] = {}  # source id -> destination run
+        copies: dict[str, int] = {}
         for exp in await server.experiments(a, selection):
             other = await b.experiment_by_name(exp["name"])
             if other is None:
@@ -254,9 +255,15 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
             async for run in b.search_runs([other["experiment_id"]], include_deleted=True):
                 tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
                 key = tags.get(IMPORT_KEY_TAG, "")  # what the writer finds a run by
+                if not key.startswith("mlflow-run-"):
+                    continue
                 src_id = key.removeprefix("mlflow-run-")
-                if key.startswith("mlflow-run-") and (src_id not in dest_runs or _older(run, dest_runs[src_id])):
+                copies[src_id] = copies.get(src_id, 0) + 1
+                if src_id not in dest_runs or _older(run, dest_runs[src_id]):
                     dest_runs[src_id] = run  # the one the writer keeps, should there be two
+        for src_id, n in copies.items():
+            if n > 1:
+                diff(Difference(src_id, "copies on the destination", "1", str(n)))
         sem = asyncio.Semaphore(config.max_in_flight)
         jobs = []
         async for _, rec in server.runs(a, selection):

@@ -235,10 +235,14 @@ NoModels = Annotated[bool, typer.Option("--no-models", help="Leave registered mo
 InFlight = Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at most, per server.")]
 
 
-def _cred(side: str, what: str) -> Annotated:
+def _cred(side: str, what: str):
     return Annotated[Optional[str], typer.Option(
         f"--{side}-{what}-env", metavar="VAR",
         help=f"Name of the environment variable holding the {side} server's {what}.")]
+
+
+FromToken, FromUsername, FromPassword = (_cred("from", w) for w in ("token", "username", "password"))
+ToToken, ToUsername, ToPassword = (_cred("to", w) for w in ("token", "username", "password"))
 
 
 def _selection(experiment, include_deleted, since=None, shard=None):
@@ -265,9 +269,9 @@ def export(
     shard: Shard = None,
     no_models: NoModels = False,
     in_flight: InFlight = ClientConfig.max_in_flight,
-    from_token_env: _cred("from", "token") = None,
-    from_username_env: _cred("from", "username") = None,
-    from_password_env: _cred("from", "password") = None,
+    from_token_env: FromToken = None,
+    from_username_env: FromUsername = None,
+    from_password_env: FromPassword = None,
     as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
 ) -> None:
     """Write runs of a server (metrics, params, tags, artifacts, registered models) into a bundle
@@ -295,12 +299,12 @@ def migrate(
     state: Annotated[Optional[Path], typer.Option(help="Ledger file (default: ~/.local/state/importer/ledger.db).")] = None,
     on_param_conflict: Annotated[str, typer.Option(help="When a param differs from the stored value: error, keep or rename.")] = "error",
     in_flight: InFlight = ClientConfig.max_in_flight,
-    from_token_env: _cred("from", "token") = None,
-    from_username_env: _cred("from", "username") = None,
-    from_password_env: _cred("from", "password") = None,
-    to_token_env: _cred("to", "token") = None,
-    to_username_env: _cred("to", "username") = None,
-    to_password_env: _cred("to", "password") = None,
+    from_token_env: FromToken = None,
+    from_username_env: FromUsername = None,
+    from_password_env: FromPassword = None,
+    to_token_env: ToToken = None,
+    to_username_env: ToUsername = None,
+    to_password_env: ToPassword = None,
     as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
@@ -336,12 +340,12 @@ def verify(
     no_models: NoModels = False,
     show_map: Annotated[bool, typer.Option("--show-map", help="Print the id map: source run -> destination run.")] = False,
     in_flight: InFlight = ClientConfig.max_in_flight,
-    from_token_env: _cred("from", "token") = None,
-    from_username_env: _cred("from", "username") = None,
-    from_password_env: _cred("from", "password") = None,
-    to_token_env: _cred("to", "token") = None,
-    to_username_env: _cred("to", "username") = None,
-    to_password_env: _cred("to", "password") = None,
+    from_token_env: FromToken = None,
+    from_username_env: FromUsername = None,
+    from_password_env: FromPassword = None,
+    to_token_env: ToToken = None,
+    to_username_env: ToUsername = None,
+    to_password_env: ToPassword = None,
 ) -> None:
     """Compare source and destination run by run: params, tags, times, status, every metric
     point, artifacts by size and hash, registered models. Exits 1 on any difference."""

@@ -27,7 +27,7 @@ MAX_PARAMS_TAGS_PER_BATCH = 100  # the server also caps a request at 1000 entrie
 HISTORY_PAGE = 25000  # metrics/get-history page size (the server's own maximum)
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
-_ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
+ALREADY_EXISTS = {"RESOURCEALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
 NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 
 
@@ -200,7 +200,7 @@ class MlflowApi:
             body = {"name": name, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
             return (await self.call("experiments/create", body))["experiment_id"], True
         except ServerError as e:
-            if e.error_code not in _ALREADY_EXISTS:
+            if e.error_code not in ALREADY_EXISTS:
                 raise
         found = await self.experiment_by_name(name)
         if found is None:
@@ -230,10 +230,26 @@ class MlflowApi:
             if not token:
                 return
 
-    async def create_run(self, body: dict) -> dict:
-        # No retry here: a create that reached the server but lost its answer would be repeated.
-        # The sink looks the run up by its import key instead (see sinks.mlflow).
-        return (await self.call("runs/create", body, retry=False))["run"]
+    async def create_once(self, endpoint: str, body: dict, field: str, find) -> dict:
+        """A create that must not happen twice (a run, a model version): a failed attempt may have
+        made the object and lost the answer, so before each new attempt `find()` looks for it
+        and returns it if it is there. Returns the object (`field` of the answer)."""
+        failure: Optional[Exception] = None
+        for attempt in range(self.config.retries + 1):
+            if attempt:
+                await asyncio.sleep(min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1)))
+                found = await find()
+                if found is not None:
+                    return found
+            try:
+                return (await self.call(endpoint, body, retry=False))[field]
+            except ServerError as e:
+                if e.status is not None and e.status < 500 and e.status != 429:
+                    raise  # the server refused this request: trying again cannot help
+                failure = e
+            except (ConnectionFailed, RetryableError) as e:  # dropped connection, timeout
+                failure = e
+        raise failure
 
     async def log_batch(self, body: bytes | dict) -> None:
         """`body` is either a dict or JSON bytes already built (the metric hot path)."""

@@ -14,7 +14,6 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Literal, Optional, Union
 
 import pyarrow as pa

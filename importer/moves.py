@@ -362,7 +362,13 @@ async def _compare_models(src_models, dst_models, report: Report) -> None:
         for what, s, t in (("description", m.description, d.description), ("tags", m.tags, d.tags)):
             if s != t:
                 report.differences.append(Difference(where, what, str(s), str(t)))
-        copies = {v.tags.get(registry.SOURCE_VERSION_TAG): v for v in d.versions}
+        copies = {}
+        for v in sorted(d.versions, key=lambda v: -int(v.version)):  # the first copy wins
+            copies[v.tags.get(registry.SOURCE_VERSION_TAG)] = v
+        for src in {v.version for v in m.versions}:
+            n = sum(v.tags.get(registry.SOURCE_VERSION_TAG) == src for v in d.versions)
+            if n > 1:
+                report.differences.append(Difference(where, f"version {src}", "1 copy", f"{n} copies"))
         for v in m.versions:
             c = copies.get(v.version)
             if c is None:

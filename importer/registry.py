@@ -13,7 +13,7 @@ from typing import Optional
 
 from .bundle import BundleModel, BundleModelVersion
 from .errors import ImporterError, ServerError
-from .mlflow_api import NOT_FOUND, MlflowApi
+from .mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi
 
 SOURCE_VERSION_TAG = "importer.source_version"
 
@@ -67,6 +67,29 @@ async def read_models(api: MlflowApi, run_ids: Optional[set[str]] = None) -> lis
     return models
 
 
+async def _get_model(api: MlflowApi, name: str) -> Optional[dict]:
+    try:
+        return (await api.call("registered-models/get", {"name": name}, get=True))["registered_model"]
+    except ServerError as e:
+        if e.error_code in NOT_FOUND:
+            return None
+        raise
+
+
+async def _versions_by_source(api: MlflowApi, name: str, version: Optional[str] = None):
+    """{source version: destination version} of a model's versions copied by importer; with
+    `version`, the copy of that source version (a model version dict) or None."""
+    found = {}
+    async for v in _paged(api, "model-versions/search",
+                          {"filter": f"name='{_quote(name)}'", "max_results": 10000}, "model_versions"):
+        src = _pairs(v.get("tags")).get(SOURCE_VERSION_TAG)
+        if src is not None and (src not in found or int(v["version"]) < int(found[src]["version"])):
+            found[src] = v  # the first copy, should a race ever have made two
+    if version is not None:
+        return found.get(version)
+    return {src: v["version"] for src, v in found.items()}
+
+
 def _quote(name: str) -> str:
     return name.replace("'", "\\'")
 
@@ -77,25 +100,25 @@ async def write_models(api: MlflowApi, models: list[BundleModel],
     destination run (its `info`). Returns notes for the report; raises ServerError on failure."""
     notes = []
     for model in models:
-        try:
-            current = (await api.call("registered-models/get", {"name": model.name}, get=True))["registered_model"]
-        except ServerError as e:
-            if e.error_code not in NOT_FOUND:
-                raise
+        current = await _get_model(api, model.name)
+        if current is None:
             body = {"name": model.name, "tags": [{"key": k, "value": v} for k, v in model.tags.items()]}
             if model.description:
                 body["description"] = model.description
-            current = (await api.call("registered-models/create", body))["registered_model"]
+            try:
+                current = await api.create_once("registered-models/create", body, "registered_model",
+                                                lambda: _get_model(api, model.name))
+            except ServerError as e:  # made meanwhile by another importer (a shard)
+                if e.error_code not in ALREADY_EXISTS:
+                    raise
+                current = await _get_model(api, model.name)
         if (current.get("description") or None) != model.description:
             await api.request("PATCH", "/api/2.0/mlflow/registered-models/update",
                               json={"name": model.name, "description": model.description or ""})
         for k, v in model.tags.items():
             if _pairs(current.get("tags")).get(k) != v:
                 await api.call("registered-models/set-tag", {"name": model.name, "key": k, "value": v})
-        existing = {(_pairs(v.get("tags")).get(SOURCE_VERSION_TAG)): v["version"]
-                    async for v in _paged(api, "model-versions/search",
-                                          {"filter": f"name='{_quote(model.name)}'", "max_results": 10000},
-                                          "model_versions")}
+        existing = await _versions_by_source(api, model.name)
         mapped: dict[str, str] = {}
         for v in model.versions:
             if v.version in existing:
@@ -115,7 +138,9 @@ async def write_models(api: MlflowApi, models: list[BundleModel],
                 body["run_id"] = run["run_id"]
             if v.description:
                 body["description"] = v.description
-            created = (await api.call("model-versions/create", body))["model_version"]
+            created = await api.create_once(
+                "model-versions/create", body, "model_version",
+                lambda v=v: _versions_by_source(api, model.name, v.version))
             mapped[v.version] = created["version"]
             if v.stage:
                 await api.call("model-versions/transition-stage",

@@ -257,23 +257,8 @@ class MlflowSink:
             body["run_name"] = rec.name
         if rec.user is not None:
             body["user_id"] = rec.user
-        config = self.api.config
-        for attempt in range(config.retries + 1):
-            if attempt:
-                await asyncio.sleep(min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1)))
-                # The failed attempt may have made the run and lost the answer: look first.
-                found = await self.find(exp_id, rec.import_key)
-                if found is not None:
-                    return found
-            try:
-                return await self.api.create_run(body)
-            except ServerError as e:
-                if e.status is not None and e.status < 500 and e.status != 429:
-                    raise  # the server refused this request: trying again cannot help
-                failure: ImporterError = e
-            except ImporterError as e:  # dropped connection, timeout
-                failure = e
-        raise failure
+        return await self.api.create_once("runs/create", body, "run",
+                                          lambda: self.find(exp_id, rec.import_key))
 
     # -- pieces --------------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ and let go after, so importing a bundle takes the memory of its largest run, not
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq

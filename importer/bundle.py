@@ -242,6 +242,13 @@ class BundleWriter:
         final = self.root / "runs" / rec.source_run_id
         tmp = final.with_name(final.name + _PARTIAL)
         tmp.mkdir()
+        try:
+            return await self._write_run(rec, experiment_id, parent_run_id, pages, tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    async def _write_run(self, rec, experiment_id, parent_run_id, pages, tmp: Path, final: Path) -> int:
         metrics = MetricsWriter(tmp / "metrics.parquet")
         async for key, table in pages:
             metrics.add(key, table)
@@ -278,6 +285,8 @@ class BundleWriter:
         """Write bundle.json from what the folder holds (runs of earlier, resumed exports too)."""
         runs, points, artifacts = {}, 0, 0
         for run_json in sorted((self.root / "runs").glob("*/run.json")):
+            if run_json.parent.name.endswith(_PARTIAL):
+                continue
             doc = BundleRun.model_validate_json(run_json.read_bytes())
             n = sum(doc.metrics.values())
             runs[doc.run_id] = BundleRunEntry(path=f"runs/{run_json.parent.name}",

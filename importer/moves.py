@@ -3,8 +3,8 @@
 is the ordinary import (pipeline.import_paths) plus `copy_models`.
 
 The id map: a moved run carries its source id in the tag `importer.source_run_id` and its import
-key `mlflow-run-<source id>`; the ledger keeps key -> destination id. `verify` finds destination
-runs by that tag, so it needs no ledger.
+key `mlflow-run-<source id>` (tag `importer.import_key`); the ledger keeps key -> destination id.
+`verify` finds destination runs by their import key, as the writer does, so it needs no ledger.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ async def _export(uri, out, selection, with_models, config, env, progress) -> Su
                     done += out_.points
                     if progress:
                         progress(done, 0)
-                except ImporterError as e:
+                except (ImporterError, OSError) as e:  # this run only; the others go on
                     out_.action, out_.error = "failed", str(e)
                 finally:
                     rec.metrics, rec.artifacts = {}, []

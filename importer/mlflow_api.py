@@ -27,7 +27,7 @@ MAX_PARAMS_TAGS_PER_BATCH = 100  # the server also caps a request at 1000 entrie
 HISTORY_PAGE = 25000  # metrics/get-history page size (the server's own maximum)
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
-ALREADY_EXISTS = {"RESOURCEALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
+ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
 NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
 
 

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Optional
+from typing import Any, AsyncIterator, Iterator, Literal, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -192,20 +192,25 @@ class MetricsWriter:
         return self.counts
 
 
-def read_metrics(path: Path) -> dict[str, pa.Table]:
-    """metrics.parquet back into one table per key (METRIC_SCHEMA plus MLflow 3 fields)."""
-    out: dict[str, list[pa.Table]] = {}
+def iter_metrics(path: Path) -> Iterator[tuple[str, pa.Table]]:
+    """metrics.parquet row group by row group: (key, points) in the order they were written."""
     pf = pq.ParquetFile(path)
     for i in range(pf.num_row_groups):
         group = pf.read_row_group(i)
         keys = group.column("key").combine_chunks()
         present = pc.unique(keys.cast(pa.string())).to_pylist() if len(keys) else []
         if len(present) == 1:  # as MetricsWriter writes them: no copy
-            out.setdefault(present[0], []).append(group.drop_columns(["key"]))
+            yield present[0], group.drop_columns(["key"])
             continue
         for k in present:
-            part = group.filter(pc.equal(keys.cast(pa.string()), k)).drop_columns(["key"])
-            out.setdefault(k, []).append(part)
+            yield k, group.filter(pc.equal(keys.cast(pa.string()), k)).drop_columns(["key"])
+
+
+def read_metrics(path: Path) -> dict[str, pa.Table]:
+    """metrics.parquet back into one table per key (METRIC_SCHEMA plus MLflow 3 fields)."""
+    out: dict[str, list[pa.Table]] = {}
+    for key, table in iter_metrics(path):
+        out.setdefault(key, []).append(table)
     tables = {k: pa.concat_tables(v) for k, v in out.items()}
     unused = [f for f in OPTIONAL_METRIC_FIELDS
               if all(t.column(f).null_count == t.num_rows for t in tables.values())]

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -153,10 +153,6 @@ class MlflowSink:
         if row and row["complete"] and row["fingerprint"] == fingerprint and row["experiment_id"] == exp_id:
             out.action, out.run_id = "unchanged", row["run_id"]
             return
-        if rec.load is not None:  # a run read from a server: its metrics and artifacts, now
-            await rec.load()
-        spill_long_params(rec)
-
         # A run deleted at the source is written, then deleted; so a deleted run on the
         # destination is the one to go on with.
         lifecycles = ("active", "deleted") if rec.lifecycle == "deleted" else ("active",)
@@ -172,6 +168,21 @@ class MlflowSink:
             run = await self.find(exp_id, rec.import_key, include_deleted=rec.lifecycle == "deleted")
         if run is not None and run["info"].get("lifecycle_stage") == "deleted" and not self.dry_run:
             await self.api.restore_run(run["info"]["run_id"])  # written to, then deleted again
+
+        # Where the ledger's count of points sent per metric can be trusted: logs only grow at
+        # their end; a run from another store may have changed anywhere, unless it is the very
+        # state the ledger recorded (a resumed import).
+        trust_ledger = row is not None and (rec.source_run_id is None or row["fingerprint"] == fingerprint)
+        # A run read on demand (a server, a bundle) is streamed straight from its source, page by
+        # page, when no comparison with the server's copy is needed: memory stays flat.
+        pages = getattr(rec.load, "pages", None)
+        stream = (pages is not None and not self.dry_run and rec.start_time is not None
+                  and (run is None or trust_ledger))
+        if stream:
+            rec.artifacts = await rec.load.artifacts()
+        elif rec.load is not None:
+            await rec.load()
+        spill_long_params(rec)
 
         desired_tags = self._tags(rec, parent_run_id)
         # Tags holding the source run's own id (e.g. mlflow.log-model.history) get the new id,
@@ -201,15 +212,20 @@ class MlflowSink:
                          if stored_tags.get(k) != v.replace(rec.source_run_id, run_id)})
         if run_id and not created.done():
             created.set_result(run_id)
-        if run_id and not self.dry_run and not row:
+        if run_id and not self.dry_run and not row:  # the fingerprint says which state it began
             self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
-                                 experiment_id=exp_id, origin=rec.origin)
+                                 experiment_id=exp_id, origin=rec.origin, fingerprint=fingerprint)
 
         # Which points are missing: all for a new run; else the ledger knows when it recorded this
         # run; else ask the server.
         new = out.action in ("created", "would-create")
-        plan = await self._missing_points(rec, None if new else run_id, start, trust_ledger=row is not None)
-        out.points = sum(t.num_rows for t, _, _ in plan.values())
+        if stream:
+            done = {} if new else self.ledger.progress(run_id)
+            pieces, plan = _unsent(pages(), done), None
+        else:
+            plan = await self._missing_points(rec, None if new else run_id, start, trust_ledger)
+            pieces = _aiter((k, t, base) for k, (t, base, _) in plan.items())
+            out.points = sum(t.num_rows for t, _, _ in plan.values())
         out.params = len(params)
 
         artifacts = rec.artifacts if new else await self._artifacts_to_send(run, rec)
@@ -218,9 +234,8 @@ class MlflowSink:
                           or (rec.end_time is not None and int(run["info"].get("end_time") or 0) != rec.end_time))
         inputs = rec.inputs if rec.inputs and (new or not run.get("inputs", {}).get("dataset_inputs")) else []
         lifecycle_changed = run is not None and run["info"].get("lifecycle_stage") != rec.lifecycle
-        if (out.action in ("appended", "would-append") and not (params or tags or out.points or inputs
-                                                                 or artifacts or status_changed
-                                                                 or lifecycle_changed)):
+        nothing_else = not (params or tags or inputs or artifacts or status_changed or lifecycle_changed)
+        if out.action == "would-append" and nothing_else and not out.points:
             out.action = "unchanged"
         if self.dry_run:
             return
@@ -228,7 +243,12 @@ class MlflowSink:
         await self._log_params_tags(run_id, params, tags)
         if inputs:
             await self.api.log_inputs(run_id, inputs)
-        await self._send_metrics(run_id, rec, plan, start)
+        out.points = await self._send_metrics(run_id, pieces, start)
+        # Series sent as a filtered set (after a diff with the server) are complete only now.
+        self.ledger.save_progress(run_id, pieces.totals if stream else
+                                  {k: n for k, (_, _, n) in plan.items()})
+        if out.action == "appended" and nothing_else and not out.points:
+            out.action = "unchanged"
         for art in artifacts:
             await self._upload(run, art)
         if status_changed:
@@ -360,12 +380,14 @@ class MlflowSink:
                 for s, t, v in zip(steps, stamps, values)]
         return table.filter(pa.array(keep))
 
-    def _batches(self, run_id: str, plan: dict, start_time: int) -> Iterator[tuple[bytes, int, list]]:
-        """(body, points, [(metric, source index reached or None)]) filled to the server's limit."""
+    @staticmethod
+    async def _batches(run_id: str, pieces, start_time: int):
+        """(body, points, [(metric, source index reached or None)]) filled to the server's limit,
+        from (metric, points, index in the source series of the first one or None) pieces."""
         parts: list[pa.Array] = []
         marks: list[tuple[str, Optional[int]]] = []
         size = 0
-        for key, (table, base, _) in plan.items():
+        async for key, table, base in pieces:
             offset = 0
             while offset < table.num_rows:
                 take = min(MAX_METRICS_PER_BATCH - size, table.num_rows - offset)
@@ -379,30 +401,32 @@ class MlflowSink:
         if size:
             yield batch_body(run_id, parts), size, marks
 
-    async def _send_metrics(self, run_id: str, rec: RunRecord, plan: dict, start_time: int) -> None:
+    async def _send_metrics(self, run_id: str, pieces, start_time: int) -> int:
         """Send batches with several in flight; the ledger's progress for a metric only moves past
-        a point once every batch before it has landed too."""
-        if not plan:
-            return
-        batches = self._batches(run_id, plan, start_time)
+        a point once every batch before it has landed too. Returns the points sent."""
+        batches = self._batches(run_id, pieces, start_time)
+        taking = asyncio.Lock()  # one worker at a time reads the source and builds the next body
         landed: dict[int, list] = {}
         next_to_record = 0
         counter = 0
+        sent = 0
         failure: list[BaseException] = []
 
         async def worker() -> None:
-            nonlocal counter, next_to_record
+            nonlocal counter, next_to_record, sent
             while not failure:
-                try:
-                    body, n, marks = next(batches)
-                except StopIteration:
+                async with taking:
+                    item = await anext(batches, None)
+                    seq, counter = counter, counter + 1
+                if item is None:
                     return
-                seq, counter = counter, counter + 1
+                body, n, marks = item
                 try:
                     await self.api.log_batch(body)
                 except BaseException as e:  # stop the other workers, report the first failure
                     failure.append(e)
                     raise
+                sent += n
                 if self.progress:
                     self.progress(n)
                 landed[seq] = marks
@@ -420,8 +444,7 @@ class MlflowSink:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        # Series sent as a filtered set (after a diff with the server) are complete only now.
-        self.ledger.save_progress(run_id, {k: n for k, (_, _, n) in plan.items()})
+        return sent
 
     async def _artifacts_to_send(self, run: dict, rec: RunRecord) -> list:
         """Artifacts the run lacks: not in the ledger with this file's hash, and not already on the
@@ -465,6 +488,27 @@ class MlflowSink:
                               f"({size} bytes stored); it will be uploaded again on the next run",
                               url=self.server)
         self.ledger.save_artifact(run["info"]["run_id"], art.dest, stored)
+
+
+async def _aiter(items):
+    for item in items:
+        yield item
+
+
+class _unsent:
+    """The pieces of a streamed run the ledger does not count as sent: `done` holds, per metric,
+    how many of its first points are on the server. `totals` is each series' length, once read."""
+
+    def __init__(self, pages, done: dict[str, int]):
+        self.pages, self.done, self.totals = pages, done, {}
+
+    async def __aiter__(self):
+        async for key, table in self.pages:
+            base = self.totals.get(key, 0)
+            self.totals[key] = base + table.num_rows
+            skip = max(0, self.done.get(key, 0) - base)
+            if skip < table.num_rows:
+                yield key, table.slice(skip), base + skip
 
 
 _digests: dict[tuple, str] = {}

@@ -5,13 +5,14 @@ and let go after, so importing a bundle takes the memory of its largest run, not
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pydantic
 
 from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleManifest, BundleModel, BundleRun,
-                      read_metrics, sha256_file)
+                      iter_metrics, read_metrics, sha256_file)
 from ..errors import Problem
 from ..model import ArtifactFile, RunRecord, store_import_key
 from .base import SourceOptions, SourceResult
@@ -76,13 +77,28 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             parent_key=store_import_key(doc.parent_run_id) if doc.parent_run_id else None,
             lifecycle=doc.lifecycle, experiment_tags=exp.tags, inputs=doc.inputs,
             signature=entry.sha256, points_to_load=sum(doc.metrics.values()))
-        rec.load = _loader(rec, folder / "metrics.parquet", list(artifacts))
+        rec.load = _Loader(rec, folder / "metrics.parquet", artifacts)
         result.records.append(rec)
     return result
 
 
-def _loader(rec: RunRecord, parquet: Path, artifacts: list[ArtifactFile]):
-    async def load() -> None:
-        rec.metrics = read_metrics(parquet) if rec.points_to_load else {}
-        rec.artifacts = list(artifacts)
-    return load
+@dataclass
+class _Loader:
+    """A bundle run's metrics, read when it is written: whole (`await load()`), or row group by
+    row group (`pages()`, the writer streams them)."""
+
+    rec: RunRecord
+    parquet: Path
+    files: list[ArtifactFile]
+
+    async def __call__(self) -> None:
+        self.rec.metrics = read_metrics(self.parquet) if self.rec.points_to_load else {}
+        self.rec.artifacts = list(self.files)
+
+    async def artifacts(self) -> list[ArtifactFile]:
+        return list(self.files)
+
+    async def pages(self):
+        if self.rec.points_to_load:
+            for key, table in iter_metrics(self.parquet):
+                yield key, table

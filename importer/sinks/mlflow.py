@@ -221,7 +221,7 @@ class MlflowSink:
         new = out.action in ("created", "would-create")
         if stream:
             done = {} if new else self.ledger.progress(run_id)
-            pieces, plan = _unsent(pages(), done), None
+            pieces, plan = _unsent(_read_ahead(pages()), done), None
         else:
             plan = await self._missing_points(rec, None if new else run_id, start, trust_ledger)
             pieces = _aiter((k, t, base) for k, (t, base, _) in plan.items())
@@ -493,6 +493,29 @@ class MlflowSink:
 async def _aiter(items):
     for item in items:
         yield item
+
+
+async def _read_ahead(pages, depth: int = 4):
+    """The source's pages, read up to `depth` ahead while earlier ones are being sent."""
+    queue: asyncio.Queue = asyncio.Queue(depth)
+    end = object()
+
+    async def produce() -> None:
+        try:
+            async for page in pages:
+                await queue.put(page)
+            await queue.put(end)
+        except Exception as e:  # handed to the consumer, raised there
+            await queue.put(e)
+
+    task = asyncio.ensure_future(produce())
+    try:
+        while (page := await queue.get()) is not end:
+            if isinstance(page, BaseException):
+                raise page
+            yield page
+    finally:
+        task.cancel()
 
 
 class _unsent:

@@ -70,6 +70,16 @@ def tag_filter(key: str, value: str) -> str:
     return f"tags.`{key}` = '{value}'"
 
 
+def pairs(items: Optional[list[dict]]) -> dict[str, str]:
+    """The REST API's [{"key": k, "value": v}, ...] (tags, params) as a dict."""
+    return {i["key"]: i.get("value", "") for i in items or []}
+
+
+def optional_int(v: Any) -> Optional[int]:
+    """A REST API's int64 field (sent as a string), or None when absent."""
+    return None if v in (None, "") else int(v)
+
+
 class MlflowApi:
     """One tracking server. Use as `async with MlflowApi(uri) as api:`."""
 

@@ -10,7 +10,6 @@ key `mlflow-run-<source id>` (tag `importer.import_key`); the ledger keeps key -
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,14 +22,12 @@ from . import registry
 from .bundle import BundleExperiment, BundleWriter
 from .errors import ImporterError, InputError
 from .ledger import Ledger
-from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi
+from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, optional_int, pairs
 from .model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord
 from .pipeline import Summary, import_async
-from .sinks.mlflow import EXPERIMENT_TAGS, Outcome
+from .sinks.mlflow import EXPERIMENT_TAGS, Outcome, _stored_value
 from .sources import server
 from .sources.server import Selection
-
-_MAX_DOUBLE = 1.7976931348623157e308
 
 
 def side_env(token_env: Optional[str] = None, username_env: Optional[str] = None,
@@ -74,7 +71,7 @@ async def _export(uri, out, selection, with_models, config, env, progress) -> Su
         for exp in exps:
             writer.experiment(BundleExperiment(
                 experiment_id=exp["experiment_id"], name=exp["name"],
-                tags={t["key"]: t["value"] for t in exp.get("tags", []) if t["key"] != "mlflow.experimentKind"},
+                tags={k: v for k, v in pairs(exp.get("tags")).items() if k != "mlflow.experimentKind"},
                 lifecycle=exp.get("lifecycle_stage", "active")))
         slots = asyncio.Semaphore(config.max_in_flight)
         done = 0
@@ -172,7 +169,7 @@ async def _prepare_experiments(dest: MlflowApi, exps: list[dict]) -> list[str]:
                 continue  # the sink names the problem: restore it or choose another name
             await dest.call("experiments/restore", {"experiment_id": found["experiment_id"]})
         exp_id, _ = await dest.get_or_create_experiment(exp["name"], EXPERIMENT_TAGS)
-        have = {t["key"]: t["value"] for t in (found or {}).get("tags", [])}
+        have = pairs((found or {}).get("tags"))
         for t in exp.get("tags", []):
             if t["key"] != "mlflow.experimentKind" and have.get(t["key"]) != t["value"]:
                 await dest.set_experiment_tag(exp_id, t["key"], t["value"])
@@ -247,13 +244,13 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
             if other.get("lifecycle_stage") != exp.get("lifecycle_stage"):
                 diff(Difference(f"experiment {exp['name']}", "lifecycle", exp.get("lifecycle_stage"),
                                 other.get("lifecycle_stage")))
-            want = {t["key"]: t["value"] for t in exp.get("tags", []) if t["key"] != "mlflow.experimentKind"}
-            have = {t["key"]: t["value"] for t in other.get("tags", [])}
+            want = {k: v for k, v in pairs(exp.get("tags")).items() if k != "mlflow.experimentKind"}
+            have = pairs(other.get("tags"))
             for k, v in want.items():
                 if have.get(k) != v:
                     diff(Difference(f"experiment {exp['name']}", f"tag {k}", v, have.get(k, "(missing)")))
             async for run in b.search_runs([other["experiment_id"]], include_deleted=True):
-                tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+                tags = pairs(run["data"].get("tags"))
                 key = tags.get(IMPORT_KEY_TAG, "")  # what the writer finds a run by
                 if not key.startswith("mlflow-run-"):
                     continue
@@ -289,18 +286,18 @@ async def _compare_run(a: MlflowApi, b: MlflowApi, rec: RunRecord, dest_runs: di
     info = run["info"]
     report.id_map[src_id] = info["run_id"]
     for what, s, d in (("name", rec.name, info.get("run_name")), ("status", rec.status, info.get("status")),
-                       ("start_time", rec.start_time, _int(info.get("start_time"))),
-                       ("end_time", rec.end_time, _int(info.get("end_time"))),
+                       ("start_time", rec.start_time, optional_int(info.get("start_time"))),
+                       ("end_time", rec.end_time, optional_int(info.get("end_time"))),
                        ("user", rec.user, info.get("user_id") or None),
                        ("lifecycle", rec.lifecycle, info.get("lifecycle_stage"))):
         if s != d:
             diff(what, s, d)
-    params = {p["key"]: p["value"] for p in run["data"].get("params", [])}
+    params = pairs(run["data"].get("params"))
     if params != rec.params:
         for k in sorted(set(params) | set(rec.params)):
             if params.get(k) != rec.params.get(k):
                 diff(f"param {k}", rec.params.get(k, "(missing)"), params.get(k, "(missing)"))
-    tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+    tags = pairs(run["data"].get("tags"))
     parent = tags.pop("mlflow.parentRunId", None)
     want_parent = report_parent = None
     if rec.parent_key:
@@ -331,8 +328,7 @@ async def _compare_run(a: MlflowApi, b: MlflowApi, rec: RunRecord, dest_runs: di
 
 def _points(t: pa.Table) -> list[tuple]:
     """The points as a sorted list; NaN as a marker, +-Infinity as the server stores it."""
-    values = [("NaN" if math.isnan(v) else math.copysign(_MAX_DOUBLE, v) if math.isinf(v) else v)
-              for v in t.column("value").to_pylist()]
+    values = [_stored_value(v) for v in t.column("value").to_pylist()]
     return sorted(zip(t.column("step").to_pylist(), t.column("timestamp").to_pylist(), map(str, values)))
 
 
@@ -386,9 +382,6 @@ async def _compare_models(src_models, dst_models, report: Report) -> None:
         if want != d.aliases:
             report.differences.append(Difference(where, "aliases", str(want), str(d.aliases)))
 
-
-def _int(v) -> Optional[int]:
-    return None if v in (None, "") else int(v)
 
 
 def _older(a: dict, b: dict) -> bool:

@@ -13,7 +13,7 @@ from typing import Optional
 
 from .bundle import BundleModel, BundleModelVersion
 from .errors import ImporterError, ServerError
-from .mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi
+from .mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs as _pairs
 
 SOURCE_VERSION_TAG = "importer.source_version"
 
@@ -27,10 +27,6 @@ async def _paged(api: MlflowApi, endpoint: str, body: dict, field: str):
         token = page.get("next_page_token")
         if not token:
             return
-
-
-def _pairs(items) -> dict[str, str]:
-    return {i["key"]: i.get("value", "") for i in items or []}
 
 
 def artifact_path(source: str, run_id: Optional[str]) -> Optional[str]:

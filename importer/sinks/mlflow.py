@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
 from ..ledger import Ledger
-from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, tag_filter
+from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, pairs, tag_filter
 from ..model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord, spill_long_params
 
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # classic runs view in the UI
@@ -191,8 +191,8 @@ class MlflowSink:
                        if rec.source_run_id and rec.source_run_id in v and not k.startswith("importer.")}
         for k in own_id_tags:
             del desired_tags[k]
-        stored_params = {p["key"]: p["value"] for p in run["data"].get("params", [])} if run else {}
-        stored_tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])} if run else {}
+        stored_params = pairs(run["data"].get("params")) if run else {}
+        stored_tags = pairs(run["data"].get("tags")) if run else {}
         params = self._resolve_params(rec, stored_params, out)
         tags = {k: v for k, v in desired_tags.items() if stored_tags.get(k) != v}
 

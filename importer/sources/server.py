@@ -18,7 +18,7 @@ from typing import AsyncIterator, Optional
 import pyarrow as pa
 
 from ..errors import InputError
-from ..mlflow_api import MlflowApi
+from ..mlflow_api import MlflowApi, optional_int, pairs
 from ..model import METRIC_SCHEMA, ArtifactFile, OPTIONAL_METRIC_FIELDS, RunRecord, store_import_key
 
 _VALUES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -74,16 +74,12 @@ async def experiments(api: MlflowApi, selection: Selection) -> list[dict]:
     return [by_name[n] for n in selection.experiments]
 
 
-def _pairs(items: list[dict]) -> dict[str, str]:
-    return {i["key"]: i.get("value", "") for i in items or []}
-
-
 def signature(run: dict) -> str:
     """A hash of what `runs/search` says about a run: info, params, tags, inputs, and each metric's
     latest point. A run that gained points, tags or a new status gets another signature."""
     data = run.get("data", {})
     info = {k: v for k, v in run["info"].items() if k != "artifact_uri"}
-    doc = [info, sorted(_pairs(data.get("params")).items()), sorted(_pairs(data.get("tags")).items()),
+    doc = [info, sorted(pairs(data.get("params")).items()), sorted(pairs(data.get("tags")).items()),
            sorted((m["key"], m.get("step"), m.get("timestamp"), str(m.get("value")))
                   for m in data.get("metrics", [])), run.get("inputs", {})]
     return "sig-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -92,17 +88,17 @@ def signature(run: dict) -> str:
 def skeleton(api: MlflowApi, run: dict, experiment: dict) -> RunRecord:
     """A RunRecord of everything `runs/search` returned; metrics and artifacts come with `load`."""
     info, data = run["info"], run.get("data", {})
-    tags = _pairs(data.get("tags"))
+    tags = pairs(data.get("tags"))
     parent = tags.pop("mlflow.parentRunId", None)
     run_id = info["run_id"]
-    exp_tags = _pairs(experiment.get("tags"))
+    exp_tags = pairs(experiment.get("tags"))
     exp_tags.pop("mlflow.experimentKind", None)  # the destination sets its own
     rec = RunRecord(
         experiment=experiment["name"], import_key=store_import_key(run_id),
         origin=f"run {run_id}", name=info.get("run_name") or tags.get("mlflow.runName"),
-        start_time=_int(info.get("start_time")), end_time=_int(info.get("end_time")),
+        start_time=optional_int(info.get("start_time")), end_time=optional_int(info.get("end_time")),
         status=info.get("status", "FINISHED"), user=info.get("user_id") or None,
-        params=_pairs(data.get("params")), tags=tags,
+        params=pairs(data.get("params")), tags=tags,
         parent_key=store_import_key(parent) if parent else None,
         source_run_id=run_id, lifecycle=info.get("lifecycle_stage", "active"),
         experiment_tags=exp_tags, inputs=run.get("inputs", {}).get("dataset_inputs", []))
@@ -110,10 +106,6 @@ def skeleton(api: MlflowApi, run: dict, experiment: dict) -> RunRecord:
     rec.load = ServerRun(api, rec, sorted({m["key"] for m in data.get("metrics", [])}),
                          info.get("artifact_uri", ""))
     return rec
-
-
-def _int(v) -> Optional[int]:
-    return None if v in (None, "") else int(v)
 
 
 async def runs(api: MlflowApi, selection: Selection) -> AsyncIterator[tuple[dict, RunRecord]]:

@@ -18,9 +18,10 @@ from typing import Optional
 
 import pyarrow as pa
 
-from . import registry
+from . import experiments, registry
 from .bundle import BundleExperiment, BundleWriter
 from .errors import ImporterError, InputError
+from .experiments import ExperimentRecord
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, optional_int, pairs
 from .model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord
@@ -138,8 +139,8 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
                    progress) -> Summary:
     async with MlflowApi(src, config, src_env) as api, MlflowApi(dst, config, dst_env) as dest:
         await api.call("experiments/search", {"max_results": 1})
-        exps = await server.experiments(api, selection)
-        deleted = await _prepare_experiments(dest, exps)
+        exps = [ExperimentRecord.from_rest(e) for e in await server.experiments(api, selection)]
+        deleted, notes = await experiments.prepare(dest, exps, EXPERIMENT_TAGS)
         records = [rec async for _, rec in server.runs(api, selection)]
         summary = await import_async(records, dst, ledger, policy=policy, config=config,
                                      progress=progress, env=dst_env)
@@ -148,34 +149,10 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
             ids = None if not (selection.experiments or selection.shard) else {r.source_run_id for r in records}
             models = await registry.read_models(api, ids)
             summary.notes += await registry.copy_models(dst, models, summary.outcomes, config, dst_env)
-        if selection.shard is None:  # other shards may still be writing into them
-            for exp_id in deleted:
-                await dest.call("experiments/delete", {"experiment_id": exp_id})
+        summary.notes += notes + await experiments.finish(dest, deleted, selection.shard)
         summary.requests += api.requests + dest.requests
         summary.retried += api.retried + dest.retried
         return summary
-
-
-async def _prepare_experiments(dest: MlflowApi, exps: list[dict]) -> list[str]:
-    """Create every selected experiment on the destination with its tags, empty ones too. One
-    deleted at the source is restored there for the writing (if a former run deleted it) and
-    its id returned, to be deleted again once the runs are in."""
-    deleted = []
-    for exp in exps:
-        gone = exp.get("lifecycle_stage") == "deleted"
-        found = await dest.experiment_by_name(exp["name"])
-        if found is not None and found.get("lifecycle_stage") == "deleted":
-            if not gone:
-                continue  # the sink names the problem: restore it or choose another name
-            await dest.call("experiments/restore", {"experiment_id": found["experiment_id"]})
-        exp_id, _ = await dest.get_or_create_experiment(exp["name"], EXPERIMENT_TAGS)
-        have = pairs((found or {}).get("tags"))
-        for t in exp.get("tags", []):
-            if t["key"] != "mlflow.experimentKind" and have.get(t["key"]) != t["value"]:
-                await dest.set_experiment_tag(exp_id, t["key"], t["value"])
-        if gone:
-            deleted.append(exp_id)
-    return deleted
 
 
 # ---------------------------------------------------------------------------------------------

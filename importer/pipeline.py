@@ -20,8 +20,8 @@ from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import RunRecord, manifest_json_schema
-from . import sources
-from .sinks.mlflow import MlflowSink, Outcome
+from . import experiments, sources
+from .sinks.mlflow import EXPERIMENT_TAGS, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
 from .sources.manifest import read_manifest
 
@@ -122,6 +122,7 @@ class Inputs:
     unrecognised: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     models: list = field(default_factory=list)  # registered models from bundles (bundle.BundleModel)
+    experiments: list = field(default_factory=list)  # of other stores (experiments.ExperimentRecord)
 
 
 def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
@@ -170,6 +171,7 @@ def _collect(fmt: str, unit: str, result: SourceResult, inputs: Inputs, seen: di
     inputs.problems += result.problems
     inputs.notes += result.notes
     inputs.models += result.models
+    inputs.experiments += result.experiments
     for rec in result.records:
         scoped = (rec.experiment, rec.import_key)
         if seen.setdefault(scoped, index) != index:
@@ -256,19 +258,36 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
     is written. Runs deleted in the store they come from are left out unless `include_deleted`."""
     uri = tracking_uri_or_env(tracking_uri)
     inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
+    named: dict[str, experiments.ExperimentRecord] = {}
+    for exp in inputs.experiments:
+        named.setdefault(exp.name, exp)
+    exps = list(named.values())
+    gone = {e.name for e in exps if e.lifecycle == "deleted"}
     records = inputs.records
     if not include_deleted:
-        records = [r for r in records if r.lifecycle != "deleted"]
+        records = [r for r in records if r.lifecycle != "deleted" and r.experiment not in gone]
+        exps = [e for e in exps if e.name not in gone]
         if len(records) < len(inputs.records):
             inputs.notes.append(f"{len(inputs.records) - len(records)} deleted runs left out "
                                 "(--include-deleted imports them, deleted)")
+    deleted: list[str] = []
+    if exps and not dry_run:
+        deleted, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
+        inputs.notes += notes
     summary = import_records(records, uri, state=state, dry_run=dry_run,
                              on_param_conflict=on_param_conflict, config=config, progress=progress)
     if inputs.models and not dry_run:
         from .registry import copy_models
         inputs.notes += asyncio.run(copy_models(uri, inputs.models, summary.outcomes, config))
+    if deleted:
+        inputs.notes += asyncio.run(_on_server(uri, config, experiments.finish, deleted))
     summary.notes, summary.unrecognised = inputs.notes, inputs.unrecognised
     return summary
+
+
+async def _on_server(uri: str, config: ClientConfig, work, *args):
+    async with MlflowApi(uri, config) as api:
+        return await work(api, *args)
 
 
 def import_records(records: list[RunRecord], tracking_uri: str, *, state: Optional[PathLike] = None,

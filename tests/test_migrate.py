@@ -315,6 +315,89 @@ def test_empty_and_deleted_experiments(source, dest, tmp_path):
                   "--include-deleted").returncode == 0
 
 
+def _empty_and_deleted(rest: Rest, runs: int) -> tuple[str, str]:
+    """An empty experiment with a description, and a deleted one holding `runs` runs."""
+    empty, gone = f"empty-{uuid.uuid4().hex[:8]}", f"gone-{uuid.uuid4().hex[:8]}"
+    rest.post("experiments/create", {"name": empty, "tags": [{"key": "mlflow.note.content", "value": "nothing yet"}]})
+    gone_id = rest.post("experiments/create", {"name": gone})["experiment_id"]
+    for i in range(runs):
+        run_id = rest.run(gone_id, f"old-{i}", T0 + i)
+        rest.post("runs/log-batch", {"run_id": run_id, "metrics": [{"key": "m", "value": i, "timestamp": T0, "step": 0}]})
+        rest.finish(run_id, "FINISHED", T0 + 10)
+    rest.post("experiments/delete", {"experiment_id": gone_id})
+    return empty, gone
+
+
+def _lifecycle(url: str, name: str) -> str:
+    exp = View(url).http.get("experiments/get-by-name", params={"experiment_name": name}).json()["experiment"]
+    return exp["lifecycle_stage"]
+
+
+def test_deleted_experiment_is_deleted_by_the_last_shard(source, dest, tmp_path):
+    """Shards cannot know when the others are done: a deleted experiment stays active until every
+    shard has marked it done, then the last one deletes it; a rerun of one shard leaves it deleted."""
+    empty, gone = _empty_and_deleted(Rest(source.url), runs=6)
+    sel = ["--experiment", empty, "--experiment", gone, "--include-deleted"]
+
+    def shard(i: int):
+        r = run_importer("migrate", "--from", source.url, "--to", dest.url, *sel, "--shard", f"{i}/3",
+                         "--state", str(tmp_path / f"l{i}.db"), "--json")
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        return json.loads(r.stdout)
+
+    assert any("shards 2, 3 of 3" in n for n in shard(1)["notes"])
+    assert _lifecycle(dest.url, gone) == "active"  # shards 2 and 3 may still be writing into it
+    shard(2)
+    assert _lifecycle(dest.url, gone) == "active"
+    shard(3)
+    assert _lifecycle(dest.url, gone) == "deleted"
+    assert verify(source.url, dest.url, *sel).returncode == 0
+    assert shard(2)["runs"]["created"] == 0
+    assert _lifecycle(dest.url, gone) == "deleted"
+    assert verify(source.url, dest.url, *sel).returncode == 0
+
+
+def test_bundle_carries_empty_and_deleted_experiments(source, dest, tmp_path):
+    """Through a bundle, as through migrate: the empty experiment arrives with its description, the
+    deleted one is deleted on the destination (its runs in it), and without --include-deleted the
+    deleted experiment's runs are left out."""
+    empty, gone = _empty_and_deleted(Rest(source.url), runs=2)
+    sel = ["--experiment", empty, "--experiment", gone, "--include-deleted"]
+    bundle = tmp_path / "bundle"
+    assert run_importer("export", "--from", source.url, "--out", str(bundle), *sel).returncode == 0
+    plain = run_importer("import", str(bundle), "--tracking-uri", dest.url, "--json")
+    assert plain.returncode == 0, plain.stdout.decode() + plain.stderr.decode()
+    assert json.loads(plain.stdout)["runs"]["created"] == 0
+    assert View(dest.url).http.get("experiments/get-by-name", params={"experiment_name": gone}).status_code == 404
+    args = ["import", str(bundle), "--tracking-uri", dest.url, "--include-deleted",
+            "--state", str(tmp_path / "l.db"), "--json"]
+    r = run_importer(*args)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert json.loads(r.stdout)["runs"]["created"] == 2
+    assert _lifecycle(dest.url, gone) == "deleted"
+    assert verify(source.url, dest.url, *sel).returncode == 0
+    again = run_importer(*args)
+    assert json.loads(again.stdout)["runs"]["unchanged"] == 2
+    assert _lifecycle(dest.url, gone) == "deleted"
+    assert verify(source.url, dest.url, *sel).returncode == 0
+
+
+def test_deleted_experiment_never_deletes_the_destinations_own(source, dest, tmp_path):
+    """The destination already has an active experiment of that name, with a run of its own: the
+    deleted source experiment's runs arrive (deleted), the experiment and its own run stay active."""
+    _, gone = _empty_and_deleted(Rest(source.url), runs=1)
+    d = Rest(dest.url)
+    own = d.run(d.post("experiments/create", {"name": gone})["experiment_id"], "theirs", T0)
+    r = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", gone,
+                     "--include-deleted", "--state", str(tmp_path / "l.db"), "--json")
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert any("left active" in n for n in json.loads(r.stdout)["notes"])
+    assert _lifecycle(dest.url, gone) == "active"
+    runs = {run["info"]["run_id"]: run["info"]["lifecycle_stage"]
+            for run in View(dest.url).runs(gone, include_deleted=True)}
+    assert runs.pop(own) == "active" and list(runs.values()) == ["deleted"]
+
+
 def test_one_failing_run_does_not_stop_the_others(source, dest, populated, tmp_path):
     """The destination already holds one of the runs with another value of a param (someone
     edited it): that run fails, named with the reason, the others are moved, and the exit code

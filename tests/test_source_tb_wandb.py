@@ -280,6 +280,37 @@ def test_tfevents_gzip_cut_or_corrupt(tmp_path):
     assert "gzip stream is corrupt" in p.message and "(gzip-compressed)" in p.message
 
 
+def test_tfevents_zlib_records(tmp_path):
+    """TensorFlow's TFRecordWriter with compression "ZLIB" writes one zlib stream over the file:
+    read like the plain file; cut short, the records before the cut are kept."""
+    _needs("tensorboard")
+    import zlib
+    from tensorboardX import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "run"))
+    for step in range(3000):
+        w.add_scalar("loss", 1.0 / (step + 1), step)
+        w.add_scalar("nan", math.nan, step)
+    w.close()
+    [f] = list((tmp_path / "run").iterdir())
+    [plain] = tfevents.read(tmp_path / "run", SourceOptions()).records
+    data = zlib.compress(f.read_bytes())
+    f.write_bytes(data)
+    result = tfevents.read(tmp_path / "run", SourceOptions())
+    assert result.problems == [] and result.notes == []
+    [rec] = result.records
+    for key, table in plain.metrics.items():
+        assert str(rec.metrics[key].to_pylist()) == str(table.to_pylist()), key
+    assert rec.point_count == 6000 and (rec.start_time, rec.end_time) == (plain.start_time, plain.end_time)
+
+    f.write_bytes(data[:len(data) // 2])
+    result = tfevents.read(tmp_path / "run", SourceOptions())
+    [rec] = result.records
+    assert 0 < rec.point_count < 6000
+    [note] = result.notes
+    assert "of the decompressed zlib stream" in note and "zlib stream ends early" in note
+
+
 def test_tfevents_missing_package_names_the_extra(monkeypatch):
     import builtins
     real_import = builtins.__import__

@@ -45,6 +45,9 @@ class SourceResult:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. renamed metric keys, for the report
     models: list = field(default_factory=list)  # registered models (bundle.BundleModel) to copy
+    # Experiments of another MLflow store (experiments.ExperimentRecord): created with their tags
+    # even when empty, and deleted again when deleted there.
+    experiments: list = field(default_factory=list)
 
 
 def import_key(fmt: str, source_identity: str, run_identity: str = "") -> str:

@@ -14,6 +14,7 @@ import pydantic
 from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleManifest, BundleModel, BundleRun,
                       iter_metrics, read_metrics, sha256_file)
 from ..errors import Problem
+from ..experiments import ExperimentRecord
 from ..model import ArtifactFile, RunRecord, store_import_key
 from .base import SourceOptions, SourceResult
 
@@ -47,6 +48,8 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
     except (OSError, pydantic.ValidationError) as e:
         result.problems.append(Problem(str(manifest_file), "", f"unreadable bundle: {e}"))
         return result
+    if options.experiment is None:  # else every run goes to the one experiment named
+        result.experiments = [ExperimentRecord(e.name, e.tags, e.lifecycle) for e in experiments.values()]
     for run_id, entry in manifest.runs.items():
         folder = root / entry.path
         where = f"{entry.path}/run.json"

@@ -39,6 +39,7 @@ import pyarrow.csv as pacsv
 import yaml
 
 from ..errors import Problem
+from ..experiments import ExperimentRecord
 from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
                      store_import_key)
 from .base import SourceOptions, SourceResult, metric_table
@@ -186,6 +187,8 @@ class _Store:
         name = str(name)
         deleted = deleted or (meta or {}).get("lifecycle_stage") == "deleted"
         exp_tags = self.values(folder / "tags", "tag")
+        if not self.options.experiment:  # else every run goes to the one experiment named
+            self.result.experiments.append(ExperimentRecord(name, exp_tags, "deleted" if deleted else "active"))
         for sub in ("models", "traces"):
             if (folder / sub).is_dir():
                 self.note(f"{folder / sub}: MLflow 3 {'logged models' if sub == 'models' else 'traces'} "

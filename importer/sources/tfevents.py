@@ -30,12 +30,12 @@ Rules:
 - experiment default: the name of the run folder's parent folder (`lightning_logs`); run name:
   the run folder's path relative to the named folder, or its own name when that is the run.
 - import key: import_key("tensorboard", resolved run folder (or the file named), "").
-- gzip: an event file whose content starts with the gzip magic (`events.out.tfevents.*.gz`, or
-  any name) is read through gzip, record by record as it is decompressed (multi-member files too).
-  A gzip stream that is cut short or corrupt is treated like a truncated record: the records
-  before it are kept and a note names the offset in the decompressed stream; when not even the
-  first record can be read it is a Problem. (TensorFlow's ZLIB-compressed TFRecords, without a
-  gzip header, are not recognised: a Problem at byte 0.)
+- gzip and ZLIB: an event file whose content starts with the gzip magic (`events.out.tfevents.*.gz`,
+  or any name; multi-member files too), or that is one zlib stream (TensorFlow's TFRecordWriter
+  with compression "ZLIB": a zlib header and no valid plain record at byte 0), is read record by
+  record as it is decompressed. A compressed stream that is cut short or corrupt is treated like
+  a truncated record: the records before it are kept and a note names the offset in the
+  decompressed stream; when not even the first record can be read it is a Problem.
 - A git-LFS pointer in place of an event file is a Problem. A truncated or corrupt record (a file
   still being written) ends the reading of that file: the records before it are kept, and a note
   says from which byte on the file was not read and why.
@@ -175,8 +175,8 @@ class _Records:
     data. Iterating yields each record's data and stops at the first truncated or corrupt one;
     `good_bytes` is then the offset where the unread part starts and `error` says why."""
 
-    def __init__(self, fh, crc):
-        self.fh, self.crc = fh, crc
+    def __init__(self, fh, crc, kind: Optional[str] = None):
+        self.fh, self.crc, self.kind = fh, crc, kind  # kind: "gzip", "zlib" or None (plain)
         self.good_bytes = 0
         self.error: Optional[str] = None
 
@@ -185,8 +185,8 @@ class _Records:
         while True:
             try:
                 header = fh.read(12)
-            except (EOFError, OSError, zlib.error) as e:  # a gzip stream cut short or corrupt
-                self.error = _gzip_error(e)
+            except (EOFError, OSError, zlib.error) as e:  # a compressed stream cut short or corrupt
+                self.error = _stream_error(e, self.kind)
                 return
             if not header:
                 return
@@ -201,7 +201,7 @@ class _Records:
                 data = fh.read(length)
                 footer = fh.read(4)
             except (EOFError, OSError, zlib.error) as e:
-                self.error = _gzip_error(e)
+                self.error = _stream_error(e, self.kind)
                 return
             if len(data) < length or len(footer) < 4:
                 self.error = "truncated record"
@@ -213,10 +213,42 @@ class _Records:
             yield data
 
 
-def _gzip_error(e: BaseException) -> str:
+def _stream_error(e: BaseException, kind: Optional[str]) -> str:
     if isinstance(e, EOFError):
-        return "the gzip stream ends early (a file still being written, or cut)"
-    return f"the gzip stream is corrupt ({e})"
+        return f"the {kind} stream ends early (a file still being written, or cut)"
+    return f"the {kind} stream is corrupt ({e})"
+
+
+def _compression(head: bytes, crc) -> Optional[str]:
+    """"gzip", "zlib" or None from a file's first bytes. A zlib header (RFC 1950: deflate, and a
+    check sum of the first two bytes) could also begin a plain record's length, so it counts only
+    when those bytes are not a plain record header with a valid CRC."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if (len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+            and not (len(head) >= 12 and _masked(crc(head[:8])) == struct.unpack("<I", head[8:12])[0])):
+        return "zlib"
+    return None
+
+
+class _Inflated:
+    """A zlib stream read as a file: `read(n)` gives the next n decompressed bytes (fewer at its
+    end); EOFError when the file ends before the stream does."""
+
+    def __init__(self, fh):
+        self.fh, self.z = fh, zlib.decompressobj()
+        self.buf, self.pos = b"", 0
+
+    def read(self, n: int) -> bytes:
+        while len(self.buf) - self.pos < n and not self.z.eof:
+            data = self.z.unconsumed_tail or self.fh.read(1 << 16)
+            if not data:
+                raise EOFError("the file ends inside the zlib stream")
+            self.buf = self.buf[self.pos:] + self.z.decompress(data, 1 << 20)  # bounded output
+            self.pos = 0
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
 
 
 def _read_file(f: Path, run: _Run, event_pb2, tensor_util, crc, result: SourceResult) -> None:
@@ -234,9 +266,10 @@ def _read_file(f: Path, run: _Run, event_pb2, tensor_util, crc, result: SourceRe
                                            "event file itself: fetch the content first "
                                            "(`git lfs pull`)"))
             return
-        compressed = head.startswith(GZIP_MAGIC)
-        stream = gzip.GzipFile(fileobj=fh, mode="rb") if compressed else fh
-        records = _Records(stream, crc)
+        compressed = _compression(head, crc)
+        stream = (gzip.GzipFile(fileobj=fh, mode="rb") if compressed == "gzip"
+                  else _Inflated(fh) if compressed == "zlib" else fh)
+        records = _Records(stream, crc, compressed)
         count = 0
         try:
             for raw in records:
@@ -253,13 +286,13 @@ def _read_file(f: Path, run: _Run, event_pb2, tensor_util, crc, result: SourceRe
                     for value in event.summary.value:
                         _take_value(value, event, run, tensor_util)
         finally:
-            if compressed:
+            if compressed == "gzip":
                 stream.close()
-    where = "byte {} of the decompressed gzip stream" if compressed else "byte {}"
+    where = f"byte {{}} of the decompressed {compressed} stream" if compressed else "byte {}"
     if records.error and count == 0:
         result.problems.append(Problem(str(f), where.format(0), f"no readable TFRecord "
                                        f"({records.error}): not a TensorBoard event file"
-                                       f"{' (gzip-compressed)' if compressed else ''}, or corrupt "
+                                       f"{f' ({compressed}-compressed)' if compressed else ''}, or corrupt "
                                        "from the start"))
         return
     run.files_read += 1

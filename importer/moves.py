@@ -347,6 +347,8 @@ async def _compare_models(src_models, dst_models, report: Report) -> None:
             if c is None:
                 report.differences.append(Difference(where, f"version {v.version}", "present", "missing"))
                 continue
+            if c.version != v.version:
+                report.differences.append(Difference(where, f"version {v.version} number", v.version, c.version))
             tags = {k: x for k, x in c.tags.items() if k != registry.SOURCE_VERSION_TAG}
             if (v.description, v.tags, v.stage) != (c.description, tags, c.stage):
                 report.differences.append(Difference(where, f"version {v.version}",

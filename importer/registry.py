@@ -2,9 +2,14 @@
 migrated run.
 
 A version is matched on the destination by its tag `importer.source_version`, so a rerun creates
-no second copy. Version numbers are the destination's own: they are the same as the source's
-when versions are created in order and none was deleted at the source. Aliases are set through
-that mapping. Stages (deprecated in MLflow) are carried over as the version's stage when set.
+no second copy. The server numbers versions itself, one more than the last it made, and never
+reuses the number of a deleted one. So where versions were deleted at the source (1, 2, 4), the
+numbers between are used up on the destination by placeholder versions (the real version's
+source and run, tag `importer.placeholder`), each deleted at once: version 4 stays version 4 and
+`models:/name/4` still means the same model. A version that cannot keep its number (the
+destination's model already had others, or shards wrote versions out of order) gets the next one,
+and a note says so. Aliases are set through the mapping. Stages (deprecated in MLflow) are
+carried over as the version's stage when set.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from .errors import ImporterError, ServerError
 from .mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs as _pairs
 
 SOURCE_VERSION_TAG = "importer.source_version"
+PLACEHOLDER_TAG = "importer.placeholder"  # a version made only to use up a number, then deleted
 
 
 async def _paged(api: MlflowApi, endpoint: str, body: dict, field: str):
@@ -72,18 +78,36 @@ async def _get_model(api: MlflowApi, name: str) -> Optional[dict]:
         raise
 
 
-async def _versions_by_source(api: MlflowApi, name: str, version: Optional[str] = None):
-    """{source version: destination version} of a model's versions copied by importer; with
-    `version`, the copy of that source version (a model version dict) or None."""
-    found = {}
-    async for v in _paged(api, "model-versions/search",
-                          {"filter": f"name='{_quote(name)}'", "max_results": 10000}, "model_versions"):
-        src = _pairs(v.get("tags")).get(SOURCE_VERSION_TAG)
+async def _live_versions(api: MlflowApi, name: str) -> list[dict]:
+    """A model's versions on the server (deleted ones are not listed)."""
+    return [v async for v in _paged(api, "model-versions/search",
+                                    {"filter": f"name='{_quote(name)}'", "max_results": 10000},
+                                    "model_versions")]
+
+
+def _by_tag(versions: list[dict], tag: str = SOURCE_VERSION_TAG) -> dict[str, dict]:
+    """{source version: version dict} of the versions importer made, by their `tag`
+    (SOURCE_VERSION_TAG: copies; PLACEHOLDER_TAG: placeholders not yet deleted)."""
+    found: dict[str, dict] = {}
+    for v in versions:
+        src = _pairs(v.get("tags")).get(tag)
         if src is not None and (src not in found or int(v["version"]) < int(found[src]["version"])):
             found[src] = v  # the first copy, should a race ever have made two
-    if version is not None:
-        return found.get(version)
-    return {src: v["version"] for src, v in found.items()}
+    return found
+
+
+async def _made_for(api: MlflowApi, name: str, version: str, tag: str = SOURCE_VERSION_TAG) -> Optional[dict]:
+    """The version importer made for source `version`, if any (create_once looks before retrying)."""
+    return _by_tag(await _live_versions(api, name), tag).get(version)
+
+
+async def _delete_version(api: MlflowApi, name: str, version: str) -> None:
+    try:
+        await api.request("DELETE", "/api/2.0/mlflow/model-versions/delete",
+                          json={"name": name, "version": version})
+    except ServerError as e:  # a lost answer: it was deleted
+        if e.error_code not in NOT_FOUND:
+            raise
 
 
 def _quote(name: str) -> str:
@@ -114,9 +138,13 @@ async def write_models(api: MlflowApi, models: list[BundleModel],
         for k, v in model.tags.items():
             if _pairs(current.get("tags")).get(k) != v:
                 await api.call("registered-models/set-tag", {"name": model.name, "key": k, "value": v})
-        existing = await _versions_by_source(api, model.name)
+        live = await _live_versions(api, model.name)
+        existing = {src: v["version"] for src, v in _by_tag(live).items()}
+        for hole in _by_tag(live, PLACEHOLDER_TAG).values():
+            await _delete_version(api, model.name, hole["version"])  # left by an interrupted move
+        highest = max([int(v["version"]) for v in live], default=0)
         mapped: dict[str, str] = {}
-        for v in model.versions:
+        for v in sorted(model.versions, key=lambda v: int(v.version)):
             if v.version in existing:
                 mapped[v.version] = existing[v.version]
                 continue
@@ -127,17 +155,28 @@ async def write_models(api: MlflowApi, models: list[BundleModel],
                 continue
             source = (f"{run['artifact_uri']}/{v.artifact_path}" if run and v.artifact_path is not None
                       else v.source)
-            body = {"name": model.name, "source": source,
-                    "tags": [{"key": k, "value": val} for k, val in v.tags.items()]
-                    + [{"key": SOURCE_VERSION_TAG, "value": v.version}]}
+            body = {"name": model.name, "source": source}
             if run:
                 body["run_id"] = run["run_id"]
+            while highest + 1 < int(v.version):  # numbers of versions deleted at the source
+                hole = await api.create_once(
+                    "model-versions/create", {**body, "tags": [{"key": PLACEHOLDER_TAG, "value": v.version}]},
+                    "model_version",
+                    lambda v=v: _made_for(api, model.name, v.version, PLACEHOLDER_TAG))
+                await _delete_version(api, model.name, hole["version"])
+                highest = int(hole["version"])
+            body["tags"] = ([{"key": k, "value": val} for k, val in v.tags.items()]
+                            + [{"key": SOURCE_VERSION_TAG, "value": v.version}])
             if v.description:
                 body["description"] = v.description
             created = await api.create_once(
                 "model-versions/create", body, "model_version",
-                lambda v=v: _versions_by_source(api, model.name, v.version))
+                lambda v=v: _made_for(api, model.name, v.version))
             mapped[v.version] = created["version"]
+            highest = max(highest, int(created["version"]))
+            if created["version"] != v.version:
+                notes.append(f"model {model.name!r} version {v.version} is version {created['version']} "
+                             "on the destination (it held other versions, or shards wrote them out of order)")
             if v.stage:
                 await api.call("model-versions/transition-stage",
                                {"name": model.name, "version": created["version"], "stage": v.stage,

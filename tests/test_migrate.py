@@ -55,7 +55,7 @@ def populate(url: str, name: str, points: int = 3000) -> dict:
     """One experiment with what a migration must carry: three levels of nesting, FAILED and KILLED
     runs with historical times, NaN and Infinity, a 6000-character param (the most the server
     keeps), artifacts in sub-folders, a deleted run, dataset inputs, and a registered model with
-    two versions and an alias. Returns the source run ids by role."""
+    three versions (the second deleted) and an alias. Returns the source run ids by role."""
     rest = Rest(url)
     exp_id = rest.post("experiments/create", {"name": name, "tags": [
         {"key": "team", "value": "vision"}, {"key": "mlflow.note.content", "value": "What we tried"}]})["experiment_id"]
@@ -94,12 +94,13 @@ def populate(url: str, name: str, points: int = 3000) -> dict:
     rest.post("registered-models/create", {"name": model, "description": "the model",
                                            "tags": [{"key": "owner", "value": "alice"}]})
     run = rest.http.get("runs/get", params={"run_id": ids["root"]}).json()["run"]
-    for i, rid in enumerate((ids["root"], ids["child"])):
+    for i, rid in enumerate((ids["root"], ids["root"], ids["child"])):
         run = rest.http.get("runs/get", params={"run_id": rid}).json()["run"]
         rest.post("model-versions/create", {"name": model, "source": run["info"]["artifact_uri"] + "/model",
                                             "run_id": rid, "description": f"v{i + 1}",
                                             "tags": [{"key": "stage", "value": f"s{i}"}]})
-    rest.post("registered-models/alias", {"name": model, "alias": "champion", "version": "2"})
+    rest.http.request("DELETE", "model-versions/delete", json={"name": model, "version": "2"}).raise_for_status()
+    rest.post("registered-models/alias", {"name": model, "alias": "champion", "version": "3"})
     ids["model"] = model
     return ids
 
@@ -160,9 +161,11 @@ def test_migrate_is_exact_and_a_rerun_copies_nothing(source, dest, populated, tm
     exp = view.http.get("experiments/get-by-name", params={"experiment_name": name}).json()["experiment"]
     assert {t["key"]: t["value"] for t in exp["tags"]}["mlflow.note.content"] == "What we tried"
     model = view.http.get("registered-models/get", params={"name": ids["model"]}).json()["registered_model"]
-    assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "2"}
-    v2 = view.http.get("model-versions/get", params={"name": ids["model"], "version": "2"}).json()["model_version"]
-    assert v2["run_id"] == new["child"]
+    # version 2 was deleted at the source: version 3 keeps its number (and `models:/NAME/3` its meaning)
+    assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "3"}
+    v3 = view.http.get("model-versions/get", params={"name": ids["model"], "version": "3"}).json()["model_version"]
+    assert v3["run_id"] == new["child"] and v3["description"] == "v3"
+    assert view.http.get("model-versions/get", params={"name": ids["model"], "version": "2"}).status_code == 404
 
     again = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
                          "--include-deleted", "--state", state, "--json")

@@ -21,6 +21,7 @@ import importer
 from importer import sources
 from importer.model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, METRIC_SCHEMA,
                             store_import_key)
+from importer.experiments import ExperimentRecord
 from importer.sources import mlflow_export
 from importer.sources.base import SourceOptions
 
@@ -198,8 +199,9 @@ def test_single_run_export():
 def test_experiment_override():
     [rec] = mlflow_export.read(FIXTURES / "single_run" / "run.json", SourceOptions(experiment="X")).records
     assert rec.experiment == "X"
-    recs = importer.read_inputs([FIXTURES / "experiment"], "Y").records
-    assert {r.experiment for r in recs} == {"Y"}
+    found = importer.read_inputs([FIXTURES / "experiment"], "Y")
+    assert {r.experiment for r in found.records} == {"Y"}
+    assert found.experiments == []  # the source's experiment is not recreated beside Y
 
 
 def test_experiment_export_with_nested_and_deleted_runs():
@@ -217,6 +219,7 @@ def test_experiment_export_with_nested_and_deleted_runs():
     assert [p[2] for p in _points(runs[child].metrics["loss"])] == [1.0, 0.9, 0.8, 0.7, 0.6]
     assert (runs[deleted].lifecycle, runs[deleted].status) == ("deleted", "KILLED")
     assert found.notes == [] and found.problems == []
+    assert found.experiments == [ExperimentRecord("nested-exp", runs[child].experiment_tags, "active")]
 
 
 def test_child_without_its_parent_is_noted():

@@ -227,9 +227,12 @@ def test_artifact_uri_elsewhere_is_noted_not_read():
 
 
 def test_deleted_runs_and_trash():
-    _, runs = _read(STORE)
+    result, runs = _read(STORE)
     assert runs[C].lifecycle == "deleted"
     assert runs[T].lifecycle == "deleted"  # its experiment is in .trash
+    assert {e.name: e.lifecycle for e in result.experiments} == {
+        "Default": "active", "fixture experiment": "active", "trashed experiment": "deleted",
+        "inner experiment": "active"}
     assert runs[T].params == {"a": "1"}
     assert {runs[r].lifecycle for r in (A, B, D, N)} == {"active"}
 

@@ -48,6 +48,7 @@ from typing import Any, Optional
 import pyarrow as pa
 
 from ..errors import Problem
+from ..experiments import ExperimentRecord
 from ..model import (INT64_MAX, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, ArtifactFile, RunRecord,
                      key_problem, param_string, store_import_key)
 from .base import Metrics, SourceOptions, SourceResult
@@ -88,6 +89,13 @@ def detect(path: Path) -> bool:
 def unit(file: Path) -> Path:
     """The folder holding the file: a run, an experiment or a whole export."""
     return file.parent
+
+
+def _experiment_tags(exp: dict) -> dict[str, str]:
+    tags = _pairs(exp.get("tags"))
+    if isinstance(exp.get("description"), str):
+        tags.setdefault("mlflow.note.content", exp["description"])
+    return tags
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:
@@ -357,9 +365,7 @@ class _Export:
         folder named on its own still finds its experiment)."""
         exp_dir = _up(run_dir, 2 if _abs(run_dir).parent.name == "runs" else 1)
         exp = self.experiment(exp_dir)
-        exp_tags = _pairs(exp.get("tags")) if exp else {}
-        if exp and isinstance(exp.get("description"), str):
-            exp_tags.setdefault("mlflow.note.content", exp["description"])
+        exp_tags = _experiment_tags(exp) if exp else {}
         folder = _abs(exp_dir) if self.inside(exp_dir) else _abs(run_dir)
         name = (self.options.experiment or (exp or {}).get("name") or tags.get(EXPERIMENT_NAME_TAG)
                 or self.listed(exp_dir) or folder.name)
@@ -388,6 +394,10 @@ class _Export:
                     self.problem(file, "mlflow.experiment", "required field is missing")
                 continue  # a bulk manifest.json
             self.experiments[exp_dir] = exp
+            if not self.options.experiment and isinstance(exp.get("name"), str):
+                gone = exp.get("lifecycle_stage") == "deleted"
+                self.result.experiments.append(
+                    ExperimentRecord(exp["name"], _experiment_tags(exp), "deleted" if gone else "active"))
             if "system" in doc:
                 listed, failed = data.get("runs"), _get(doc, "info", "failed_runs")
             else:

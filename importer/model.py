@@ -314,6 +314,18 @@ def key_problem(key: str, what: str) -> Optional[str]:
     return None
 
 
+def value_problem(value: str, limit: int) -> Optional[str]:
+    """Why a param or tag value cannot be written as it is, or None: longer than the server keeps
+    (it would cut it silently), or holding a NUL character (PostgreSQL-backed servers refuse the
+    write half-way through a run; no log or manifest holds one on purpose)."""
+    if len(value) > limit:
+        return f"value is {len(value)} characters long; the server allows {limit}"
+    if "\0" in value:
+        return (f"value holds a NUL character (\\x00) at position {value.index(chr(0))}; "
+                "PostgreSQL-backed servers refuse it")
+    return None
+
+
 def derived_key(experiment: str, name: Optional[str], start_time: Optional[int]) -> str:
     """The import key of a manifest run without `id`: a hash of experiment, name and start time."""
     ident = json.dumps([experiment, name, start_time])

@@ -142,6 +142,13 @@ def test_too_long_values_that_the_server_would_cut(tmp_path):
     assert len(problems) == 2 and all("allows" in p for p in problems)
 
 
+def test_nul_characters_are_refused_before_anything_is_written(tmp_path):
+    """A PostgreSQL-backed server refuses NUL in the params batch, after the run was created."""
+    problems = problems_of(tmp_path, one_run(params={"p": "a\x00b"}, tags={"t": "\x00"}))
+    assert len(problems) == 2 and all("NUL character" in p for p in problems)
+    assert any("params.p" in p and "position 1" in p for p in problems)
+
+
 def test_reserved_and_field_tags(tmp_path):
     problems = problems_of(tmp_path, one_run(tags={"mlflow.runName": "x", "importer.import_key": "y"}))
     assert any("`name` field" in p for p in problems) and any("reserved" in p for p in problems)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from ..errors import Problem
 from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, MAX_PARAM_VALUE_LENGTH, METRIC_SCHEMA,
-                     RunRecord, flatten_params, key_problem)
+                     RunRecord, flatten_params, key_problem, value_problem)
 
 DERIVED_STEPS_TAG = "importer.derived_steps"
 RENAMED_METRICS_TAG = "importer.renamed_metrics"
@@ -129,9 +129,8 @@ def checked_params(raw: dict[str, Any], file: str, origin: str, problems: list[P
         if new in out:
             problems.append(Problem(file, f"params.{k}", f"param {new!r} is given twice"))
             continue
-        if len(v) > MAX_PARAM_VALUE_LENGTH:
-            problems.append(Problem(file, f"params.{k}", f"value is {len(v)} characters long; the "
-                                    f"server allows {MAX_PARAM_VALUE_LENGTH}"))
+        if msg := value_problem(v, MAX_PARAM_VALUE_LENGTH):
+            problems.append(Problem(file, f"params.{k}", msg))
             continue
         out[new] = v
     if renamed:

@@ -18,7 +18,7 @@ from .base import SourceOptions, SourceResult
 from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, INT64_MAX,
                      INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID,
                      _FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
-                     flatten_params, key_problem, metric_value, to_ms)
+                     flatten_params, key_problem, metric_value, to_ms, value_problem)
 
 _METRIC_SHAPES = {"scalar", "points", "columns"}
 
@@ -207,9 +207,8 @@ class ManifestReader:
         for k, v in rec.params.items():
             if msg := key_problem(k, "param"):
                 self._problem(at("params", k), msg)
-            if len(v) > MAX_PARAM_VALUE_LENGTH:
-                self._problem(at("params", k), f"value is {len(v)} characters long; the server "
-                              f"allows {MAX_PARAM_VALUE_LENGTH}")
+            if msg := value_problem(v, MAX_PARAM_VALUE_LENGTH):
+                self._problem(at("params", k), msg)
 
         for k, v in run.tags.items():
             if msg := key_problem(k, "tag"):
@@ -218,9 +217,8 @@ class ManifestReader:
                 self._problem(at("tags", k), f"set the run's `{_FIELD_TAGS[k]}` field instead")
             elif k.startswith("importer."):
                 self._problem(at("tags", k), "tags under `importer.` are reserved for importer")
-            elif len(v) > MAX_TAG_VALUE_LENGTH:
-                self._problem(at("tags", k), f"value is {len(v)} characters long; the server "
-                              f"allows {MAX_TAG_VALUE_LENGTH}")
+            elif msg := value_problem(v, MAX_TAG_VALUE_LENGTH):
+                self._problem(at("tags", k), msg)
         rec.tags = dict(run.tags)
 
         infinite: list[str] = []

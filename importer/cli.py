@@ -7,6 +7,7 @@ Exit codes: 0 all done; 1 some runs failed; 2 invalid input or usage, nothing wr
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import json
 import sys
 import traceback
@@ -32,15 +33,23 @@ TrackingUri = Annotated[Optional[str], typer.Option(
     help="The MLflow server, e.g. http://127.0.0.1:5000.")]
 
 
-class _NoPandas(importlib.abc.MetaPathFinder):
+class _NoPandas(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """importer never uses pandas, but pyarrow (at its first array) and sqlite-utils import it
     whenever it is installed, as it is next to mlflow: about 40 MB and 0.3 s for every command.
     Only the command line makes pandas look absent, for its own process; library users keep it."""
 
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] == "pandas":
-            raise ModuleNotFoundError("importer's command line does not load pandas", name=name)
+            # A spec whose loading fails: `import pandas` raises ImportError as if it were absent,
+            # while importlib.util.find_spec("pandas") still answers (wandb's import asks it).
+            return importlib.machinery.ModuleSpec(name, self)
         return None
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError("importer's command line does not load pandas", name=spec.name)
+
+    def exec_module(self, module):  # never reached: create_module raises
+        raise ModuleNotFoundError(name=module.__name__)
 
 
 @app.callback()

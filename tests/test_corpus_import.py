@@ -15,6 +15,10 @@ from conftest import CORPUS, View, run_importer
 
 LOG_FORMATS = ["keras", "lightning", "yolo", "hf-trainer", "text-logs", "tfevents", "wandb"]
 STORE_FORMATS = ["mlruns", "export-import"]  # other MLflow stores: deleted runs are left out
+# The source that must recognise each corpus folder's files, by content, with no --format.
+DETECTED = {"keras": "keras", "lightning": "lightning", "yolo": "yolo", "hf-trainer": "hf",
+            "text-logs": "text", "tfevents": "tensorboard", "wandb": "wandb", "mlruns": "mlruns",
+            "export-import": "mlflow-export"}
 SAMPLES = sorted(p for f in LOG_FORMATS + STORE_FORMATS for p in (CORPUS / f).glob("*")
                  if p.is_dir()) if CORPUS.is_dir() else []
 
@@ -32,6 +36,7 @@ def test_corpus_sample_imports_exactly(sample, uri, tmp_path):
     found = json.loads(report.stdout)
     assert report.returncode == (2 if found["problems"] else 0), report.stderr.decode()
     assert found["runs"]
+    assert {u["format"] for u in found["units"]} == {DETECTED[sample.parent.name]}, found["units"]
     if found["problems"]:  # export-import/03 has an experiment.json that is not JSON
         assert sample.parent.name in STORE_FORMATS, found["problems"]
         res = run_importer("import", str(sample), "--tracking-uri", uri)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import importer
 from importer.sources import tfevents, wandb
 from importer.sources.base import RENAMED_METRICS_TAG, SourceOptions
 
@@ -334,6 +335,41 @@ def test_tensorboard_sample_logs():
     assert {k: t.num_rows for k, t in rec.metrics.items()} == {
         "train/loss": 20, "val/accuracy": 20, "lr": 20}
     assert rec.params == {"batch_size": "32", "lr": "0.01", "optimizer": "sgd"}
+
+
+def test_wandb_sample_found_by_walking_under_the_command_line():
+    """A folder as wandb 0.31 writes it offline (the history only in the .wandb log, W&B's debug
+    logs beside it, a latest-run link), walked with no --format, in the CLI's own process (which
+    keeps pandas out: wandb's import must still work there)."""
+    _needs("wandb")
+    import subprocess
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "sample_logs" / "wandb"
+    res = subprocess.run([sys.executable, "-m", "importer", "inspect", str(path), "--json"],
+                         capture_output=True, check=True)
+    report = json.loads(res.stdout)
+    assert [u["format"] for u in report["units"]] == ["wandb"] and report["unrecognised"] == []
+    [run] = report["runs"]
+    assert (run["name"], run["experiment"], run["params"]) == ("mnist-mlp", "sample-wandb", 5)
+    assert {k: m["points"] for k, m in run["metrics"].items()} == {
+        "train/loss": 20, "train/acc": 20, "val/loss": 4, "best_val_loss": 1}
+    assert not any("not read" in n for n in report["notes"]), report["notes"]
+
+
+def test_links_in_a_walked_folder_are_listed_not_read(tmp_path):
+    """A link may lead out of the folder named, or to a file read anyway: listed, never read."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.csv").write_text("epoch,loss\n0,1.0\n")
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "a.csv").write_text("epoch,loss\n0,0.5\n1,0.4\n")
+    (named / "b.csv").symlink_to(named / "a.csv")
+    (named / "c.csv").symlink_to(outside / "secret.csv")
+    found = importer.read_inputs([named])
+    assert [r.origin.split(":")[0] for r in found.records] == [str(named / "a.csv")]
+    assert sorted(found.unrecognised) == [str(named / "b.csv"), str(named / "c.csv")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 `discover` turns the paths a user named into units, each read by one source: a file (a manifest,
 a Keras or generic CSV, a text log, a YOLO results file) or a run folder (a Lightning version
 folder, a Hugging Face Trainer output folder, a TensorBoard folder, a W&B run folder). A folder is
-walked (links are not followed) and every file is offered to the sources in `ORDER`; the first that
-recognises it claims its unit, and what nobody recognises is reported, never skipped silently. A
+walked (links to folders or files are not followed: they may lead out of the folder named, or to a
+file read anyway) and every file is offered to the sources in `ORDER`; the first that recognises
+it claims its unit, and what nobody recognises is reported, never skipped silently. A
 manifest is recognised by its first key, so a manifest with a typo further in is still read and
 its problems are reported.
 """
@@ -27,23 +28,17 @@ ORDER: list[ModuleType] = [mlflow_export, manifest, bundle, mlruns, hf_trainer, 
 FORMATS: dict[str, ModuleType] = {m.NAME: m for m in ORDER}
 
 _CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")
-_WANDB_RUN = re.compile(r"^(offline-)?run-")
 
 
 def _unit(module: ModuleType, file: Path, named: Path) -> Path:
     """What `module` reads for a file it recognised: the file, or the run folder holding it.
     Never a folder above the one the user named (`mlruns/1/` is that experiment, not the store)."""
-    if hasattr(module, "unit"):  # a source that knows its own layout (mlruns, mlflow-export, bundle)
+    if hasattr(module, "unit"):  # a source that knows its own layout (mlruns, mlflow-export, bundle, wandb)
         unit = module.unit(file)
         return unit if unit.is_relative_to(named) else named
     if module is hf_trainer:
         return file.parent.parent if _CHECKPOINT.match(file.parent.name) else file.parent
     if module in (lightning, tfevents, yolo):  # a YOLO run folder also holds args.yaml, weights, plots
-        return file.parent
-    if module is wandb:
-        for folder in file.parents:
-            if _WANDB_RUN.match(folder.name):
-                return folder
         return file.parent
     return file
 
@@ -79,12 +74,17 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
                 file = Path(folder) / name
                 if any(file.is_relative_to(u) for u in units if u.is_dir()):
                     continue
+                if file.is_symlink():  # it may lead out of the folder named, or to a file read anyway
+                    unknown.append(file)
+                    continue
                 module = recognise(file)
                 if module is None:
                     unknown.append(file)
                 else:
                     units.setdefault(_unit(module, file, path), module)
-    # A file seen before its run folder was claimed (a config.json beside a trainer_state.json)
-    # is not unknown.
-    unknown = [f for f in unknown if not any(f.is_relative_to(u) for u in units if u.is_dir())]
+    # A file seen before its run folder was claimed (a config.json beside a trainer_state.json),
+    # or a link to a file that is read anyway (W&B's wandb/debug.log), is not unknown.
+    folders = [u for u in units if u.is_dir()]
+    unknown = [f for f in unknown if not any(f.is_relative_to(u) for u in folders)
+               and not (f.is_symlink() and any(f.resolve().is_relative_to(u.resolve()) for u in folders))]
     return [(m, u) for u, m in units.items()], unknown

@@ -88,9 +88,32 @@ def find_runs(path: Path) -> list[Path]:
     return found
 
 
+def run_folder_of(file: Path) -> Optional[Path]:
+    """The W&B run folder a file lies in (directly, or in files/, logs/, files/media/...), or None."""
+    for folder in list(file.parents)[:4]:
+        if RUN_DIR.match(folder.name) and is_run_folder(folder):
+            return folder
+    return None
+
+
+def _is_debug_log(file: Path) -> bool:
+    """W&B's own logs beside the run folders: wandb/debug.log, debug-internal.log, debug-cli.*.log."""
+    return file.name.startswith("debug") and file.suffix == ".log" and bool(find_runs(file.parent))
+
+
 def detect(path: Path) -> bool:
-    """A W&B run folder, or a folder holding run folders (directly or in `wandb/`)."""
-    return path.is_dir() and bool(find_runs(path))
+    """A W&B run folder or a folder holding run folders (directly or in `wandb/`); or, as folder
+    discovery offers them, a file inside a run folder or one of W&B's debug logs beside them (else
+    those logs would be read as text logs)."""
+    if path.is_dir():
+        return bool(find_runs(path))
+    return path.is_file() and (run_folder_of(path) is not None or _is_debug_log(path))
+
+
+def unit(file: Path) -> Path:
+    """What discovery reads for a file `detect` recognised: its run folder, or the folder holding
+    the run folders."""
+    return run_folder_of(file) or file.parent
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:

@@ -69,6 +69,7 @@ async def _export(uri, out, selection, with_models, config, env, progress) -> Su
         writer = BundleWriter(out, api.url)
         summary = Summary(server=str(out), dry_run=False, title="Exported to")
         exps = await server.experiments(api, selection)
+        summary.notes += await experiments.not_carried(api, exps)
         for exp in exps:
             writer.experiment(BundleExperiment(
                 experiment_id=exp["experiment_id"], name=exp["name"],
@@ -139,8 +140,10 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
                    progress) -> Summary:
     async with MlflowApi(src, config, src_env) as api, MlflowApi(dst, config, dst_env) as dest:
         await api.call("experiments/search", {"max_results": 1})
-        exps = [ExperimentRecord.from_rest(e) for e in await server.experiments(api, selection)]
+        found = await server.experiments(api, selection)
+        exps = [ExperimentRecord.from_rest(e) for e in found]
         deleted, notes = await experiments.prepare(dest, exps, EXPERIMENT_TAGS)
+        notes += await experiments.not_carried(api, found)
         records = [rec async for _, rec in server.runs(api, selection)]
         summary = await import_async(records, dst, ledger, policy=policy, config=config,
                                      progress=progress, env=dst_env)

@@ -401,6 +401,26 @@ def test_deleted_experiment_never_deletes_the_destinations_own(source, dest, tmp
     assert runs.pop(own) == "active" and list(runs.values()) == ["deleted"]
 
 
+def test_what_is_not_carried_is_named(source, dest, tmp_path, monkeypatch):
+    """MLflow 3 logged models and traces do not move: migrate and export say so, per experiment."""
+    rest = Rest(source.url)
+    name = f"genai-{uuid.uuid4().hex[:8]}"
+    exp_id = rest.post("experiments/create", {"name": name})["experiment_id"]
+    rest.post("logged-models", {"experiment_id": exp_id, "name": "agent"})
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    import mlflow
+    mlflow.set_tracking_uri(source.url)
+    mlflow.set_experiment(experiment_id=exp_id)
+    with mlflow.start_span("answer") as span:
+        span.set_inputs({"question": "?"})
+    for args in (["migrate", "--from", source.url, "--to", dest.url, "--state", str(tmp_path / "l.db")],
+                 ["export", "--from", source.url, "--out", str(tmp_path / "b")]):
+        r = run_importer(*args, "--experiment", name, "--json")
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        assert any(n.startswith(f"experiment {name!r} holds logged models") and "and traces" in n
+                   for n in json.loads(r.stdout)["notes"]), r.stdout.decode()
+
+
 def test_one_failing_run_does_not_stop_the_others(source, dest, populated, tmp_path):
     """The destination already holds one of the runs with another value of a param (someone
     edited it): that run fails, named with the reason, the others are moved, and the exit code

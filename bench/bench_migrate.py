@@ -1,7 +1,7 @@
 """Export, import and migrate throughput, memory and bundle size, against baselines measured in the
 same run on the same servers.
 
-    python bench/bench_migrate.py [--flavor gunicorn|default] [--big] [--skip-common]
+    python bench/bench_migrate.py [--flavor gunicorn|default] [--big] [--skip-common] [--export-only]
 
 Starts a source `mlflow server` (SQLite, loopback) and three fresh destinations, fills the source
 through plain REST calls with two workloads:
@@ -11,6 +11,7 @@ through plain REST calls with two workloads:
     B  one run of 500,000 points (5 keys x 100,000 steps), 20 params, 5 tags, 2 artifacts, with
        values and times as a training loop logs them (noisy doubles, 200-400 ms apart)
     C  (--big only) one run of 5,000,000 points like B, for the memory target; importer only
+       (--big-points 1000000,2000000,5000000: one such run per size, to show memory stays flat)
 
 and measures per workload, each command in a new process (wall time, peak RSS of the process and
 its children, sampled every 20 ms):
@@ -27,6 +28,7 @@ its children, sampled every 20 ms):
    before the clock starts) at 2, 4 and 8 in flight; the best is "the write limit";
 7. mlflow-migration's `import-experiment` of its export into a fresh experiment.
 
+--export-only measures 1 to 3 only (and, for C, only the export).
 Every copy is checked (not timed): the bundle's and the importer's summaries must count every
 run and point, and mlflow-migration's export and import are counted on disk and on the server.
 Each row also shows the share of the machine's CPU that other processes used meanwhile; before
@@ -343,11 +345,12 @@ class OtherLoad:
 
 
 def find_python312() -> Optional[str]:
-    found = shutil.which("python3.12")
-    if found:
-        return found
-    for candidate in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")), reverse=True):
-        return candidate
+    """A Python 3.12 that runs (a pyenv shim on PATH may exist and refuse to)."""
+    candidates = [shutil.which("python3.12")] + sorted(
+        glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")), reverse=True)
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
     return None
 
 
@@ -514,6 +517,10 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
                 fig.notes.append(f"mlflow-migration export: its JSON {size / points:.0f} bytes/point "
                                  f"({size / 2**20:,.1f} MB)")
 
+    if args.export_only:
+        shutil.rmtree(work)
+        return fig
+
     # -- import, migrate ----------------------------------------------------------------------
     fig.start()
     r = measure(importer_cmd("import", str(bundle), "--tracking-uri", dests["import"].url,
@@ -605,7 +612,11 @@ def main() -> None:
                          "was always the slowest, at half the best, and costs minutes: add it with 1,2,4,8)")
     ap.add_argument("--big", action="store_true",
                     help="also one run of 5M points (importer only, for the 300 MB target; ~15 min more)")
-    ap.add_argument("--big-points", type=int, default=5_000_000)
+    ap.add_argument("--big-points", default="5000000",
+                    help="points of workload C; a comma list (1000000,2000000,5000000) measures one "
+                         "run of each size, to compare the peaks of memory")
+    ap.add_argument("--export-only", action="store_true",
+                    help="measure only the export side: importer export, the raw read, mlflow-migration's export")
     ap.add_argument("--only", choices=["A", "B", "C"], action="append",
                     help="run only these workloads (repeatable)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload's steps (a quick try: 0.05)")
@@ -630,10 +641,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="importer-bench-migrate-") as tmp:
         folder = Path(tmp)
         workers = 4 if args.flavor == "default" else 2
-        servers = {role: LocalServer(folder / role, flavor=args.flavor, workers=workers)
-                   for role in ("source", "import", "migrate", "raw")}
-        print(f"starting 4 mlflow {mlflow_version} servers ({args.flavor}, {workers} workers): "
-              f"source, and fresh destinations for import, migrate and the raw replay ...", flush=True)
+        roles = ("source",) if args.export_only else ("source", "import", "migrate", "raw")
+        servers = {role: LocalServer(folder / role, flavor=args.flavor, workers=workers) for role in roles}
+        print(f"starting {len(roles)} mlflow {mlflow_version} servers ({args.flavor}, {workers} workers): "
+              f"{', '.join(roles)} ...", flush=True)
         starters = [threading.Thread(target=s.start) for s in servers.values()]
         try:
             [t.start() for t in starters]
@@ -654,12 +665,18 @@ def main() -> None:
                 figs.append(bench_workload("B", "one run, 5 keys x 100,000 steps, 20 params, 5 tags, 2 artifacts",
                                            make_runs(folder, 1, 5, int(100_000 * args.scale), noisy=True), folder, servers["source"], dests,
                                            args, tool_bin, tool_why, load))
-            if "C" in workloads:
-                steps = int(args.big_points * args.scale) // 5
-                figs.append(bench_workload("C", f"one run, 5 keys x {steps:,} steps (importer only)",
+            sizes = [int(x) for x in args.big_points.split(",")]
+            for size in sizes if "C" in workloads else []:
+                steps = int(size * args.scale) // 5
+                name = "C" if len(sizes) == 1 else f"C{steps * 5:_}"
+                figs.append(bench_workload(name, f"one run, 5 keys x {steps:,} steps (importer only)",
                                            make_runs(folder, 1, 5, steps, noisy=True), folder, servers["source"], dests,
                                            args, tool_bin, tool_why, load, importer_only=True))
             report(figs)
+            peaks = [(f.points, f.best["export"].peak) for f in figs if f.name.startswith("C")]
+            if len(peaks) > 1:
+                print("\npeak RSS of export by run size: "
+                      + ", ".join(f"{n:,} points {peak / 2**20:,.0f} MB" for n, peak in peaks))
             print(f"\n(measured in {time.perf_counter() - started:.0f} s)")
         finally:
             for s in servers.values():

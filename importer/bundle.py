@@ -177,10 +177,12 @@ class MetricsWriter:
                 column_encoding={"step": "DELTA_BINARY_PACKED", "timestamp": "DELTA_BINARY_PACKED",
                                  "value": "BYTE_STREAM_SPLIT"})
         n = self._rows
-        cols = [pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array([self._key]))]
+        cols = [pa.DictionaryArray.from_arrays(pa.repeat(pa.scalar(0, pa.int32()), n), pa.array([self._key]))]
         for field in list(METRICS_SCHEMA)[1:]:
-            chunks = [t.column(field.name).cast(field.type) if field.name in t.column_names
-                      else pa.nulls(t.num_rows, field.type) for t in self._pending]
+            # Arrays, not ChunkedArrays: pa.chunked_array converts a ChunkedArray point by point.
+            chunks = [chunk for t in self._pending for chunk in
+                      (t.column(field.name).cast(field.type).chunks if field.name in t.column_names
+                       else [pa.nulls(t.num_rows, field.type)])]
             cols.append(pa.chunked_array(chunks, field.type))
         self._writer.write_table(pa.table(cols, schema=METRICS_SCHEMA))
         self._pending, self._rows = [], 0

@@ -172,11 +172,26 @@ async def history_pages(api: MlflowApi, run_id: str, key: str) -> AsyncIterator[
     async for page in api.metric_history_pages(run_id, key):
         if not page:
             continue
-        cols = {"step": pa.array([int(m.get("step", 0)) for m in page], pa.int64()),
-                "timestamp": pa.array([int(m["timestamp"]) for m in page], pa.int64()),
-                "value": pa.array([_VALUES.get(v, v) if isinstance(v, str) else float(v)
-                                   for v in (m.get("value", 0.0) for m in page)], pa.float64())}
+        cols = {"step": _int64s([m.get("step", 0) for m in page]),
+                "timestamp": _int64s([m["timestamp"] for m in page]),
+                "value": _doubles([m.get("value", 0.0) for m in page])}
         for name in OPTIONAL_METRIC_FIELDS:
             if any(name in m for m in page):
                 cols[name] = pa.array([m.get(name) for m in page], pa.string())
         yield pa.table(cols)
+
+
+# Arrow converts a list of JSON numbers at C speed; only a page it refuses takes the per-point way.
+
+def _int64s(values: list) -> pa.Array:
+    try:
+        return pa.array(values, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # an int64 sent as a string
+        return pa.array([int(v) for v in values], pa.int64())
+
+
+def _doubles(values: list) -> pa.Array:
+    try:
+        return pa.array(values, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # "NaN", "Infinity", "-Infinity"
+        return pa.array([_VALUES.get(v, v) if isinstance(v, str) else float(v) for v in values], pa.float64())

@@ -6,6 +6,7 @@ facts computed independently. Where our mapping differs from the raw facts the t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -323,6 +324,15 @@ def test_yolo_results_txt_partial_and_bad_lines(tmp_path):
     assert p.location == "line 2" and "fields" in p.message
 
 
+def _read_table(path, options):
+    """table.read, with a streamed run's points loaded (`rec.load`, as the sink does to compare)."""
+    result = table.read(path, options)
+    for rec in result.records:
+        if rec.load is not None and not result.problems:  # (a run with problems is never written)
+            asyncio.run(rec.load())
+    return result
+
+
 def _csv_options(**kw):
     return SourceOptions(experiment="exp", **kw)
 
@@ -330,7 +340,7 @@ def _csv_options(**kw):
 def test_generic_csv_step_time_prefix(tmp_path):
     f = _write(tmp_path, "m.csv", b"it,wall,loss,val/AR@100\n10,1718000000.5,1.0,\n20,1718000001,0.5,0.3\n")
     assert table.detect(f)
-    result = table.read(f, _csv_options(step_column="it", time_column="wall", key_prefix="p/"))
+    result = _read_table(f, _csv_options(step_column="it", time_column="wall", key_prefix="p/"))
     assert result.problems == []
     rec = result.records[0]
     assert rec.experiment == "exp" and rec.name == "m"
@@ -343,7 +353,7 @@ def test_generic_csv_step_time_prefix(tmp_path):
 
 def test_generic_csv_iso_times_and_derived_steps(tmp_path):
     f = _write(tmp_path, "m.csv", b"time,loss\n2024-01-01T00:00:00Z,1\n2024-01-01T00:00:01.5+00:00,2\n")
-    rec = table.read(f, _csv_options(time_column="time")).records[0]
+    rec = _read_table(f, _csv_options(time_column="time")).records[0]
     assert rec.metrics["loss"]["step"].to_pylist() == [0, 1]
     assert rec.metrics["loss"]["timestamp"].to_pylist() == [1704067200000, 1704067201500]
     assert rec.tags[DERIVED_STEPS_TAG]
@@ -351,7 +361,7 @@ def test_generic_csv_iso_times_and_derived_steps(tmp_path):
 
 def test_tsv(tmp_path):
     f = _write(tmp_path, "m.tsv", b"step\tloss\tacc\n0\t1.0\t\n1\t0.5\t0.9\n")
-    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    rec = _read_table(f, _csv_options(step_column="step")).records[0]
     assert rec.metrics["acc"].num_rows == 1 and rec.metrics["loss"].num_rows == 2
     assert rec.tags[DERIVED_TIMESTAMPS_TAG]
 
@@ -359,7 +369,7 @@ def test_tsv(tmp_path):
 def test_json_lines(tmp_path):
     f = _write(tmp_path, "m.jsonl", b'{"step": 0, "loss": 1.0, "val": {"acc": "nan"}}\n'
                                     b'{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
-    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    rec = _read_table(f, _csv_options(step_column="step")).records[0]
     assert rec.metrics["loss"]["step"].to_pylist() == [0, 1]
     assert math.isnan(rec.metrics["val.acc"]["value"][0].as_py())
 
@@ -368,7 +378,7 @@ def test_parquet(tmp_path):
     f = tmp_path / "m.parquet"
     pq.write_table(pa.table({"step": [0, 5, 10], "loss": [1.0, None, 0.25], "tag": ["a", "b", "c"]}), f)
     assert table.detect(f)
-    result = table.read(f, _csv_options(step_column="step"))
+    result = _read_table(f, _csv_options(step_column="step"))
     rec = result.records[0]
     assert rec.metrics["loss"].to_pylist() == [{"step": 0, "timestamp": None, "value": 1.0},
                                                {"step": 10, "timestamp": None, "value": 0.25}]
@@ -377,7 +387,7 @@ def test_parquet(tmp_path):
 
 def test_generic_csv_missing_step_column_is_a_problem(tmp_path):
     f = _write(tmp_path, "m.csv", b"a,b\n1,2\n")
-    (p,) = table.read(f, _csv_options(step_column="step")).problems
+    (p,) = _read_table(f, _csv_options(step_column="step")).problems
     assert "step" in p.message
 
 
@@ -388,7 +398,7 @@ def test_sample_logs_read_cleanly():
     for mod, path in cases:
         assert mod.detect(path), path
         opts = SourceOptions(step_column="step", time_column="time") if mod is table else SourceOptions()
-        result = mod.read(path, opts)
+        result = _read_table(path, opts) if mod is table else mod.read(path, opts)
         assert result.problems == [] and result.records and result.records[0].metrics, path
 
 
@@ -411,7 +421,7 @@ def test_csv_blocks_keep_exact_lines_and_rules(tmp_path, monkeypatch):
         lines.append(f"{i},{loss},{'' if i % 2 else i}")
     lines.insert(2201, "7,8")  # a row with too few cells
     f = _write(tmp_path, "m.csv", ("\n".join(lines) + "\n").encode())
-    result = table.read(f, _csv_options(step_column="step"))
+    result = _read_table(f, _csv_options(step_column="step"))
     where = {p.location: p.message for p in result.problems}
     # line = 1 (header) + row index + 1, +1 after the blank line, +1 after the second header,
     # +1 after the short row
@@ -426,7 +436,7 @@ def test_csv_blocks_values_and_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "_BLOCK", 1 << 10)
     rows = [f"{i * 10},{'' if i == 3 else i / 4},{' NA ' if i % 3 else 1e300}\n" for i in range(2000)]
     f = _write(tmp_path, "m.csv", b"it,loss,big\n" + "".join(rows).encode() + b"it,loss,big\n" + rows[0].encode())
-    result = table.read(f, _csv_options(step_column="it"))
+    result = _read_table(f, _csv_options(step_column="it"))
     assert result.problems == []
     loss = result.records[0].metrics["loss"]
     assert loss.num_rows == 2000  # 2000 rows + 1 after the repeated header, minus the empty cell
@@ -441,7 +451,7 @@ def test_csv_dense_columns_share_arrays(tmp_path):
                                                              for i in range(10)))
     data = table.read_delimited(f, [], keep_text=["step"])
     assert data.text["step"].type == pa.int64()  # integers are kept as int64, not as text
-    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    rec = _read_table(f, _csv_options(step_column="step")).records[0]
     a, b, c = (rec.metrics[k] for k in "abc")
 
     def step_buf(t):
@@ -480,10 +490,10 @@ def test_metric_tables_are_chunked_alike():
 def test_csv_step_and_time_cells_exact(tmp_path):
     # Arrow's integer parser reads `0x10` as 16: not a step by our rule; `+5` and `7.0` are.
     f = _write(tmp_path, "m.csv", b"step,loss\n+5,1\n7.0,2\n0x10,3\n")
-    (p,) = table.read(f, _csv_options(step_column="step")).problems
+    (p,) = _read_table(f, _csv_options(step_column="step")).problems
     assert p.location == "row 3 column 'step'" and "'0x10' is not an integer" in p.message
     g = _write(tmp_path, "t.csv", b"step,t,loss\n1,1718000000,1\n2,,2\n3,1718000002,3\n")
-    rec = table.read(g, _csv_options(step_column="step", time_column="t")).records[0]
+    rec = _read_table(g, _csv_options(step_column="step", time_column="t")).records[0]
     assert rec.metrics["loss"]["timestamp"].to_pylist() == [1718000000000, None, 1718000002000]
     assert rec.metrics["loss"]["step"].to_pylist() == [1, 2, 3]
 

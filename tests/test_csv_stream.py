@@ -3,6 +3,7 @@ same bytes read again as they are sent (importer/sources/table.py DelimitedRun).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -19,7 +20,7 @@ from importer import pipeline
 from importer.errors import ValidationError
 from importer.sources import table
 from importer.sources.base import SourceOptions
-from conftest import ROOT, View, tags_of
+from conftest import CORPUS, ROOT, View, tags_of
 
 KEYS = ("loss", "acc", "lr")
 
@@ -41,9 +42,7 @@ def _expected(rows: range) -> dict[str, list[tuple]]:
         for key, cell in zip(KEYS, cells):
             if cell == "":
                 continue
-            v = float(cell)
-            value = "NaN" if math.isnan(v) else (math.copysign(sys.float_info.max, v) if math.isinf(v) else v)
-            out[key].append((int(step), ms, value))
+            out[key].append((int(step), ms, _server_value(float(cell))))
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -177,3 +176,34 @@ def test_kill_9_then_rerun_equals_one_clean_run(uri, experiment, tmp_path):
     assert _stored(View(uri), experiment)[1] == _expected(range(15_000))
     again = subprocess.run(args + ["--json"], cwd=ROOT, capture_output=True)
     assert json.loads(again.stdout)["runs"]["unchanged"] == 1
+
+
+LIGHTNING = sorted(p for p in (CORPUS / "lightning").glob("*") if p.is_dir()) if CORPUS.is_dir() else []
+
+
+@pytest.mark.skipif(not LIGHTNING, reason=f"the shared corpus is not at {CORPUS}")
+@pytest.mark.parametrize("sample", LIGHTNING, ids=lambda p: p.name)
+def test_lightning_corpus_streams_exactly(sample, uri, experiment, state, never_whole):
+    """Lightning metrics.csv files are streamed too; the server holds exactly what loading the
+    same records whole gives (tests/test_source_tables.py checks those against expected.json)."""
+    summary = importer.import_paths([sample], uri, experiment=experiment, state=state)
+    assert not summary.failed, [o.error for o in summary.failed]
+    never_whole.undo()
+    records = importer.read_records([sample], experiment)
+    view = View(uri)
+    runs = view.by_key(experiment)
+    assert set(runs) == {r.import_key for r in records}
+    assert summary.points == sum(r.point_count for r in records)
+    for rec in records:
+        if rec.load is not None:
+            asyncio.run(rec.load())
+        run = runs[rec.import_key]
+        start = int(run["info"]["start_time"])
+        for key, t in rec.metrics.items():
+            want = sorted((s, start if ts is None else ts, _server_value(v)) for s, ts, v in
+                          zip(t["step"].to_pylist(), t["timestamp"].to_pylist(), t["value"].to_pylist()))
+            assert view.history(run["info"]["run_id"], key) == want, f"{rec.origin} {key}"
+
+
+def _server_value(v: float):
+    return "NaN" if math.isnan(v) else (math.copysign(sys.float_info.max, v) if math.isinf(v) else v)

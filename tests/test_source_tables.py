@@ -126,7 +126,7 @@ def test_lightning_corpus(sample):
     _need_corpus()
     exp = _expected(sample)
     assert lightning.detect(sample)
-    result = lightning.read(sample, SourceOptions())
+    result = _loaded(lightning.read(sample, SourceOptions()))
     assert result.problems == []
     by_name = {r.name: r for r in result.records}
     assert set(by_name) == {Path(v).name for v in exp["versions"]}
@@ -150,7 +150,7 @@ def test_lightning_corpus(sample):
 def test_lightning_single_newline_metrics_is_a_run_without_metrics():
     _need_corpus()
     folder = CORPUS / "lightning/01-dsanet-testtube-legacy/lightning_logs/version_0"
-    result = lightning.read(folder, SourceOptions())
+    result = _loaded(lightning.read(folder, SourceOptions()))
     assert result.problems == [] and len(result.records) == 1
     assert result.records[0].metrics == {} and result.records[0].params["n_head"] == "8"
 
@@ -282,7 +282,7 @@ def test_header_only_and_empty_files(tmp_path):
     result = keras.read(f, SourceOptions())
     assert result.problems == [] and len(result.records) == 1 and result.records[0].metrics == {}
     g = _write(tmp_path, "v/lightning_logs/version_0/metrics.csv", b"")
-    result = lightning.read(g.parent, SourceOptions())
+    result = _loaded(lightning.read(g.parent, SourceOptions()))
     assert result.problems == [] and result.records[0].metrics == {}
 
 
@@ -299,7 +299,7 @@ def test_lightning_sparse_rows_and_yaml_tags(tmp_path):
                               b"when: 2020-01-01\nblob: !!binary aGk=\nshape: !!python/tuple [1, 2]\n"
                               b"base: &a {x: 1}\nother: *a\nbad key?: 1\n")
     assert lightning.detect(tmp_path) and lightning.detect(v) and lightning.detect(v / "metrics.csv")
-    result = lightning.read(tmp_path, SourceOptions())
+    result = _loaded(lightning.read(tmp_path, SourceOptions()))
     assert result.problems == []
     rec = result.records[0]
     assert rec.name == "version_3" and rec.experiment == "my_model"
@@ -324,13 +324,17 @@ def test_yolo_results_txt_partial_and_bad_lines(tmp_path):
     assert p.location == "line 2" and "fields" in p.message
 
 
-def _read_table(path, options):
-    """table.read, with a streamed run's points loaded (`rec.load`, as the sink does to compare)."""
-    result = table.read(path, options)
+def _loaded(result):
+    """A source's result with its streamed runs' points loaded (`rec.load`, as the sink does to
+    compare with the server; a run with problems is never written, so never loaded)."""
     for rec in result.records:
-        if rec.load is not None and not result.problems:  # (a run with problems is never written)
+        if rec.load is not None and not result.problems:
             asyncio.run(rec.load())
     return result
+
+
+def _read_table(path, options):
+    return _loaded(table.read(path, options))
 
 
 def _csv_options(**kw):
@@ -398,7 +402,7 @@ def test_sample_logs_read_cleanly():
     for mod, path in cases:
         assert mod.detect(path), path
         opts = SourceOptions(step_column="step", time_column="time") if mod is table else SourceOptions()
-        result = _read_table(path, opts) if mod is table else mod.read(path, opts)
+        result = _loaded(mod.read(path, opts))
         assert result.problems == [] and result.records and result.records[0].metrics, path
 
 

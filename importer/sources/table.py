@@ -60,7 +60,8 @@ import yaml
 
 from ..errors import InputError, Problem
 from ..model import METRIC_SCHEMA, RunRecord
-from .base import DERIVED_STEPS_TAG, Metrics, SeriesFacts, SourceOptions, SourceResult, import_key
+from .base import (DERIVED_STEPS_TAG, Metrics, SeriesFacts, SourceOptions, SourceResult, import_key,
+                   safe_metric_key)
 
 NAME = "csv"
 
@@ -880,7 +881,9 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             result.problems.append(Problem(str(file), "", "not a .csv, .tsv, .jsonl or .parquet file"))
             continue
         if kind == "delimited":
-            rec = DelimitedRun(file, options).validate(result)
+            rec = DelimitedRun(file, _new_record(file, options), step_column=options.step_column,
+                               time_column=options.time_column, key_prefix=options.key_prefix,
+                               keep_text=_wanted_text(options)).validate(result)
             if rec is not None:
                 result.records.append(rec)
             continue
@@ -1002,26 +1005,33 @@ def _record(file: Path, data: TableData, options: SourceOptions, result: SourceR
 
 
 class DelimitedRun:
-    """A generic CSV/TSV file as one run, in two passes over the same bytes, so memory does not
-    grow with the file: the points are never all held.
+    """A delimited file as one run (generic CSV/TSV, a Lightning metrics.csv), in two passes over
+    the same bytes, so memory does not grow with the file: its points are never all held.
 
     `validate` reads the file block by block (4 MB), converts every block exactly as it will be
     sent and keeps only the run's facts: problems, tags, per key its points and step range
-    (`series`), the earliest time of a point (`min_timestamp`: the sink's start time), the
-    time column's scale, the bytes accepted (`end`) and their SHA-256. It sets itself as the
-    record's `load`, the way export bundles and servers give their runs:
+    (`series`), the earliest time of a point (`min_timestamp`: the sink's start time), the time
+    column's scale, the bytes accepted (`end`) and their SHA-256. It sets itself as the record's
+    `load`, the way export bundles and servers give their runs:
 
     * `pages()` reads those bytes again, block by block, and yields (key, METRIC_SCHEMA table)
       of each block: the sink streams them to the server. Bytes appended since are not read (the
       next import appends them); bytes changed since are an error before anything is sent.
     * `await load()` puts every page in `rec.metrics` (the sink's path when it must compare
       with what the server holds, and dry runs).
-    """
 
-    def __init__(self, file: Path, options: SourceOptions):
-        self.file, self.options = file, options
-        self.delimiter = SUFFIXES[file.suffix.lower()]
-        self.rec = _new_record(file, options)
+    Columns: `step_column` / `time_column` are read as text (`keep_text`; with `text_only` they
+    are no metric); every other named column is a metric `key_prefix + name`. A column with no
+    number in it is text: a metric without points (`text_keys`) or no metric at all."""
+
+    def __init__(self, file: Path, rec: RunRecord, *, step_column: Optional[str] = None,
+                 time_column: Optional[str] = None, key_prefix: str = "",
+                 keep_text: Iterable[str] = (), text_only: bool = True, text_keys: bool = True):
+        self.file, self.rec = file, rec
+        self.step_column, self.time_column, self.key_prefix = step_column, time_column, key_prefix
+        self.keep_text, self.text_only, self.text_keys = set(keep_text), text_only, text_keys
+        self.delimiter = SUFFIXES.get(file.suffix.lower(), ",")
+        self.text_columns: set[str] = set()  # not metrics (text_keys False), learnt by validate
         self.end = 0
         self.digest = ""
         self.scale: Optional[float] = None
@@ -1029,21 +1039,20 @@ class DelimitedRun:
         self.min_timestamp: Optional[int] = None
 
     def _reader(self, problems: list[Problem]) -> _CsvReader:
-        return _CsvReader(self.file, problems, self.delimiter, _wanted_text(self.options), NULL_CELLS,
-                          text_only=True)
+        return _CsvReader(self.file, problems, self.delimiter, self.keep_text, NULL_CELLS, self.text_only)
 
     def _convert(self, block: Block, metrics: MetricBuilder, times: Optional[TimeColumn],
                  problems: list[Problem]) -> bool:
         """The block's metric tables into `metrics`; False after a problem with its steps or times."""
-        opts = self.options
-        if opts.step_column:
-            steps = integer_steps(block.text[opts.step_column], str(self.file), opts.step_column,
+        if self.step_column:
+            steps = integer_steps(block.text[self.step_column], str(self.file), self.step_column,
                                   problems, block.first_row)
             if steps is None:
                 return False
         else:
             steps = pc.add(row_steps(block.rows), block.first_row)
-        names = [n for n in block.values if n and n not in (opts.step_column, opts.time_column)]
+        names = [n for n in block.values if n and n not in (self.step_column, self.time_column)
+                 and n not in self.text_columns]
         stamps = None
         if times is not None:
             with_point = None
@@ -1052,16 +1061,16 @@ class DelimitedRun:
                 with_point = valid if with_point is None else pc.or_(with_point, valid)
             if with_point is None:
                 with_point = pa.array([False] * block.rows, pa.bool_())
-            stamps = times.block(block.text[opts.time_column], block.first_row, with_point)
+            stamps = times.block(block.text[self.time_column], block.first_row, with_point)
             if stamps is None:
                 return False
         metrics.next_block(block.first_row)
         for name in names:
-            metrics.add(opts.key_prefix + name, steps, block.values[name], stamps)
+            metrics.add(self.key_prefix + name, steps, block.values[name], stamps)
         return True
 
     def _columns_present(self, data: TableData, problems: list[Problem]) -> bool:
-        for column, what in ((self.options.step_column, "step"), (self.options.time_column, "time")):
+        for column, what in ((self.step_column, "step"), (self.time_column, "time")):
             if column and column not in data.header:
                 problems.append(Problem(str(self.file), "header", f"no {what} column {column!r}"))
                 return False
@@ -1074,11 +1083,11 @@ class DelimitedRun:
         data = reader.open()
         if data is None:
             return None
-        rec, opts = self.rec, self.options
+        rec = self.rec
         convert = self._columns_present(data, result.problems)
         metrics = MetricBuilder(str(self.file), result, streamed=True)
-        times = TimeColumn(str(self.file), opts.time_column, result.problems, result.notes) \
-            if opts.time_column else None
+        times = TimeColumn(str(self.file), self.time_column, result.problems, result.notes) \
+            if self.time_column else None
         with _reading_pool():
             for block in reader.blocks(data):
                 convert = convert and self._convert(block, metrics, times, result.problems)
@@ -1091,10 +1100,15 @@ class DelimitedRun:
             result.notes.append(f"{self.file}: {len(data.header_repeats)} repeated header row(s) skipped")
         if not convert:
             return rec
-        if not opts.step_column and data.rows:
+        if not self.step_column and data.rows:
             rec.tags[DERIVED_STEPS_TAG] = DERIVED_STEPS_TEXT
         if data.text_columns:
             result.notes.append(f"{self.file}: text columns are not metrics: {', '.join(data.text_columns)}")
+            if not self.text_keys:
+                self.text_columns = set(data.text_columns)
+                for key in [self.key_prefix + n for n in data.text_columns]:
+                    metrics.series.pop(safe_metric_key(key), None)
+                    metrics.renamed.pop(key, None)
         metrics.finish(rec)
         if times is not None:
             self.scale, self.min_timestamp = times.scale, times.earliest_ms()
@@ -1103,7 +1117,7 @@ class DelimitedRun:
         self.digest = _prefix_digest(self.file, self.end)
         rec.points_to_load = sum(f.points for f in self.series.values())
         rec.signature = "csv-" + hashlib.sha256(json.dumps(
-            [self.digest, self.end, opts.step_column, opts.time_column, opts.key_prefix]).encode()).hexdigest()
+            [self.digest, self.end, self.step_column, self.time_column, self.key_prefix]).encode()).hexdigest()
         rec.load = self
         return rec
 
@@ -1116,8 +1130,8 @@ class DelimitedRun:
         reader = self._reader(problems)
         data = reader.open(self.end)
         metrics = MetricBuilder(str(self.file), SourceResult(problems=problems), streamed=True)
-        times = TimeColumn(str(self.file), self.options.time_column, problems, [], self.scale) \
-            if self.options.time_column else None
+        times = TimeColumn(str(self.file), self.time_column, problems, [], self.scale) \
+            if self.time_column else None
         blocks = reader.blocks(data)
         try:
             while True:

@@ -207,3 +207,16 @@ def test_lightning_corpus_streams_exactly(sample, uri, experiment, state, never_
 
 def _server_value(v: float):
     return "NaN" if math.isnan(v) else (math.copysign(sys.float_info.max, v) if math.isinf(v) else v)
+
+
+def test_a_log_rewritten_shorter_is_compared_with_the_server(uri, experiment, state, tmp_path):
+    """Fewer points than the ledger counts as sent: not a grown log, so not streamed on the
+    ledger's word; the points the server lacks are found by comparing and sent."""
+    f = _write(tmp_path / "m.csv", range(100))
+    importer.import_paths([f], uri, experiment=experiment, options=_options(), state=state)
+    f.unlink()
+    _write(f, range(100, 150))
+    summary = importer.import_paths([f], uri, experiment=experiment, options=_options(), state=state)
+    assert summary.count("appended") == 1 and not summary.failed
+    want = {k: sorted(a + b) for (k, a), b in zip(_expected(range(100)).items(), _expected(range(100, 150)).values())}
+    assert _stored(View(uri), experiment)[1] == want

@@ -592,3 +592,31 @@ def test_yolo_results_txt_bad_rows(tmp_path):
                                                        + "\n").encode())
     (p,) = yolo.read(k, SourceOptions()).problems  # 16 fields, field 2 not batch/last: the 2019-08 layout
     assert p.location == "line 1" and "column 2 ('train/gpu_mem'): '99-99' is not a number" == p.message
+
+
+def test_csv_time_scale_is_decided_on_the_whole_column(tmp_path, monkeypatch):
+    """Numbers are seconds only when every one in the column is < 1e11: a streamed file learns it
+    in the validation pass, so early blocks are not read as seconds because a late one has ms."""
+    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    rows = ["0,0.5,\n"] + [f"{i},{i * 1.5},{i}\n" for i in range(1, 1000)] + ["1000,1718000000000,5\n"]
+    f = _write(tmp_path, "m.csv", b"step,t,loss\n" + "".join(rows).encode())
+    result = table.read(f, _csv_options(step_column="step", time_column="t"))
+    (rec,) = result.records
+    assert result.problems == [] and rec.load.min_timestamp == 1  # row 0 has no point
+    assert rec.load.series["loss"].points == 1000 and rec.load.series["loss"].steps == (1, 1000)
+    _loaded(result)
+    stamps = rec.metrics["loss"]["timestamp"].to_pylist()
+    assert stamps[:3] == [1, 3, 4] and stamps[-1] == 1718000000000 and rec.metrics["loss"].num_rows == 1000
+
+
+def test_csv_time_column_of_two_kinds_is_a_problem(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    """Numbers in early blocks, ISO times in later ones: one problem (as when read whole), at the
+    block where the kind changes."""
+    rows = [f"{i},{1718000000 + i},{i}\n" for i in range(500)]
+    rows += [f"{i},2024-06-10T06:13:{i % 60:02d}Z,1\n" for i in range(500, 1000)]
+    f = _write(tmp_path, "m.csv", b"step,t,loss\n" + "".join(rows).encode())
+    (p,) = table.read(f, _csv_options(step_column="step", time_column="t")).problems
+    row = int(p.location.split()[1])
+    assert p.location.endswith("column 't'") and 450 < row <= 501, p
+    assert "is neither a number nor an ISO 8601 time" in p.message or "is not written like" in p.message

@@ -177,7 +177,8 @@ class MlflowSink:
         # page, when no comparison with the server's copy is needed: memory stays flat.
         pages = getattr(rec.load, "pages", None)
         stream = (pages is not None and not self.dry_run and _start_known(rec)
-                  and (run is None or trust_ledger))
+                  and (run is None or (trust_ledger
+                                       and not _shrunk(rec, self.ledger.progress(run["info"]["run_id"])))))
         if stream:
             rec.artifacts = await rec.load.artifacts()
         elif rec.load is not None:
@@ -497,6 +498,13 @@ def _start_known(rec: RunRecord) -> bool:
     """Whether `_start_time` can tell without the run's points: a start time, or a source that
     knows its earliest point's time (a streamed log)."""
     return rec.start_time is not None or hasattr(rec.load, "min_timestamp")
+
+
+def _shrunk(rec: RunRecord, sent: dict[str, int]) -> bool:
+    """A streamed log holding fewer points of a series than the ledger counts as sent was rewritten,
+    not grown: it is compared with the server's copy instead."""
+    series = getattr(rec.load, "series", None)
+    return series is not None and any(n > (series[k].points if k in series else 0) for k, n in sent.items())
 
 
 async def _aiter(items):

@@ -7,9 +7,11 @@ Formats, by file suffix (content decides between them only for `detect`):
   Streamed with pyarrow's CSV reader in 4 MB blocks (plain reads, at most two blocks ahead), every
   cell as bytes first, so invalid UTF-8 and non-numbers are found and located by us, not by a
   reader exception. Each block becomes float64 columns (and int64 for a step column) at once and
-  its text is dropped: memory holds 8 bytes per numeric cell, not the file. Peak RSS of the whole
-  `importer validate` process (about 100 MB of it is the process itself) for 10 million points:
-  200-230 MB as 1M rows x 10 columns, 275-290 MB as 10M rows x 1 column (bench/bench_parse.py).
+  its text is dropped. A generic file (and a Lightning metrics.csv) is a DelimitedRun: validation
+  keeps only the run's facts, and the points are read again from the validated bytes as they are
+  sent, so neither `importer validate` nor `importer import` holds the points (peak RSS in
+  BENCHMARKS.md, bench/bench_parse.py and bench/bench_csv_import.py). Keras and YOLO files (rows
+  are epochs) are read whole: 8 bytes per numeric cell, not the file.
 * `.jsonl` / `.ndjson`: one JSON object per line (pyarrow.json); nested objects become dotted keys
   (`{"val": {"loss": 1}}` -> `val.loss`). JSON has no NaN: Python's `NaN`/`Infinity` literals are a
   problem, strings "NaN", "nan", "inf", "-Infinity" are numbers.

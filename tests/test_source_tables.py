@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -620,3 +621,39 @@ def test_csv_time_column_of_two_kinds_is_a_problem(tmp_path, monkeypatch):
     row = int(p.location.split()[1])
     assert p.location.endswith("column 't'") and 450 < row <= 501, p
     assert "is neither a number nor an ISO 8601 time" in p.message or "is not written like" in p.message
+
+
+def test_csv_reader_stays_a_few_blocks_ahead_of_a_slow_consumer(tmp_path, monkeypatch):
+    """A streamed run's pages are taken as fast as a server takes them: the reader must not read
+    the rest of the file ahead meanwhile (Arrow's reader would go 32 blocks ahead)."""
+    monkeypatch.setattr(table, "_BLOCK", 1 << 14)
+    leads = []
+
+    class Counted(table._Paced):
+        reads = consumed_ = 0
+
+        def read(self, nbytes=-1):
+            buf = super().read(nbytes)
+            if buf.size:
+                self.reads += 1
+                leads.append(self.reads - self.consumed_)
+            return buf
+
+        def consumed(self):
+            self.consumed_ += 1
+            super().consumed()
+
+    monkeypatch.setattr(table, "_Paced", Counted)
+    f = _write(tmp_path, "m.csv", b"step,a,b\n" + b"".join(b"%d,%d.5,%d\n" % (i, i, -i) for i in range(20_000)))
+    (rec,) = table.read(f, _csv_options(step_column="step")).records
+
+    async def slowly():
+        n = 0
+        async for _, t in rec.load.pages():
+            n += t.num_rows
+            time.sleep(0.15)  # slower than a moment the reader might wait
+        return n
+
+    leads.clear()
+    assert asyncio.run(slowly()) == 40_000
+    assert len(leads) > 15 and max(leads) <= table._READ_AHEAD + 2, max(leads)

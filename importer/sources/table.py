@@ -250,17 +250,21 @@ class _Paced:
     Plain reads, not a memory map (a map's pages count in the process's memory once read). The
     reader reads its blocks on a background thread up to 32 ahead (128 MB of 4 MB blocks) when
     the consumer is slower than the disk; here each read waits for a permit, and every consumed
-    batch gives one back. A wait gives up after a moment, so a reader that needs more blocks for
-    its next batch (a long run of blank or invalid lines) is slowed down, never stuck."""
+    batch gives one back. A read goes on without a permit only while the consumer is waiting for
+    a batch (`waiting`): the reader then needs more blocks to give it one (a long run of blank or
+    invalid lines), so it is never stuck. A slow consumer (a run being sent to a server) keeps
+    the reader _READ_AHEAD blocks ahead, whatever the file's size."""
 
     def __init__(self, file: pa.NativeFile, start: int, end: int):
         self._file, self._stream = file, file.get_stream(start, end - start)
         self._permits = threading.Semaphore(_READ_AHEAD)
         self._pos = 0
         self.closed = False
+        self.waiting = False  # the consumer waits for the next batch
 
     def read(self, nbytes: int = -1) -> pa.Buffer:
-        self._permits.acquire(timeout=0.2)
+        while not self._permits.acquire(timeout=0.05) and not (self.waiting or self.closed):
+            pass
         buf = self._stream.read_buffer(nbytes)  # Arrow memory, handed over without a copy
         self._pos += buf.size
         return buf
@@ -448,8 +452,14 @@ class _CsvReader:
         numeric = {n: 0 for n in self.numeric_names}
         first_bad: dict[str, _Bad] = {}
         delivered = kept = 0
+        batches = iter(reader)
         try:
-            for batch in reader:
+            while True:
+                stream.waiting = True
+                batch = next(batches, None)
+                stream.waiting = False
+                if batch is None:
+                    break
                 columns = []
                 for i, col in enumerate(batch.columns):
                     try:

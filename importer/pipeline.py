@@ -197,13 +197,18 @@ def inspect(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwarg
     inputs = read_inputs(paths, experiment, strict=False, **kwargs)
     runs = []
     for rec in inputs.records:
-        if rec.load is not None:  # a bundle's run: read it for the report, then let it go
-            asyncio.run(rec.load())
-        metrics = {}
-        for key, table in rec.metrics.items():
-            steps = table.column("step")
-            metrics[key] = {"points": table.num_rows,
-                            "steps": [pc.min(steps).as_py(), pc.max(steps).as_py()] if table.num_rows else None}
+        series = getattr(rec.load, "series", None)  # a streamed log: its facts, not its points
+        if series is not None:
+            metrics = {key: {"points": f.points, "steps": list(f.steps) if f.steps else None}
+                       for key, f in series.items()}
+        else:
+            if rec.load is not None:  # a bundle's run: read it for the report, then let it go
+                asyncio.run(rec.load())
+            metrics = {}
+            for key, table in rec.metrics.items():
+                steps = table.column("step")
+                metrics[key] = {"points": table.num_rows,
+                                "steps": [pc.min(steps).as_py(), pc.max(steps).as_py()] if table.num_rows else None}
         runs.append({"origin": rec.origin, "experiment": rec.experiment, "name": rec.name,
                      "import_key": rec.import_key, "status": rec.status, "start_time": rec.start_time,
                      "end_time": rec.end_time, "params": len(rec.params), "tags": rec.tags,

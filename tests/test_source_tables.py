@@ -6,8 +6,10 @@ facts computed independently. Where our mapping differs from the raw facts the t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -125,7 +127,7 @@ def test_lightning_corpus(sample):
     _need_corpus()
     exp = _expected(sample)
     assert lightning.detect(sample)
-    result = lightning.read(sample, SourceOptions())
+    result = _loaded(lightning.read(sample, SourceOptions()))
     assert result.problems == []
     by_name = {r.name: r for r in result.records}
     assert set(by_name) == {Path(v).name for v in exp["versions"]}
@@ -149,7 +151,7 @@ def test_lightning_corpus(sample):
 def test_lightning_single_newline_metrics_is_a_run_without_metrics():
     _need_corpus()
     folder = CORPUS / "lightning/01-dsanet-testtube-legacy/lightning_logs/version_0"
-    result = lightning.read(folder, SourceOptions())
+    result = _loaded(lightning.read(folder, SourceOptions()))
     assert result.problems == [] and len(result.records) == 1
     assert result.records[0].metrics == {} and result.records[0].params["n_head"] == "8"
 
@@ -281,7 +283,7 @@ def test_header_only_and_empty_files(tmp_path):
     result = keras.read(f, SourceOptions())
     assert result.problems == [] and len(result.records) == 1 and result.records[0].metrics == {}
     g = _write(tmp_path, "v/lightning_logs/version_0/metrics.csv", b"")
-    result = lightning.read(g.parent, SourceOptions())
+    result = _loaded(lightning.read(g.parent, SourceOptions()))
     assert result.problems == [] and result.records[0].metrics == {}
 
 
@@ -298,7 +300,7 @@ def test_lightning_sparse_rows_and_yaml_tags(tmp_path):
                               b"when: 2020-01-01\nblob: !!binary aGk=\nshape: !!python/tuple [1, 2]\n"
                               b"base: &a {x: 1}\nother: *a\nbad key?: 1\n")
     assert lightning.detect(tmp_path) and lightning.detect(v) and lightning.detect(v / "metrics.csv")
-    result = lightning.read(tmp_path, SourceOptions())
+    result = _loaded(lightning.read(tmp_path, SourceOptions()))
     assert result.problems == []
     rec = result.records[0]
     assert rec.name == "version_3" and rec.experiment == "my_model"
@@ -323,6 +325,19 @@ def test_yolo_results_txt_partial_and_bad_lines(tmp_path):
     assert p.location == "line 2" and "fields" in p.message
 
 
+def _loaded(result):
+    """A source's result with its streamed runs' points loaded (`rec.load`, as the sink does to
+    compare with the server; a run with problems is never written, so never loaded)."""
+    for rec in result.records:
+        if rec.load is not None and not result.problems:
+            asyncio.run(rec.load())
+    return result
+
+
+def _read_table(path, options):
+    return _loaded(table.read(path, options))
+
+
 def _csv_options(**kw):
     return SourceOptions(experiment="exp", **kw)
 
@@ -330,7 +345,7 @@ def _csv_options(**kw):
 def test_generic_csv_step_time_prefix(tmp_path):
     f = _write(tmp_path, "m.csv", b"it,wall,loss,val/AR@100\n10,1718000000.5,1.0,\n20,1718000001,0.5,0.3\n")
     assert table.detect(f)
-    result = table.read(f, _csv_options(step_column="it", time_column="wall", key_prefix="p/"))
+    result = _read_table(f, _csv_options(step_column="it", time_column="wall", key_prefix="p/"))
     assert result.problems == []
     rec = result.records[0]
     assert rec.experiment == "exp" and rec.name == "m"
@@ -343,7 +358,7 @@ def test_generic_csv_step_time_prefix(tmp_path):
 
 def test_generic_csv_iso_times_and_derived_steps(tmp_path):
     f = _write(tmp_path, "m.csv", b"time,loss\n2024-01-01T00:00:00Z,1\n2024-01-01T00:00:01.5+00:00,2\n")
-    rec = table.read(f, _csv_options(time_column="time")).records[0]
+    rec = _read_table(f, _csv_options(time_column="time")).records[0]
     assert rec.metrics["loss"]["step"].to_pylist() == [0, 1]
     assert rec.metrics["loss"]["timestamp"].to_pylist() == [1704067200000, 1704067201500]
     assert rec.tags[DERIVED_STEPS_TAG]
@@ -351,7 +366,7 @@ def test_generic_csv_iso_times_and_derived_steps(tmp_path):
 
 def test_tsv(tmp_path):
     f = _write(tmp_path, "m.tsv", b"step\tloss\tacc\n0\t1.0\t\n1\t0.5\t0.9\n")
-    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    rec = _read_table(f, _csv_options(step_column="step")).records[0]
     assert rec.metrics["acc"].num_rows == 1 and rec.metrics["loss"].num_rows == 2
     assert rec.tags[DERIVED_TIMESTAMPS_TAG]
 
@@ -359,7 +374,7 @@ def test_tsv(tmp_path):
 def test_json_lines(tmp_path):
     f = _write(tmp_path, "m.jsonl", b'{"step": 0, "loss": 1.0, "val": {"acc": "nan"}}\n'
                                     b'{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
-    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    rec = _read_table(f, _csv_options(step_column="step")).records[0]
     assert rec.metrics["loss"]["step"].to_pylist() == [0, 1]
     assert math.isnan(rec.metrics["val.acc"]["value"][0].as_py())
 
@@ -368,7 +383,7 @@ def test_parquet(tmp_path):
     f = tmp_path / "m.parquet"
     pq.write_table(pa.table({"step": [0, 5, 10], "loss": [1.0, None, 0.25], "tag": ["a", "b", "c"]}), f)
     assert table.detect(f)
-    result = table.read(f, _csv_options(step_column="step"))
+    result = _read_table(f, _csv_options(step_column="step"))
     rec = result.records[0]
     assert rec.metrics["loss"].to_pylist() == [{"step": 0, "timestamp": None, "value": 1.0},
                                                {"step": 10, "timestamp": None, "value": 0.25}]
@@ -377,7 +392,7 @@ def test_parquet(tmp_path):
 
 def test_generic_csv_missing_step_column_is_a_problem(tmp_path):
     f = _write(tmp_path, "m.csv", b"a,b\n1,2\n")
-    (p,) = table.read(f, _csv_options(step_column="step")).problems
+    (p,) = _read_table(f, _csv_options(step_column="step")).problems
     assert "step" in p.message
 
 
@@ -388,7 +403,7 @@ def test_sample_logs_read_cleanly():
     for mod, path in cases:
         assert mod.detect(path), path
         opts = SourceOptions(step_column="step", time_column="time") if mod is table else SourceOptions()
-        result = mod.read(path, opts)
+        result = _loaded(mod.read(path, opts))
         assert result.problems == [] and result.records and result.records[0].metrics, path
 
 
@@ -411,7 +426,7 @@ def test_csv_blocks_keep_exact_lines_and_rules(tmp_path, monkeypatch):
         lines.append(f"{i},{loss},{'' if i % 2 else i}")
     lines.insert(2201, "7,8")  # a row with too few cells
     f = _write(tmp_path, "m.csv", ("\n".join(lines) + "\n").encode())
-    result = table.read(f, _csv_options(step_column="step"))
+    result = _read_table(f, _csv_options(step_column="step"))
     where = {p.location: p.message for p in result.problems}
     # line = 1 (header) + row index + 1, +1 after the blank line, +1 after the second header,
     # +1 after the short row
@@ -426,7 +441,7 @@ def test_csv_blocks_values_and_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "_BLOCK", 1 << 10)
     rows = [f"{i * 10},{'' if i == 3 else i / 4},{' NA ' if i % 3 else 1e300}\n" for i in range(2000)]
     f = _write(tmp_path, "m.csv", b"it,loss,big\n" + "".join(rows).encode() + b"it,loss,big\n" + rows[0].encode())
-    result = table.read(f, _csv_options(step_column="it"))
+    result = _read_table(f, _csv_options(step_column="it"))
     assert result.problems == []
     loss = result.records[0].metrics["loss"]
     assert loss.num_rows == 2000  # 2000 rows + 1 after the repeated header, minus the empty cell
@@ -441,7 +456,7 @@ def test_csv_dense_columns_share_arrays(tmp_path):
                                                              for i in range(10)))
     data = table.read_delimited(f, [], keep_text=["step"])
     assert data.text["step"].type == pa.int64()  # integers are kept as int64, not as text
-    rec = table.read(f, _csv_options(step_column="step")).records[0]
+    rec = _read_table(f, _csv_options(step_column="step")).records[0]
     a, b, c = (rec.metrics[k] for k in "abc")
 
     def step_buf(t):
@@ -480,10 +495,10 @@ def test_metric_tables_are_chunked_alike():
 def test_csv_step_and_time_cells_exact(tmp_path):
     # Arrow's integer parser reads `0x10` as 16: not a step by our rule; `+5` and `7.0` are.
     f = _write(tmp_path, "m.csv", b"step,loss\n+5,1\n7.0,2\n0x10,3\n")
-    (p,) = table.read(f, _csv_options(step_column="step")).problems
+    (p,) = _read_table(f, _csv_options(step_column="step")).problems
     assert p.location == "row 3 column 'step'" and "'0x10' is not an integer" in p.message
     g = _write(tmp_path, "t.csv", b"step,t,loss\n1,1718000000,1\n2,,2\n3,1718000002,3\n")
-    rec = table.read(g, _csv_options(step_column="step", time_column="t")).records[0]
+    rec = _read_table(g, _csv_options(step_column="step", time_column="t")).records[0]
     assert rec.metrics["loss"]["timestamp"].to_pylist() == [1718000000000, None, 1718000002000]
     assert rec.metrics["loss"]["step"].to_pylist() == [1, 2, 3]
 
@@ -578,3 +593,67 @@ def test_yolo_results_txt_bad_rows(tmp_path):
                                                        + "\n").encode())
     (p,) = yolo.read(k, SourceOptions()).problems  # 16 fields, field 2 not batch/last: the 2019-08 layout
     assert p.location == "line 1" and "column 2 ('train/gpu_mem'): '99-99' is not a number" == p.message
+
+
+def test_csv_time_scale_is_decided_on_the_whole_column(tmp_path, monkeypatch):
+    """Numbers are seconds only when every one in the column is < 1e11: a streamed file learns it
+    in the validation pass, so early blocks are not read as seconds because a late one has ms."""
+    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    rows = ["0,0.5,\n"] + [f"{i},{i * 1.5},{i}\n" for i in range(1, 1000)] + ["1000,1718000000000,5\n"]
+    f = _write(tmp_path, "m.csv", b"step,t,loss\n" + "".join(rows).encode())
+    result = table.read(f, _csv_options(step_column="step", time_column="t"))
+    (rec,) = result.records
+    assert result.problems == [] and rec.load.min_timestamp == 1  # row 0 has no point
+    assert rec.load.series["loss"].points == 1000 and rec.load.series["loss"].steps == (1, 1000)
+    _loaded(result)
+    stamps = rec.metrics["loss"]["timestamp"].to_pylist()
+    assert stamps[:3] == [1, 3, 4] and stamps[-1] == 1718000000000 and rec.metrics["loss"].num_rows == 1000
+
+
+def test_csv_time_column_of_two_kinds_is_a_problem(tmp_path, monkeypatch):
+    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    """Numbers in early blocks, ISO times in later ones: one problem (as when read whole), at the
+    block where the kind changes."""
+    rows = [f"{i},{1718000000 + i},{i}\n" for i in range(500)]
+    rows += [f"{i},2024-06-10T06:13:{i % 60:02d}Z,1\n" for i in range(500, 1000)]
+    f = _write(tmp_path, "m.csv", b"step,t,loss\n" + "".join(rows).encode())
+    (p,) = table.read(f, _csv_options(step_column="step", time_column="t")).problems
+    row = int(p.location.split()[1])
+    assert p.location.endswith("column 't'") and 450 < row <= 501, p
+    assert "is neither a number nor an ISO 8601 time" in p.message or "is not written like" in p.message
+
+
+def test_csv_reader_stays_a_few_blocks_ahead_of_a_slow_consumer(tmp_path, monkeypatch):
+    """A streamed run's pages are taken as fast as a server takes them: the reader must not read
+    the rest of the file ahead meanwhile (Arrow's reader would go 32 blocks ahead)."""
+    monkeypatch.setattr(table, "_BLOCK", 1 << 14)
+    leads = []
+
+    class Counted(table._Paced):
+        reads = consumed_ = 0
+
+        def read(self, nbytes=-1):
+            buf = super().read(nbytes)
+            if buf.size:
+                self.reads += 1
+                leads.append(self.reads - self.consumed_)
+            return buf
+
+        def consumed(self):
+            self.consumed_ += 1
+            super().consumed()
+
+    monkeypatch.setattr(table, "_Paced", Counted)
+    f = _write(tmp_path, "m.csv", b"step,a,b\n" + b"".join(b"%d,%d.5,%d\n" % (i, i, -i) for i in range(20_000)))
+    (rec,) = table.read(f, _csv_options(step_column="step")).records
+
+    async def slowly():
+        n = 0
+        async for _, t in rec.load.pages():
+            n += t.num_rows
+            time.sleep(0.15)  # slower than a moment the reader might wait
+        return n
+
+    leads.clear()
+    assert asyncio.run(slowly()) == 40_000
+    assert len(leads) > 15 and max(leads) <= table._READ_AHEAD + 2, max(leads)

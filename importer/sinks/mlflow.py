@@ -176,8 +176,9 @@ class MlflowSink:
         # A run read on demand (a server, a bundle) is streamed straight from its source, page by
         # page, when no comparison with the server's copy is needed: memory stays flat.
         pages = getattr(rec.load, "pages", None)
-        stream = (pages is not None and not self.dry_run and rec.start_time is not None
-                  and (run is None or trust_ledger))
+        stream = (pages is not None and not self.dry_run and _start_known(rec)
+                  and (run is None or (trust_ledger
+                                       and not _shrunk(rec, self.ledger.progress(run["info"]["run_id"])))))
         if stream:
             rec.artifacts = await rec.load.artifacts()
         elif rec.load is not None:
@@ -306,7 +307,10 @@ class MlflowSink:
         because the run then exists and its start time is read back)."""
         if rec.start_time is not None:
             return rec.start_time
-        stamps = [pc.min(t.column("timestamp")).as_py() for t in rec.metrics.values() if t.num_rows]
+        if hasattr(rec.load, "min_timestamp"):  # a streamed log knows it without its points
+            stamps = [rec.load.min_timestamp]
+        else:
+            stamps = [pc.min(t.column("timestamp")).as_py() for t in rec.metrics.values() if t.num_rows]
         stamps = [s for s in stamps if s is not None]
         return min(stamps) if stamps else int(time.time() * 1000)
 
@@ -488,6 +492,19 @@ class MlflowSink:
                               f"({size} bytes stored); it will be uploaded again on the next run",
                               url=self.server)
         self.ledger.save_artifact(run["info"]["run_id"], art.dest, stored)
+
+
+def _start_known(rec: RunRecord) -> bool:
+    """Whether `_start_time` can tell without the run's points: a start time, or a source that
+    knows its earliest point's time (a streamed log)."""
+    return rec.start_time is not None or hasattr(rec.load, "min_timestamp")
+
+
+def _shrunk(rec: RunRecord, sent: dict[str, int]) -> bool:
+    """A streamed log holding fewer points of a series than the ledger counts as sent was rewritten,
+    not grown: it is compared with the server's copy instead."""
+    series = getattr(rec.load, "series", None)
+    return series is not None and any(n > (series[k].points if k in series else 0) for k, n in sent.items())
 
 
 async def _aiter(items):

@@ -68,31 +68,76 @@ def safe_metric_key(key: str) -> str:
     return mapped[:250]
 
 
+@dataclass
+class SeriesFacts:
+    """What a series streamed block by block adds up to, kept instead of its points."""
+
+    points: int = 0
+    steps: Optional[tuple[int, int]] = None  # (min, max)
+    missing_timestamps: bool = False
+    infinite: bool = False
+
+    def add(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        self.points += table.num_rows
+        lo, hi = pc.min_max(table.column("step")).values()
+        lo, hi = lo.as_py(), hi.as_py()
+        self.steps = (lo, hi) if self.steps is None else (min(lo, self.steps[0]), max(hi, self.steps[1]))
+        self.missing_timestamps = self.missing_timestamps or table.column("timestamp").null_count > 0
+        self.infinite = self.infinite or pc.any(pc.is_inf(table.column("value"))).as_py()
+
+
 class Metrics:
     """A run's metric tables under server-safe keys, and the tags they imply. The one place for:
     renaming keys the server rejects (`safe_metric_key`, tag RENAMED_METRICS_TAG, a note), a key
-    given twice after renaming (a problem), DERIVED_TIMESTAMPS_TAG and INFINITE_VALUES_TAG."""
+    given twice after renaming (a problem), DERIVED_TIMESTAMPS_TAG and INFINITE_VALUES_TAG.
 
-    def __init__(self, file: str, result: SourceResult):
-        self.file, self.result = file, result
+    `streamed`: a series comes in several tables (a file's blocks, in order) and only its facts
+    (`series`) are kept; `take()` hands over the tables added since the last call."""
+
+    def __init__(self, file: str, result: SourceResult, streamed: bool = False):
+        self.file, self.result, self.streamed = file, result, streamed
         self.tables: dict[str, pa.Table] = {}
         self.renamed: dict[str, str] = {}
+        self.series: dict[str, SeriesFacts] = {}
+        self._given: dict[str, str] = {}  # safe key -> the key it was given as
+        self.refused: set[str] = set()  # keys with a problem: their later blocks are ignored
 
     def add(self, key: str, table: pa.Table, where: str) -> None:
+        if key in self.refused:
+            return
         safe = safe_metric_key(key)
-        if safe in self.tables:
+        if safe in self._given and (not self.streamed or self._given[safe] != key):
             self.result.problems.append(Problem(self.file, where, f"metric key {safe!r} is given twice "
                                                 "(after mapping rejected characters)"))
+            if self.streamed:  # said once, not once per block
+                self.refused.add(key)
             return
+        self._given[safe] = key
         if safe != key:
             self.renamed[key] = safe
+        if self.streamed:
+            self.series.setdefault(safe, SeriesFacts()).add(table)
+            if safe in self.tables:
+                table = pa.concat_tables([self.tables[safe], table])
         self.tables[safe] = table
 
+    def take(self) -> dict[str, pa.Table]:
+        tables, self.tables = self.tables, {}
+        return tables
+
     def finish(self, rec: RunRecord) -> None:
-        rec.metrics = self.tables
-        if any(t.column("timestamp").null_count for t in self.tables.values()):
+        """The tags (and, unless streamed, the metrics) of the run."""
+        if self.streamed:
+            missing = any(f.missing_timestamps for f in self.series.values())
+            infinite = [k for k, f in self.series.items() if f.infinite]
+        else:
+            rec.metrics = self.tables
+            missing = any(t.column("timestamp").null_count for t in self.tables.values())
+            infinite = [k for k, t in self.tables.items() if pc.any(pc.is_inf(t.column("value"))).as_py()]
+        if missing:
             rec.tags[DERIVED_TIMESTAMPS_TAG] = "points without a timestamp have the run's start_time"
-        infinite = [k for k, t in self.tables.items() if pc.any(pc.is_inf(t.column("value"))).as_py()]
         if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
         if self.renamed:

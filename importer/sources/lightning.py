@@ -7,7 +7,8 @@ files (those are TensorBoardLogger folders); a folder with such version folders 
 folder, sorted by N).
 
 metrics.csv: Lightning writes one row per `log` call site and step, with train and validation
-values on different rows; an empty cell is no point (never 0). Steps: the `step` column; `epoch`
+values on different rows; an empty cell is no point (never 0). Read as table.DelimitedRun: validated
+block by block, its points streamed from the file when the run is written. Steps: the `step` column; `epoch`
 is then a metric too. Without a `step` column (test-tube era, PL <= 0.7) `epoch` is the step, and
 without either the row index 0..n-1 is (DERIVED_STEPS_TAG). Timestamps: not in the file, left null
 (DERIVED_TIMESTAMPS_TAG). test-tube's `created_at` column (local time without a zone) is text, not
@@ -28,19 +29,19 @@ logger's `name`, often `lightning_logs`).
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pv
 
 from ..errors import Problem
 from ..model import RunRecord
-from .base import DERIVED_STEPS_TAG, SourceOptions, SourceResult, checked_params, import_key
-from .table import (DERIVED_STEPS_TEXT, MetricBuilder, integer_steps, load_yaml,
-                    read_delimited, row_steps)
+from .base import SourceOptions, SourceResult, checked_params, import_key
+from .table import DelimitedRun, first_line, load_yaml, split_header
 
 NAME = "lightning"
 _VERSION = re.compile(r"^version_(\d+)$")
@@ -121,26 +122,17 @@ def _read_version(folder: Path, options: SourceOptions, result: SourceResult) ->
                     origin=f"{folder}: {folder.name}", name=folder.name)
     rec.params = _params(folder, rec.origin, result)
     file = folder / "metrics.csv"
-    if not file.is_file():
-        return rec
-    data = read_delimited(file, result.problems, keep_text=["step", "epoch"])
-    if data is None:
-        return rec
-    result.notes += data.notes
-    if data.text_columns:
-        result.notes.append(f"{file}: text columns are not metrics: {', '.join(data.text_columns)}")
-    step_column = next((c for c in ("step", "epoch") if c in data.text), None)
-    if step_column is None:
-        steps = row_steps(data.rows)
-        if data.rows:
-            rec.tags[DERIVED_STEPS_TAG] = DERIVED_STEPS_TEXT
-    else:
-        steps = integer_steps(data.text[step_column], str(file), step_column, result.problems)
-        if steps is None:
-            return rec
-    metrics = MetricBuilder(str(file), result)
-    for name, values in data.values.items():
-        if name != step_column and name not in data.text_columns:
-            metrics.add(name, steps, values)
-    metrics.finish(rec)
+    if file.is_file():  # streamed from the file when written (table.DelimitedRun)
+        DelimitedRun(file, rec, step_column=_step_column(file), keep_text=("step", "epoch"),
+                     text_only=False, text_keys=False).validate(result)
     return rec
+
+
+def _step_column(file: Path) -> Optional[str]:
+    """`step`, else `epoch` (test-tube era), else none (row numbers), as the header names them."""
+    line, _ = first_line(file)
+    try:
+        names = split_header(line, ",")
+    except (UnicodeDecodeError, csv.Error):
+        return None  # the reader reports the header
+    return next((c for c in ("step", "epoch") if c in names), None)

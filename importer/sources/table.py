@@ -7,9 +7,11 @@ Formats, by file suffix (content decides between them only for `detect`):
   Streamed with pyarrow's CSV reader in 4 MB blocks (plain reads, at most two blocks ahead), every
   cell as bytes first, so invalid UTF-8 and non-numbers are found and located by us, not by a
   reader exception. Each block becomes float64 columns (and int64 for a step column) at once and
-  its text is dropped: memory holds 8 bytes per numeric cell, not the file. Peak RSS of the whole
-  `importer validate` process (about 100 MB of it is the process itself) for 10 million points:
-  200-230 MB as 1M rows x 10 columns, 275-290 MB as 10M rows x 1 column (bench/bench_parse.py).
+  its text is dropped. A generic file (and a Lightning metrics.csv) is a DelimitedRun: validation
+  keeps only the run's facts, and the points are read again from the validated bytes as they are
+  sent, so neither `importer validate` nor `importer import` holds the points (peak RSS in
+  BENCHMARKS.md, bench/bench_parse.py and bench/bench_csv_import.py). Keras and YOLO files (rows
+  are epochs) are read whole: 8 bytes per numeric cell, not the file.
 * `.jsonl` / `.ndjson`: one JSON object per line (pyarrow.json); nested objects become dotted keys
   (`{"val": {"loss": 1}}` -> `val.loss`). JSON has no NaN: Python's `NaN`/`Infinity` literals are a
   problem, strings "NaN", "nan", "inf", "-Infinity" are numbers.
@@ -43,21 +45,25 @@ Rules (shared by every table-shaped source):
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 import yaml
 
-from ..errors import Problem
+from ..errors import InputError, Problem
 from ..model import METRIC_SCHEMA, RunRecord
-from .base import DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, import_key
+from .base import (DERIVED_STEPS_TAG, Metrics, SeriesFacts, SourceOptions, SourceResult, import_key,
+                   safe_metric_key)
 
 NAME = "csv"
 
@@ -175,6 +181,17 @@ class _Bad:
 
 
 @dataclass
+class Block:
+    """One block of a delimited file, converted: float64 `values` and `text` columns (as in
+    TableData) of its rows, which are the file's rows first_row .. first_row + rows - 1."""
+
+    first_row: int
+    rows: int
+    values: dict[str, pa.Array] = field(default_factory=dict)
+    text: dict[str, pa.Array] = field(default_factory=dict)
+
+
+@dataclass
 class TableData:
     """A table read from one file. `values` hold float64 (null where the cell is empty or not a
     number); `text` the columns asked for as text: int64 when every cell of the column is an
@@ -233,17 +250,21 @@ class _Paced:
     Plain reads, not a memory map (a map's pages count in the process's memory once read). The
     reader reads its blocks on a background thread up to 32 ahead (128 MB of 4 MB blocks) when
     the consumer is slower than the disk; here each read waits for a permit, and every consumed
-    batch gives one back. A wait gives up after a moment, so a reader that needs more blocks for
-    its next batch (a long run of blank or invalid lines) is slowed down, never stuck."""
+    batch gives one back. A read goes on without a permit only while the consumer is waiting for
+    a batch (`waiting`): the reader then needs more blocks to give it one (a long run of blank or
+    invalid lines), so it is never stuck. A slow consumer (a run being sent to a server) keeps
+    the reader _READ_AHEAD blocks ahead, whatever the file's size."""
 
     def __init__(self, file: pa.NativeFile, start: int, end: int):
         self._file, self._stream = file, file.get_stream(start, end - start)
         self._permits = threading.Semaphore(_READ_AHEAD)
         self._pos = 0
         self.closed = False
+        self.waiting = False  # the consumer waits for the next batch
 
     def read(self, nbytes: int = -1) -> pa.Buffer:
-        self._permits.acquire(timeout=0.2)
+        while not self._permits.acquire(timeout=0.05) and not (self.waiting or self.closed):
+            pass
         buf = self._stream.read_buffer(nbytes)  # Arrow memory, handed over without a copy
         self._pos += buf.size
         return buf
@@ -317,12 +338,21 @@ class _CsvReader:
         self.skipped: list[int] = []  # pyarrow's 1-based data row numbers of invalid rows
         self.invalid: list[tuple[int, str]] = []
         self.bad: list[_Bad] = []
+        self.fatal = False
+        self.start = self.end = 0
+        self.numeric_names: list[str] = []
+        self.text_names: list[str] = []
 
-    def read(self) -> Optional[TableData]:
+    def open(self, end: Optional[int] = None) -> Optional[TableData]:
+        """The header, and the bytes to read: [self.start, self.end), up to `end` when given (the
+        length a validation pass accepted), else up to the last line terminator. None when the
+        file cannot be used at all (its problem is recorded)."""
         data = TableData(self.file)
         size = self.path.stat().st_size
-        end = complete_end(self.path, size) if size else 0
+        if end is None:
+            end = complete_end(self.path, size) if size else 0
         data.partial_tail = end < size
+        self.start = self.end = end
         line, after = first_line(self.path)
         if after is None or after > end:  # no header yet (empty file, or a header being written)
             return data
@@ -341,10 +371,34 @@ class _CsvReader:
         for i, n in enumerate(names):
             if not n:
                 data.notes.append(f"{self.file}: column {i + 1} has no name; it is ignored")
+        self.start = after
+        return data
+
+    def read(self) -> Optional[TableData]:
+        """The whole file in memory (Keras, Lightning, YOLO): every block's columns kept."""
+        data = self.open()
+        if data is None or self.end <= self.start:
+            return data
+        values: dict[str, list[pa.Array]] = {}
+        texts: dict[str, list[pa.Array]] = {}
         with _reading_pool():
-            fatal = end > after and not self._rows(data, after, end)
-        self._report(data)
-        return None if fatal else data
+            for block in self.blocks(data):
+                for name, arr in block.values.items():
+                    values.setdefault(name, []).append(arr)
+                for name, arr in block.text.items():
+                    texts.setdefault(name, []).append(arr)
+        self.report(data)
+        if self.fatal:
+            return None
+        for name in self.numeric_names:
+            data.values[name] = pa.chunked_array(values.get(name, []), pa.float64())
+        for name in self.text_names:
+            parts = texts.get(name, [])
+            if all(pa.types.is_integer(p.type) for p in parts):
+                data.text[name] = pa.chunked_array(parts, pa.int64())
+            else:
+                data.text[name] = pa.chunked_array([p.cast(pa.string()) for p in parts], pa.string())
+        return data
 
     def _repeats(self, names: list[str], columns: list[pa.Array]) -> Optional[pa.Array]:
         """Rows of a block that repeat the header (a second header appended to the file), or None.
@@ -369,9 +423,16 @@ class _CsvReader:
         bad = pc.and_(pc.invert(empty), pc.invert(number))
         return pc.if_else(number, trimmed, None).cast(pa.float64()), bad
 
-    def _rows(self, data: TableData, start: int, end: int) -> bool:
-        """Fill `data` from the bytes [start, end); False when the rest cannot be read (not UTF-8)."""
+    def blocks(self, data: TableData) -> Iterator[Block]:
+        """The bytes [self.start, self.end) block by block, each block's cells converted at once.
+        Once every block is read, `data` holds the counts (rows, repeated headers, text columns)
+        and self.bad / self.invalid the problems (`report` words them); `fatal` is set when the
+        rest of the file cannot be read (not UTF-8)."""
         names = data.header
+        self.numeric_names = [n for n in names if n and not (self.text_only and n in self.keep_text)]
+        self.text_names = [n for n in names if n in self.keep_text]
+        if self.end <= self.start:
+            return
         cols = [f"c{i}" for i in range(len(names))]
 
         def invalid(row) -> str:
@@ -380,7 +441,7 @@ class _CsvReader:
                                               f"{row.expected_columns}"))
             return "skip"
 
-        stream = _Paced(pa.OSFile(self.file), start, end)
+        stream = _Paced(pa.OSFile(self.file), self.start, self.end)
         reader = pv.open_csv(
             pa.PythonFile(stream, mode="r"),
             read_options=pv.ReadOptions(column_names=cols, use_threads=False, block_size=_BLOCK),
@@ -388,14 +449,17 @@ class _CsvReader:
             convert_options=pv.ConvertOptions(column_types={c: pa.binary() for c in cols},
                                               null_values=self.null_list, strings_can_be_null=True,
                                               quoted_strings_can_be_null=False))
-        chunks: dict[str, list[pa.Array]] = {
-            n: [] for n in names if n and not (self.text_only and n in self.keep_text)}
-        texts: dict[str, list[pa.Array]] = {n: [] for n in names if n in self.keep_text}
-        numeric = {n: 0 for n in chunks}
+        numeric = {n: 0 for n in self.numeric_names}
         first_bad: dict[str, _Bad] = {}
         delivered = kept = 0
+        batches = iter(reader)
         try:
-            for batch in reader:
+            while True:
+                stream.waiting = True
+                batch = next(batches, None)
+                stream.waiting = False
+                if batch is None:
+                    break
                 columns = []
                 for i, col in enumerate(batch.columns):
                     try:
@@ -403,7 +467,8 @@ class _CsvReader:
                     except pa.ArrowInvalid:
                         at = _first_failing(col, _not_utf8)
                         self.bad.append(_Bad(delivered + at, i, "is not UTF-8"))
-                        return False
+                        self.fatal = True
+                        return
                 n_rows = batch.num_rows
                 del batch
                 repeat = self._repeats(names, columns) if names else None
@@ -415,15 +480,16 @@ class _CsvReader:
                     data.header_repeats += [kept + p - k for k, p in enumerate(positions)]
                     rows_kept = pc.indices_nonzero(keep)
                     columns = [c.filter(keep) for c in columns]
+                block = Block(first_row=kept, rows=n_rows - repeated)
                 for i, name in enumerate(names):
                     col, columns[i] = columns[i], None  # the block's text goes as soon as it is used
                     if not name:
                         continue
-                    if name in texts:
+                    if name in self.text_names:
                         trimmed = pc.utf8_trim_whitespace(col)
                         ints = _fast_integers(trimmed)
-                        texts[name].append(trimmed if ints is None else ints)
-                    if name not in chunks:
+                        block.text[name] = trimmed if ints is None else ints
+                    if name not in numeric:
                         continue
                     floats = _fast_floats(col)
                     if floats is None:
@@ -434,27 +500,22 @@ class _CsvReader:
                             cell = pc.utf8_trim_whitespace(col.slice(at, 1))[0].as_py()
                             first_bad[name] = _Bad(delivered + row, i, f"{cell!r} is not a number")
                     numeric[name] += len(floats) - floats.null_count
-                    chunks[name].append(floats)
+                    block.values[name] = floats
                 delivered += n_rows
                 kept += n_rows - repeated
+                yield block
+                del block
                 stream.consumed()
         finally:
             stream.close()
         data.rows = kept
-        for name, parts in chunks.items():
+        for name in self.numeric_names:
             if name in first_bad and numeric[name] == 0:
                 data.text_columns.append(name)  # e.g. test-tube's created_at
             elif name in first_bad and name not in self.keep_text:
                 self.bad.append(first_bad[name])
-            data.values[name] = pa.chunked_array(parts, pa.float64())
-        for name, parts in texts.items():
-            if all(pa.types.is_integer(p.type) for p in parts):
-                data.text[name] = pa.chunked_array(parts, pa.int64())
-            else:
-                data.text[name] = pa.chunked_array([p.cast(pa.string()) for p in parts], pa.string())
-        return True
 
-    def _report(self, data: TableData) -> None:
+    def report(self, data: TableData) -> None:
         """Turn row numbers into physical lines and record the problems."""
         skipped = sorted(self.skipped)
 
@@ -500,10 +561,11 @@ def _one(arr) -> pa.Array:
     return arr
 
 
-def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[Problem]
-                  ) -> Optional[pa.Array | pa.ChunkedArray]:
+def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[Problem],
+                  first_row: int = 0) -> Optional[pa.Array | pa.ChunkedArray]:
     """A step column as int64 (null where empty): TableData.text's int64 as it is, else its
-    trimmed cells. Integers only; `3.0` is allowed."""
+    trimmed cells. Integers only; `3.0` is allowed. `first_row`: the file's row index of the
+    first cell (a block's), for problems."""
     if pa.types.is_integer(text.type):
         return text.cast(pa.int64())  # chunked as it was read
     arr = _one(text)
@@ -522,7 +584,7 @@ def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[
     ok = pc.or_kleene(whole, pc.is_null(arr))  # a cell that is no number at all is not ok either
     if not pc.all(ok).as_py():
         at = pc.index(pc.invert(pc.fill_null(ok, False)), True).as_py()
-        problems.append(Problem(file, f"row {at + 1} column {column!r}",
+        problems.append(Problem(file, f"row {first_row + at + 1} column {column!r}",
                                 f"step {arr[at].as_py()!r} is not an integer"))
         return None
     return floats.cast(pa.int64())
@@ -530,32 +592,91 @@ def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[
 
 def ms_timestamps(text: pa.ChunkedArray, file: str, column: str, problems: list[Problem],
                   notes: list[str]) -> Optional[pa.Array | pa.ChunkedArray]:
-    """A time column as int64 milliseconds since the epoch (rules in the module docstring);
+    """A whole time column as int64 milliseconds since the epoch (rules in the module docstring);
     TableData.text's int64 or its trimmed cells."""
-    if pa.types.is_integer(text.type):
-        arr, number = text, None  # chunked as it was read
-    else:
-        arr = _one(text)
-        arr = pc.if_else(pc.is_in(arr, value_set=pa.array(list(NULL_CELLS))), None, arr)
-        number = pc.match_substring_regex(arr, _NUMBER)
-    if number is None or pc.all(pc.or_kleene(number, pc.is_null(arr))).as_py() is not False:
-        secs = arr.cast(pa.float64())
-        big = pc.max(pc.abs(secs)).as_py()
-        scale = 1000.0 if big is None or big < 1e11 else 1.0
-        return pc.floor(pc.multiply(secs, scale)).cast(pa.int64())
-    for unit_type, naive in ((pa.timestamp("ns", tz="UTC"), False), (pa.timestamp("ns"), True)):
-        try:
-            stamps = arr.cast(unit_type)
-        except pa.ArrowInvalid:
-            continue
-        if naive:
-            notes.append(f"{file}: times in column {column!r} have no UTC offset; read as UTC")
-        ms = pc.cast(stamps, pa.timestamp("ms", tz=unit_type.tz), safe=False)  # drops sub-ms
-        return ms.cast(pa.int64())
-    at = _first_failing(arr, lambda a: _fails_time(a))
-    problems.append(Problem(file, f"row {at + 1} column {column!r}",
-                            f"{arr[at].as_py()!r} is neither a number nor an ISO 8601 time"))
-    return None
+    return TimeColumn(file, column, problems, notes).block(text)
+
+
+class TimeColumn:
+    """A time column read as one or more blocks in file order: int64 milliseconds since the epoch.
+
+    One kind for the whole column: numbers, or ISO 8601 with a UTC offset, or without one (read as
+    UTC, noted). Numbers are epoch seconds when every |value| of the column is < 1e11: until the
+    last block is read (`scale` unknown) a block is scaled by its own values, so its milliseconds
+    are only good for which points have a time; the first pass learns `scale` and `earliest_ms`
+    (the earliest time of a row with a point: the run's start), the second is given `scale`."""
+
+    def __init__(self, file: str, column: str, problems: list[Problem], notes: list[str],
+                 scale: Optional[float] = None):
+        self.file, self.column, self.problems, self.notes = file, column, problems, notes
+        self.given_scale = scale
+        self.kind: Optional[str] = None  # "number", "iso" or "naive"
+        self.largest: Optional[float] = None  # the largest |number|
+        self.earliest: Optional[float] = None  # raw: a number, or ms of an ISO time
+
+    @property
+    def scale(self) -> float:
+        if self.given_scale is not None:
+            return self.given_scale
+        return 1000.0 if self.largest is None or self.largest < 1e11 else 1.0
+
+    def earliest_ms(self) -> Optional[int]:
+        if self.earliest is None:
+            return None
+        return int(math.floor(self.earliest * self.scale)) if self.kind == "number" else int(self.earliest)
+
+    def _problem(self, row: int, cell: Any, message: str) -> None:
+        self.problems.append(Problem(self.file, f"row {row + 1} column {self.column!r}", f"{cell!r} {message}"))
+
+    def block(self, text, first_row: int = 0, with_point: Optional[pa.Array] = None
+              ) -> Optional[pa.Array | pa.ChunkedArray]:
+        """The block's milliseconds (null where empty), or None after a problem. `with_point`:
+        the rows that hold a point (the earliest time is taken among those)."""
+        if pa.types.is_integer(text.type):
+            kind, raw = "number", text.cast(pa.float64())  # chunked as it was read
+        else:
+            arr = _one(text)
+            arr = pc.if_else(pc.is_in(arr, value_set=pa.array(list(NULL_CELLS))), None, arr)
+            if arr.null_count == len(arr):
+                return pa.nulls(len(arr), pa.int64())
+            number = pc.match_substring_regex(arr, _NUMBER)
+            if pc.all(pc.or_kleene(number, pc.is_null(arr))).as_py() is not False:
+                kind, raw = "number", arr.cast(pa.float64())
+            else:
+                kind, raw = None, None
+                for unit_type, name in ((pa.timestamp("ns", tz="UTC"), "iso"), (pa.timestamp("ns"), "naive")):
+                    try:
+                        stamps = arr.cast(unit_type)
+                    except pa.ArrowInvalid:
+                        continue
+                    ms = pc.cast(stamps, pa.timestamp("ms", tz=unit_type.tz), safe=False)  # drops sub-ms
+                    kind, raw = name, ms.cast(pa.int64())
+                    break
+                if kind is None:
+                    at = _first_failing(arr, _fails_time)
+                    self._problem(first_row + at, arr[at].as_py(), "is neither a number nor an ISO 8601 time")
+                    return None
+        if self.kind is None:
+            self.kind = kind
+            if kind == "naive":
+                self.notes.append(f"{self.file}: times in column {self.column!r} have no UTC offset; read as UTC")
+        elif kind != self.kind:
+            at = pc.index(pc.is_valid(raw), True).as_py()
+            self._problem(first_row + at, _one(text)[at].as_py(), "is not written like the times before it "
+                          "(one kind per column: numbers, or ISO 8601 with a UTC offset, or without)")
+            return None
+        present = raw if with_point is None else raw.filter(with_point)
+        low = pc.min(present).as_py()
+        if low is not None:
+            self.earliest = low if self.earliest is None else min(low, self.earliest)
+        if kind != "number":
+            return raw
+        big = pc.max(pc.abs(raw)).as_py()
+        if big is not None:
+            self.largest = big if self.largest is None else max(big, self.largest)
+        scale = self.given_scale if self.given_scale is not None else (
+            1000.0 if big is None or big < 1e11 else 1.0)
+        return pc.floor(pc.multiply(raw, scale)).cast(pa.int64())
 
 
 def _fails_time(arr: pa.Array) -> bool:
@@ -587,10 +708,16 @@ class MetricBuilder(Metrics):
     batches are then exactly its chunks, and hashing them (RunRecord.fingerprint) reads each
     byte once); missing timestamps are slices of one null array shared by every key."""
 
-    def __init__(self, file: str, result: SourceResult):
-        super().__init__(file, result)
+    def __init__(self, file: str, result: SourceResult, streamed: bool = False):
+        super().__init__(file, result, streamed)
         self._nulls = pa.nulls(0, pa.int64())
         self._cut: dict[tuple, tuple[pa.ChunkedArray, pa.ChunkedArray]] = {}
+        self.first_row = 0  # the file's row index of the columns' first cell (a block's), for problems
+
+    def next_block(self, first_row: int) -> None:
+        """Streamed: the columns now given are a block starting at row `first_row`."""
+        self.first_row = first_row
+        self._cut.clear()  # steps cut for an earlier block: let them go
 
     def _like(self, arr: pa.ChunkedArray, layout: tuple[int, ...]) -> pa.ChunkedArray:
         """`arr` in chunks of the lengths `layout`."""
@@ -613,6 +740,8 @@ class MetricBuilder(Metrics):
         return pa.chunked_array([self._nulls.slice(0, n) for n in layout], pa.int64())
 
     def add(self, key: str, steps, values, timestamps=None) -> None:
+        if key in self.refused:
+            return
         values = _chunked(values).cast(pa.float64())
         layout = _layout(values)
         steps = self._like(_chunked(steps).cast(pa.int64()), layout)
@@ -623,8 +752,10 @@ class MetricBuilder(Metrics):
             orphan = pc.is_null(steps) if has_value is None else pc.and_(has_value, pc.is_null(steps))
             if pc.any(orphan).as_py():
                 at = pc.index(orphan, True).as_py()
-                self.result.problems.append(Problem(self.file, f"row {at + 1} column {key!r}",
+                self.result.problems.append(Problem(self.file, f"row {self.first_row + at + 1} column {key!r}",
                                                     "a value in a row without a step"))
+                if self.streamed:  # said once, not once per block
+                    self.refused.add(key)
                 return
         if has_value is not None:  # chunk by chunk: the layout stays alike in every column
             kept = pa.table({"s": steps, "v": values, **({} if timestamps is None else {"t": timestamps})}
@@ -761,7 +892,14 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         if kind is None:
             result.problems.append(Problem(str(file), "", "not a .csv, .tsv, .jsonl or .parquet file"))
             continue
-        reader = {"delimited": _read_delimited, "jsonl": _read_jsonl, "parquet": _read_parquet}[kind]
+        if kind == "delimited":
+            rec = DelimitedRun(file, _new_record(file, options), step_column=options.step_column,
+                               time_column=options.time_column, key_prefix=options.key_prefix,
+                               keep_text=_wanted_text(options)).validate(result)
+            if rec is not None:
+                result.records.append(rec)
+            continue
+        reader = {"jsonl": _read_jsonl, "parquet": _read_parquet}[kind]
         table = reader(file, options, result)
         if table is not None:
             result.records.append(_record(file, table, options, result))
@@ -770,16 +908,6 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
 
 def _wanted_text(options: SourceOptions) -> set[str]:
     return {c for c in (options.step_column, options.time_column) if c}
-
-
-def _read_delimited(file: Path, options: SourceOptions, result: SourceResult) -> Optional[TableData]:
-    data = read_delimited(file, result.problems, delimiter=SUFFIXES[file.suffix.lower()],
-                          keep_text=_wanted_text(options), text_only=True)
-    if data is not None:
-        result.notes += data.notes
-        if data.header_repeats:
-            result.notes.append(f"{file}: {len(data.header_repeats)} repeated header row(s) skipped")
-    return data
 
 
 def _from_arrow(file: Path, table: pa.Table, options: SourceOptions) -> TableData:
@@ -840,11 +968,16 @@ def _read_parquet(file: Path, options: SourceOptions, result: SourceResult) -> O
     return _from_arrow(file, table, options)
 
 
-def _record(file: Path, data: TableData, options: SourceOptions, result: SourceResult) -> RunRecord:
+def _new_record(file: Path, options: SourceOptions) -> RunRecord:
     resolved = file.resolve()
-    rec = RunRecord(experiment=options.experiment or resolved.parent.name,
-                    import_key=import_key(NAME, str(resolved), "file"),
-                    origin=f"{file}: file", name=file.stem)
+    return RunRecord(experiment=options.experiment or resolved.parent.name,
+                     import_key=import_key(NAME, str(resolved), "file"),
+                     origin=f"{file}: file", name=file.stem)
+
+
+def _record(file: Path, data: TableData, options: SourceOptions, result: SourceResult) -> RunRecord:
+    """The run of a table read whole (JSON Lines, Parquet)."""
+    rec = _new_record(file, options)
     problems = result.problems
     for column in (options.step_column, options.time_column):  # not metrics: free them now
         if column:
@@ -876,3 +1009,188 @@ def _record(file: Path, data: TableData, options: SourceOptions, result: SourceR
         result.notes.append(f"{file}: text columns are not metrics: {', '.join(data.text_columns)}")
     metrics.finish(rec)
     return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# A delimited file as a streamed run: validated first, its points read again as they are sent
+# ---------------------------------------------------------------------------------------------
+
+
+class DelimitedRun:
+    """A delimited file as one run (generic CSV/TSV, a Lightning metrics.csv), in two passes over
+    the same bytes, so memory does not grow with the file: its points are never all held.
+
+    `validate` reads the file block by block (4 MB), converts every block exactly as it will be
+    sent and keeps only the run's facts: problems, tags, per key its points and step range
+    (`series`), the earliest time of a point (`min_timestamp`: the sink's start time), the time
+    column's scale, the bytes accepted (`end`) and their SHA-256. It sets itself as the record's
+    `load`, the way export bundles and servers give their runs:
+
+    * `pages()` reads those bytes again, block by block, and yields (key, METRIC_SCHEMA table)
+      of each block: the sink streams them to the server. Bytes appended since are not read (the
+      next import appends them); bytes changed since are an error before anything is sent.
+    * `await load()` puts every page in `rec.metrics` (the sink's path when it must compare
+      with what the server holds, and dry runs).
+
+    Columns: `step_column` / `time_column` are read as text (`keep_text`; with `text_only` they
+    are no metric); every other named column is a metric `key_prefix + name`. A column with no
+    number in it is text: a metric without points (`text_keys`) or no metric at all."""
+
+    def __init__(self, file: Path, rec: RunRecord, *, step_column: Optional[str] = None,
+                 time_column: Optional[str] = None, key_prefix: str = "",
+                 keep_text: Iterable[str] = (), text_only: bool = True, text_keys: bool = True):
+        self.file, self.rec = file, rec
+        self.step_column, self.time_column, self.key_prefix = step_column, time_column, key_prefix
+        self.keep_text, self.text_only, self.text_keys = set(keep_text), text_only, text_keys
+        self.delimiter = SUFFIXES.get(file.suffix.lower(), ",")
+        self.text_columns: set[str] = set()  # not metrics (text_keys False), learnt by validate
+        self.end = 0
+        self.digest = ""
+        self.scale: Optional[float] = None
+        self.series: dict[str, SeriesFacts] = {}
+        self.min_timestamp: Optional[int] = None
+
+    def _reader(self, problems: list[Problem]) -> _CsvReader:
+        return _CsvReader(self.file, problems, self.delimiter, self.keep_text, NULL_CELLS, self.text_only)
+
+    def _convert(self, block: Block, metrics: MetricBuilder, times: Optional[TimeColumn],
+                 problems: list[Problem]) -> bool:
+        """The block's metric tables into `metrics`; False after a problem with its steps or times."""
+        if self.step_column:
+            steps = integer_steps(block.text[self.step_column], str(self.file), self.step_column,
+                                  problems, block.first_row)
+            if steps is None:
+                return False
+        else:
+            steps = pc.add(row_steps(block.rows), block.first_row)
+        names = [n for n in block.values if n and n not in (self.step_column, self.time_column)
+                 and n not in self.text_columns]
+        stamps = None
+        if times is not None:
+            with_point = None
+            for name in names:
+                valid = pc.is_valid(block.values[name])
+                with_point = valid if with_point is None else pc.or_(with_point, valid)
+            if with_point is None:
+                with_point = pa.array([False] * block.rows, pa.bool_())
+            stamps = times.block(block.text[self.time_column], block.first_row, with_point)
+            if stamps is None:
+                return False
+        metrics.next_block(block.first_row)
+        for name in names:
+            metrics.add(self.key_prefix + name, steps, block.values[name], stamps)
+        return True
+
+    def _columns_present(self, data: TableData, problems: list[Problem]) -> bool:
+        for column, what in ((self.step_column, "step"), (self.time_column, "time")):
+            if column and column not in data.header:
+                problems.append(Problem(str(self.file), "header", f"no {what} column {column!r}"))
+                return False
+        return True
+
+    def validate(self, result: SourceResult) -> Optional[RunRecord]:
+        """The first pass: the run with its tags and facts, or None when the file cannot be read
+        at all; problems and notes go to `result`."""
+        reader = self._reader(result.problems)
+        data = reader.open()
+        if data is None:
+            return None
+        rec = self.rec
+        convert = self._columns_present(data, result.problems)
+        metrics = MetricBuilder(str(self.file), result, streamed=True)
+        times = TimeColumn(str(self.file), self.time_column, result.problems, result.notes) \
+            if self.time_column else None
+        with _reading_pool():
+            for block in reader.blocks(data):
+                convert = convert and self._convert(block, metrics, times, result.problems)
+                metrics.take()  # only the facts are kept
+        reader.report(data)
+        if reader.fatal:
+            return None
+        result.notes += data.notes
+        if data.header_repeats:
+            result.notes.append(f"{self.file}: {len(data.header_repeats)} repeated header row(s) skipped")
+        if not convert:
+            return rec
+        if not self.step_column and data.rows:
+            rec.tags[DERIVED_STEPS_TAG] = DERIVED_STEPS_TEXT
+        if data.text_columns:
+            result.notes.append(f"{self.file}: text columns are not metrics: {', '.join(data.text_columns)}")
+            if not self.text_keys:
+                self.text_columns = set(data.text_columns)
+                for key in [self.key_prefix + n for n in data.text_columns]:
+                    metrics.series.pop(safe_metric_key(key), None)
+                    metrics.renamed.pop(key, None)
+        metrics.finish(rec)
+        if times is not None:
+            self.scale, self.min_timestamp = times.scale, times.earliest_ms()
+        self.series = metrics.series
+        self.end = reader.end
+        self.digest = _prefix_digest(self.file, self.end)
+        rec.points_to_load = sum(f.points for f in self.series.values())
+        rec.signature = "csv-" + hashlib.sha256(json.dumps(
+            [self.digest, self.end, self.step_column, self.time_column, self.key_prefix]).encode()).hexdigest()
+        rec.load = self
+        return rec
+
+    async def pages(self) -> AsyncIterator[tuple[str, pa.Table]]:
+        """The second pass: each block's (key, points) of the bytes the first pass accepted."""
+        if not self.end:
+            return
+        self._check_unchanged()
+        problems: list[Problem] = []
+        reader = self._reader(problems)
+        data = reader.open(self.end)
+        metrics = MetricBuilder(str(self.file), SourceResult(problems=problems), streamed=True)
+        times = TimeColumn(str(self.file), self.time_column, problems, [], self.scale) \
+            if self.time_column else None
+        blocks = reader.blocks(data)
+        try:
+            while True:
+                with _reading_pool():  # not held across a yield: other runs are written meanwhile
+                    block = next(blocks, None)
+                    if block is not None:
+                        self._convert(block, metrics, times, problems)
+                if problems or reader.bad or reader.invalid:
+                    found = "; ".join(map(str, problems)) or "a row or cell it did not have"
+                    raise InputError(f"{self.file} changed while it was read: {found}")
+                if block is None:
+                    break
+                for key, table in metrics.take().items():
+                    if table.num_rows:
+                        yield key, table
+        finally:
+            blocks.close()
+        if {k: f.points for k, f in metrics.series.items()} != {k: f.points for k, f in self.series.items()}:
+            raise InputError(f"{self.file} changed while it was read: other points than validated")
+
+    async def __call__(self) -> None:
+        parts: dict[str, list[pa.Table]] = {key: [] for key in self.series}
+        async for key, table in self.pages():
+            parts[key].append(table)
+        self.rec.metrics = {key: pa.concat_tables(p) if p else METRIC_SCHEMA.empty_table()
+                            for key, p in parts.items()}
+
+    async def artifacts(self) -> list:
+        self._check_unchanged()  # the sink asks first, before it creates the run
+        return []
+
+    def _check_unchanged(self) -> None:
+        """Appending to the file is fine (those bytes are not read); changing what was validated is not."""
+        if self.end and _prefix_digest(self.file, self.end) != self.digest:
+            raise InputError(f"{self.file} changed since it was validated (its first {self.end:,} "
+                             "bytes are not the same): none of its points were sent; import it again")
+
+
+def _prefix_digest(path: Path, end: int) -> str:
+    """SHA-256 of the file's first `end` bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = end
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest() if left == 0 else ""

@@ -2,6 +2,8 @@
 same run on the same servers.
 
     python bench/bench_migrate.py [--flavor gunicorn|default] [--big] [--skip-common] [--export-only]
+                                  [--repeat N]
+    python bench/bench_migrate.py --direct 1000000 --direct 5000000
 
 Starts a source `mlflow server` (SQLite, loopback) and three fresh destinations, fills the source
 through plain REST calls with two workloads:
@@ -35,6 +37,11 @@ Each row also shows the share of the machine's CPU that other processes used mea
 each measurement the benchmark waits (up to --quiet-wait s) for them to be quiet.
 Targets: import >= 0.9x the write limit, export >= 3x mlflow-migration's export, <= 300 MB for
 5M points, metrics.parquet <= 20 bytes a point.
+
+`--direct POINTS` (repeatable) measures only `importer import` of a bundle of one run like C
+written straight to disk by BundleWriter (no source to fill, no export): the import's peak RSS at
+1M or 5M points without the quarter of an hour that filling and exporting 5M points takes.
+`--repeat N` measures the import and each raw replay N times (best of each).
 """
 
 from __future__ import annotations
@@ -522,13 +529,15 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
         return fig
 
     # -- import, migrate ----------------------------------------------------------------------
-    fig.start()
-    r = measure(importer_cmd("import", str(bundle), "--tracking-uri", dests["import"].url,
-                             "--state", str(work / "ledger-import.db"), "--quiet", "--json"))
-    check("importer import", r)
-    summary = json.loads(r.stdout)
-    assert summary["runs"]["created"] == len(runs) and summary["points"] == points, summary
-    fig.add("import", Row("importer import BUNDLE", r.seconds, points, r.peak))
+    for rep in range(args.repeat):  # again into a new experiment: new runs, all points sent
+        fig.start()
+        again = ["--experiment", f"{exp}-again-{rep}"] if rep else []
+        r = measure(importer_cmd("import", str(bundle), "--tracking-uri", dests["import"].url, *again,
+                                 "--state", str(work / f"ledger-import-{rep}.db"), "--quiet", "--json"))
+        check("importer import", r)
+        summary = json.loads(r.stdout)
+        assert summary["runs"]["created"] == len(runs) and summary["points"] == points, summary
+        fig.add("import", Row("importer import BUNDLE" + _nth(rep, args.repeat), r.seconds, points, r.peak))
 
     fig.start()
     r = measure(importer_cmd("migrate", "--from", source.url, "--to", dests["migrate"].url, "--experiment", exp,
@@ -539,11 +548,13 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
     fig.add("migrate", Row("importer migrate (server to server)", r.seconds, points, r.peak))
 
     if not importer_only:
-        for n in args.in_flight:
-            fig.start()
-            seconds = raw_replay(dests["raw"].url, runs, folder, n, args.flavor == "gunicorn")
-            kind = "kept-alive" if args.flavor == "gunicorn" else "fresh conn"
-            fig.add("replay", Row(f"raw log-batch replay, {n} in flight, {kind}", seconds, points))
+        for rep in range(args.repeat):
+            for n in args.in_flight:
+                fig.start()
+                seconds = raw_replay(dests["raw"].url, runs, folder, n, args.flavor == "gunicorn")
+                kind = "kept-alive" if args.flavor == "gunicorn" else "fresh conn"
+                fig.add("replay", Row(f"raw log-batch replay, {n} in flight, {kind}{_nth(rep, args.repeat)}",
+                                      seconds, points))
         if tool_bin is not None and "common-export" in fig.best:
             dest_exp = f"common-{exp}"
             fig.start()
@@ -561,6 +572,59 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
     fig.notes.append(load.share(since))
     print(f"  ({fig.notes[-1]})", flush=True)
     return fig
+
+
+def write_bundle(folder: Path, points: int, keys: int = 5) -> Path:
+    """A bundle of one run of `points` (`keys` keys, values and times as make_runs(noisy=True)
+    gives them, 25,000-point pages), written by BundleWriter as `importer export` writes it, but
+    without filling a server first: minutes instead of a quarter of an hour at 5M points."""
+    import asyncio
+    import numpy as np
+    import pyarrow as pa
+    from importer.bundle import BundleExperiment, BundleWriter
+    from importer.model import RunRecord
+
+    steps = points // keys
+    writer = BundleWriter(folder, "bench_migrate --direct")
+    writer.experiment(BundleExperiment(experiment_id="1", name=f"bench-direct-{uuid.uuid4().hex[:6]}"))
+    rec = RunRecord(experiment="", import_key="", origin="", name="big", start_time=T0, status="FINISHED",
+                    params={f"p{i}": str(i * 0.5) for i in range(20)}, tags={f"t{i}": f"v{i}" for i in range(5)},
+                    source_run_id=uuid.uuid4().hex, signature="direct")
+
+    async def pages():
+        rng = np.random.default_rng(0)
+        for k in range(keys):
+            t = T0
+            for a in range(0, steps, 25_000):
+                s = np.arange(a, min(steps, a + 25_000), dtype=np.int64)
+                times = t + np.cumsum(rng.integers(200, 401, len(s)))
+                t = int(times[-1])
+                values = k + (1 + 0.1 * rng.standard_normal(len(s))) / (1 + s / 1000)
+                yield f"m{k}", pa.table({"step": s, "timestamp": times, "value": values})
+
+    asyncio.run(writer.write_run(rec, "1", None, pages()))
+    writer.finish()
+    return folder
+
+
+def bench_direct_import(points: int, folder: Path, dest: LocalServer, load: OtherLoad, args) -> Figures:
+    """`importer import` of a bundle written by write_bundle: the memory of the import alone."""
+    fig = Figures("C (direct)", points, load=load, quiet_wait=args.quiet_wait)
+    print(f"\n== C (direct): one run, 5 keys, {points:,} points, bundle written without a server ==", flush=True)
+    bundle = write_bundle(folder / "direct-bundle", points)
+    fig.start()
+    r = measure(importer_cmd("import", str(bundle), "--tracking-uri", dest.url,
+                             "--state", str(folder / "ledger-direct.db"), "--quiet", "--json"))
+    check("importer import", r)
+    summary = json.loads(r.stdout)
+    assert summary["runs"]["created"] == 1 and summary["points"] == points, summary
+    fig.add("import", Row("importer import BUNDLE", r.seconds, points, r.peak))
+    shutil.rmtree(bundle)
+    return fig
+
+
+def _nth(rep: int, repeat: int) -> str:
+    return f" ({rep + 1} of {repeat})" if repeat > 1 else ""
 
 
 def report(figs: list[Figures]) -> None:
@@ -617,12 +681,19 @@ def main() -> None:
                          "run of each size, to compare the peaks of memory")
     ap.add_argument("--export-only", action="store_true",
                     help="measure only the export side: importer export, the raw read, mlflow-migration's export")
+    ap.add_argument("--direct", type=int, action="append", metavar="POINTS",
+                    help="(repeatable) only `importer import` of a bundle of one run of POINTS points "
+                         "written straight to disk, with no source server to fill: its peak RSS")
     ap.add_argument("--only", choices=["A", "B", "C"], action="append",
                     help="run only these workloads (repeatable)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every workload's steps (a quick try: 0.05)")
     ap.add_argument("--quiet-wait", type=float, default=30.0,
                     help="before each measurement, wait up to this many seconds until other processes "
                          "use < 10%% of the machine (0: never wait)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure `importer import` and every raw replay this many times, the best "
+                         "of each counting (the replay's limit is already the best of --in-flight; "
+                         "on a shared machine a single import is the more exposed to other jobs)")
     ap.add_argument("--skip-common", action="store_true", help="do not measure mlflow-migration")
     ap.add_argument("--common-venv", type=Path, default=Path("/tmp/mlflow-migration-venv"),
                     help="virtualenv for mlflow-migration (Python 3.12; created when missing)")
@@ -637,7 +708,7 @@ def main() -> None:
         tool_bin, tool_why = common_tool(args.common_venv, args.common_spec, mlflow_version)
         print(f"common tool: {tool_why}", flush=True)
 
-    workloads = args.only or (["A", "B"] + (["C"] if args.big else []))
+    workloads = [] if args.direct and not args.only else args.only or (["A", "B"] + (["C"] if args.big else []))
     with tempfile.TemporaryDirectory(prefix="importer-bench-migrate-") as tmp:
         folder = Path(tmp)
         workers = 4 if args.flavor == "default" else 2
@@ -672,6 +743,8 @@ def main() -> None:
                 figs.append(bench_workload(name, f"one run, 5 keys x {steps:,} steps (importer only)",
                                            make_runs(folder, 1, 5, steps, noisy=True), folder, servers["source"], dests,
                                            args, tool_bin, tool_why, load, importer_only=True))
+            for n in args.direct or []:
+                figs.append(bench_direct_import(n, folder, servers["import"], load, args))
             report(figs)
             peaks = [(f.points, f.best["export"].peak) for f in figs if f.name.startswith("C")]
             if len(peaks) > 1:

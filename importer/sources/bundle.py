@@ -87,8 +87,8 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
 
 @dataclass
 class _Loader:
-    """A bundle run's metrics, read when it is written: whole (`await load()`), or row group by
-    row group (`pages()`, the writer streams them)."""
+    """A bundle run's metrics, read when it is written: whole (`await load()`), or page by page
+    (`pages()`, up to 64Ki points each: the writer streams them)."""
 
     rec: RunRecord
     parquet: Path

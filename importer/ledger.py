@@ -12,23 +12,11 @@ import-key tag, so a lost or stale ledger costs time, not correctness.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 from typing import Optional
 
-# The tables as sqlite-utils created them before: ledgers written by earlier versions still work.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS "runs" ("server" TEXT, "experiment" TEXT, "import_key" TEXT,
-    "run_id" TEXT, "experiment_id" TEXT, "fingerprint" TEXT, "complete" INTEGER, "origin" TEXT,
-    "updated" REAL, PRIMARY KEY ("server", "experiment", "import_key"));
-CREATE TABLE IF NOT EXISTS "progress" ("run_id" TEXT, "metric" TEXT, "sent" INTEGER,
-    PRIMARY KEY ("run_id", "metric"));
-CREATE TABLE IF NOT EXISTS "artifacts" ("run_id" TEXT, "dest" TEXT, "sha256" TEXT,
-    PRIMARY KEY ("run_id", "dest"));
-CREATE TABLE IF NOT EXISTS "errors" ("server" TEXT, "experiment" TEXT, "import_key" TEXT,
-    "origin" TEXT, "message" TEXT, "at" REAL);
-"""
+
 
 
 def default_path() -> Path:
@@ -38,23 +26,32 @@ def default_path() -> Path:
 
 
 class Ledger:
-    """Plain sqlite3 statements: progress is saved after every batch that lands, and
-    sqlite-utils read the table's columns again on each upsert (and took 0.2 s to import)."""
-
     def __init__(self, path: Optional[Path] = None):
+        import sqlite_utils  # here, not at import time: see cli.main about pandas
+
         path = Path(path) if path else default_path()
         if path.is_dir():
             path = path / "ledger.db"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path)
-        self.db.row_factory = sqlite3.Row
+        self.db = sqlite_utils.Database(path)
         # Several importers may share a ledger (cron and a manual run): wait instead of failing.
         self.db.execute("PRAGMA busy_timeout = 30000")
-        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.enable_wal()
         self.db.execute("PRAGMA synchronous = NORMAL")
-        with self.db:
-            self.db.executescript(_SCHEMA)
+        self._create()
+
+    def _create(self) -> None:
+        self.db["runs"].create({
+            "server": str, "experiment": str, "import_key": str, "run_id": str,
+            "experiment_id": str, "fingerprint": str, "complete": int, "origin": str, "updated": float,
+        }, pk=("server", "experiment", "import_key"), if_not_exists=True)
+        self.db["progress"].create({"run_id": str, "metric": str, "sent": int},
+                                   pk=("run_id", "metric"), if_not_exists=True)
+        self.db["artifacts"].create({"run_id": str, "dest": str, "sha256": str},
+                                    pk=("run_id", "dest"), if_not_exists=True)
+        self.db["errors"].create({"server": str, "experiment": str, "import_key": str,
+                                  "origin": str, "message": str, "at": float}, if_not_exists=True)
 
     def close(self) -> None:
         self.db.close()
@@ -63,52 +60,49 @@ class Ledger:
 
     def run(self, server: str, experiment: str, key: str) -> Optional[dict]:
         """This is a read-only operation."""
-        row = self.db.execute("SELECT * FROM runs WHERE server = ? AND experiment = ? AND import_key = ?",
-                              [server, experiment, key]).fetchone()
-        return dict(row) if row else None
+        rows = list(self.db["runs"].rows_where(
+            "server = ? and experiment = ? and import_key = ?", [server, experiment, key]))
+        return rows[0] if rows else None
 
     def save_run(self, server: str, experiment: str, key: str, *, run_id: str, experiment_id: str,
                  origin: str, fingerprint: str = "", complete: bool = False) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO runs (server, experiment, import_key, run_id, "
-                            "experiment_id, fingerprint, complete, origin, updated) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [server, experiment, key, run_id, experiment_id, fingerprint,
-                             int(complete), origin, time.time()])
+        with self.db.conn:
+            self.db["runs"].upsert({
+                "server": server, "experiment": experiment, "import_key": key, "run_id": run_id,
+                "experiment_id": experiment_id, "fingerprint": fingerprint, "complete": int(complete),
+                "origin": origin, "updated": time.time()}, pk=("server", "experiment", "import_key"))
 
     def forget_run(self, server: str, experiment: str, key: str, run_id: str) -> None:
         """Drop what the ledger believed about a run the server no longer has."""
-        with self.db:
-            self.db.execute("DELETE FROM runs WHERE server = ? AND experiment = ? AND import_key = ?",
-                            [server, experiment, key])
-            self.db.execute("DELETE FROM progress WHERE run_id = ?", [run_id])
-            self.db.execute("DELETE FROM artifacts WHERE run_id = ?", [run_id])
+        with self.db.conn:
+            self.db["runs"].delete_where("server = ? and experiment = ? and import_key = ?",
+                                         [server, experiment, key])
+            self.db["progress"].delete_where("run_id = ?", [run_id])
+            self.db["artifacts"].delete_where("run_id = ?", [run_id])
 
     # -- progress ------------------------------------------------------------------------------
 
     def progress(self, run_id: str) -> dict[str, int]:
         """This is a read-only operation."""
-        rows = self.db.execute("SELECT metric, sent FROM progress WHERE run_id = ?", [run_id])
-        return dict(rows.fetchall())
+        return {r["metric"]: r["sent"] for r in self.db["progress"].rows_where("run_id = ?", [run_id])}
 
     def save_progress(self, run_id: str, sent: dict[str, int]) -> None:
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO progress (run_id, metric, sent) VALUES (?, ?, ?)",
-                                [(run_id, k, v) for k, v in sent.items()])
+        with self.db.conn:
+            self.db["progress"].upsert_all(
+                [{"run_id": run_id, "metric": k, "sent": v} for k, v in sent.items()],
+                pk=("run_id", "metric"))
 
     def artifact(self, run_id: str, dest: str) -> Optional[str]:
         """This is a read-only operation."""
-        row = self.db.execute("SELECT sha256 FROM artifacts WHERE run_id = ? AND dest = ?",
-                              [run_id, dest]).fetchone()
-        return row[0] if row else None
+        rows = list(self.db["artifacts"].rows_where("run_id = ? and dest = ?", [run_id, dest]))
+        return rows[0]["sha256"] if rows else None
 
     def save_artifact(self, run_id: str, dest: str, sha256: str) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO artifacts (run_id, dest, sha256) VALUES (?, ?, ?)",
-                            [run_id, dest, sha256])
+        with self.db.conn:
+            self.db["artifacts"].upsert({"run_id": run_id, "dest": dest, "sha256": sha256},
+                                        pk=("run_id", "dest"))
 
     def record_error(self, server: str, experiment: str, key: str, origin: str, message: str) -> None:
-        with self.db:
-            self.db.execute("INSERT INTO errors (server, experiment, import_key, origin, message, at) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            [server, experiment, key, origin, message, time.time()])
+        with self.db.conn:
+            self.db["errors"].insert({"server": server, "experiment": experiment, "import_key": key,
+                                      "origin": origin, "message": message, "at": time.time()})

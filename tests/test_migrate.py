@@ -251,6 +251,28 @@ def test_bundle_with_a_broken_file_is_refused(source, populated, tmp_path):
     assert "metrics.parquet does not match its hash" in r.stderr.decode()
 
 
+def test_bundle_artifact_changed_in_place_fails_its_run_before_any_write(source, dest, populated, tmp_path):
+    """An artifact with its size but not its bytes (bit rot, an edit): that run fails, named, with
+    nothing of it written; the other runs are imported and the exit code says so."""
+    name, ids = populated
+    bundle = tmp_path / "b"
+    assert run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name,
+                        "--no-models").returncode == 0
+    curve = bundle / "runs" / ids["grandchild"] / "artifacts" / "plots" / "deep" / "curve.txt"
+    data = bytearray(curve.read_bytes())
+    data[0] ^= 0x01
+    curve.write_bytes(bytes(data))
+    r = run_importer("import", str(bundle), "--tracking-uri", dest.url,
+                     "--state", str(tmp_path / "l.db"), "--json")
+    assert r.returncode == 1, r.stdout.decode() + r.stderr.decode()
+    summary = json.loads(r.stdout)
+    [failed] = [o for o in summary["details"] if o["action"] == "failed"]
+    assert failed["import_key"] == f"mlflow-run-{ids['grandchild']}" and "curve.txt" in failed["error"]
+    assert "SHA-256" in failed["error"]
+    keys = {tags_of(run)["importer.import_key"] for run in View(dest.url).runs(name, include_deleted=True)}
+    assert f"mlflow-run-{ids['grandchild']}" not in keys and len(keys) == summary["runs"]["created"] == 4
+
+
 def test_shards_split_families_disjointly(source, populated, tmp_path):
     name, ids = populated
     seen = []

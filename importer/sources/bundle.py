@@ -1,7 +1,9 @@
 """Export bundles (importer/bundle.py) -> RunRecords, every file checked against its hash first.
 
 A run's metrics are read from its metrics.parquet only when the run is written (`RunRecord.load`)
-and let go after, so importing a bundle takes the memory of its largest run, not of the bundle."""
+and let go after, so importing a bundle takes the memory of its largest run, not of the bundle.
+Its artifacts are checked against their SHA-256 then too, before anything of the run is written
+(hashing them up front would read every artifact of the bundle again on each rerun)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pydantic
 
 from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleManifest, BundleModel, BundleRun,
                       iter_metrics, read_metrics, sha256_file)
-from ..errors import Problem
+from ..errors import InputError, Problem
 from ..experiments import ExperimentRecord
 from ..model import ArtifactFile, RunRecord, store_import_key
 from .base import SourceOptions, SourceResult
@@ -61,12 +63,13 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
                 raise ValueError("metrics.parquet does not match its hash in run.json")
             if doc.metrics and pq.ParquetFile(folder / "metrics.parquet").metadata.num_rows != sum(doc.metrics.values()):
                 raise ValueError("metrics.parquet does not hold the points run.json counts")
-            artifacts = []
+            artifacts, digests = [], {}
             for a in doc.artifacts:
                 file = folder / "artifacts" / a.path
                 if not file.is_file() or file.stat().st_size != a.size:
                     raise ValueError(f"artifact {a.path!r} is missing or has another size")
                 artifacts.append(ArtifactFile(file, a.path))
+                digests[a.path] = a.sha256
             exp = experiments[doc.experiment_id]
         except (OSError, ValueError, KeyError, pydantic.ValidationError) as e:
             msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
@@ -80,7 +83,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             parent_key=store_import_key(doc.parent_run_id) if doc.parent_run_id else None,
             lifecycle=doc.lifecycle, experiment_tags=exp.tags, inputs=doc.inputs,
             signature=entry.sha256, points_to_load=sum(doc.metrics.values()))
-        rec.load = _Loader(rec, folder / "metrics.parquet", artifacts)
+        rec.load = _Loader(rec, folder / "metrics.parquet", artifacts, digests)
         result.records.append(rec)
     return result
 
@@ -93,12 +96,17 @@ class _Loader:
     rec: RunRecord
     parquet: Path
     files: list[ArtifactFile]
+    digests: dict[str, str]  # artifact path -> its SHA-256 in run.json
 
     async def __call__(self) -> None:
+        self.rec.artifacts = await self.artifacts()
         self.rec.metrics = read_metrics(self.parquet) if self.rec.points_to_load else {}
-        self.rec.artifacts = list(self.files)
 
     async def artifacts(self) -> list[ArtifactFile]:
+        for art in self.files:
+            if sha256_file(art.source) != self.digests[art.dest]:
+                raise InputError(f"{art.source}: does not match its SHA-256 in run.json (changed or "
+                                 "corrupt); nothing of this run was written")
         return list(self.files)
 
     async def pages(self):

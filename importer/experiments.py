@@ -1,13 +1,13 @@
-"""Experiments that move with their runs (from a server, a bundle or an `mlruns/` folder): created
-on the destination with their tags, empty ones too, and deleted there again when they were
-deleted at the source.
+"""Experiments that move with their runs (from a server, a bundle, an `mlruns/` folder or an
+mlflow-export-import folder): created on the destination with their tags, empty ones too, and
+deleted there again when they were deleted at the source.
 
 A deleted experiment takes no new runs, so it is restored (or created active) for the writing,
 marked with the tag `importer.deleted_at_source`, and deleted once its runs are in. An active
 experiment of that name on the destination without the mark is the destination's own and is never
-deleted. Shards (`--shard I/N`) cannot know when the others are done, so each
-shard that finishes marks the experiment with the tag `importer.shard_done.N.I`; the shard that
-finds all N marks deletes it. A rerun restores it for its writing and deletes it again.
+deleted. Shards (`--shard I/N`) cannot know when the others are done, so each shard that finishes
+marks the experiment with the tag `importer.shard_done.N.I`; the shard that finds all N marks
+deletes it. A rerun restores it for its writing and deletes it again.
 """
 
 from __future__ import annotations

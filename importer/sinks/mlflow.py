@@ -28,6 +28,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..bundle import sha256_file
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
 from ..ledger import Ledger
 from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, pairs, tag_filter
@@ -576,14 +577,12 @@ async def _digest(source) -> str:
 
 
 def _sha256(path) -> str:
+    """bundle.sha256_file, remembered per state of the file (path, size, mtime) while the
+    process lives."""
     st = path.stat()
     cache_key = (str(path), st.st_size, st.st_mtime_ns)
     if cache_key not in _digests:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(_CHUNK):
-                h.update(block)
-        _digests[cache_key] = h.hexdigest()
+        _digests[cache_key] = sha256_file(path)
     return _digests[cache_key]
 
 

@@ -20,10 +20,9 @@ from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import RunRecord, manifest_json_schema
-from . import experiments, sources
+from . import experiments
 from .sinks.mlflow import EXPERIMENT_TAGS, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
-from .sources.manifest import read_manifest
 
 PathLike = Union[str, Path]
 
@@ -132,25 +131,27 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
     `strict`: then they are in `problems`). A folder is walked and each file offered to every
     source (see importer.sources); `fmt` forces one. `-` reads a manifest from standard input.
     Nothing touches a server."""
+    from .sources import discover, manifest  # every format: only commands that read inputs load them
+
     paths = list(paths)
     options = replace(options or SourceOptions(), **({"experiment": experiment} if experiment else {}))
     inputs = Inputs()
     seen: dict[tuple[str, str], int] = {}  # (experiment, key) -> unit index
     for raw in paths:
         if str(raw) == "-":
-            reader = read_manifest(None, options.experiment, stdin=sys.stdin.buffer)
+            reader = manifest.read_manifest(None, options.experiment, stdin=sys.stdin.buffer)
             _collect("manifest", "<stdin>", SourceResult(reader.records, reader.problems), inputs, seen)
         elif not Path(raw).exists():
             raise InputError(f"{raw}: no such file or folder")
-    units, unknown = sources.discover([Path(p) for p in paths if str(p) != "-"], fmt)
+    units, unknown = discover([Path(p) for p in paths if str(p) != "-"], fmt)
     # Manifests first: files they name as artifacts are not runs of their own.
-    units.sort(key=lambda unit: unit[0] is not sources.manifest)
+    units.sort(key=lambda unit: unit[0] is not manifest)
     artifacts: set[Path] = set()
     for module, unit in units:
         if unit.resolve() in artifacts:
             continue
         result = module.read(unit, options)
-        if module is sources.manifest:
+        if module is manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
         _collect(module.NAME, str(unit), result, inputs, seen)
     inputs.unrecognised = [str(p) for p in unknown if p.resolve() not in artifacts]

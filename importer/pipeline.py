@@ -277,11 +277,13 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
             inputs.notes.append(f"{len(inputs.records) - len(records)} deleted runs left out "
                                 "(--include-deleted imports them, deleted)")
     deleted: list[str] = []
+    new: set[str] = set()
     if exps and not dry_run:
-        deleted, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
+        deleted, new, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
         inputs.notes += notes
     summary = import_records(records, uri, state=state, dry_run=dry_run,
-                             on_param_conflict=on_param_conflict, config=config, progress=progress)
+                             on_param_conflict=on_param_conflict, config=config, progress=progress,
+                             new_experiments=new)
     if inputs.models and not dry_run:
         from .registry import copy_models
         inputs.notes += asyncio.run(copy_models(uri, inputs.models, summary.outcomes, config))
@@ -299,18 +301,22 @@ async def _on_server(uri: str, config: ClientConfig, work, *args):
 def import_records(records: list[RunRecord], tracking_uri: str, *, state: Optional[PathLike] = None,
                    dry_run: bool = False, on_param_conflict: str = "error",
                    config: ClientConfig = DEFAULT_CONFIG,
-                   progress: Optional[Callable[[int, int], None]] = None) -> Summary:
+                   progress: Optional[Callable[[int, int], None]] = None,
+                   new_experiments: Iterable[str] = ()) -> Summary:
     ledger = Ledger(Path(state) if state else None)
     try:
         return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
-                                        policy=on_param_conflict, config=config, progress=progress))
+                                        policy=on_param_conflict, config=config, progress=progress,
+                                        new_experiments=new_experiments))
     finally:
         ledger.close()
 
 
 async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dry_run: bool = False,
                        policy: str = "error", config: ClientConfig = DEFAULT_CONFIG, progress=None,
-                       env: Optional[dict[str, str]] = None) -> Summary:
+                       env: Optional[dict[str, str]] = None, new_experiments: Iterable[str] = ()) -> Summary:
+    """Write `records` with bounded concurrency. `new_experiments`: names of experiments created
+    just before (experiments.prepare), which hold no run: no run is looked for in them."""
     started = time.monotonic()
     total = sum(r.point_count for r in records)
     done = 0
@@ -328,7 +334,8 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
         except ServerError:
             pass  # a deployment without /health: the next call tells
         await api.call("experiments/search", {"max_results": 1})  # credentials refused: exit code 3
-        sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed)
+        sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed,
+                          new_experiments=new_experiments)
         created: dict[tuple[str, str], asyncio.Future] = {}
         existing_parents: dict[str, asyncio.Task] = {}
         run_slots = asyncio.Semaphore(max(2, config.max_in_flight * 2))

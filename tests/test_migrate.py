@@ -499,3 +499,45 @@ def _has_body(resp: httpx.Response) -> bool:
         return len(resp.content) > 10_000
     except httpx.ResponseNotRead:
         return False
+
+
+def test_export_reads_several_metrics_of_a_run_at_once_and_writes_them_in_order(source, tmp_path, monkeypatch):
+    """The metrics of one run are read several at once (one long run would otherwise keep a
+    single server worker busy), and written metric after metric in name order, so that the
+    bundle's bytes do not depend on which answer came first."""
+    from importer import bundle as bundle_mod
+    from importer import moves
+    from importer.sources.server import Selection
+
+    monkeypatch.setattr(mlflow_api, "HISTORY_PAGE", 700)
+    rest, name = Rest(source.url), f"wide-{uuid.uuid4().hex[:8]}"
+    run_id = rest.run(rest.post("experiments/create", {"name": name})["experiment_id"], "wide", T0)
+    want = {}
+    for k in range(6):
+        key = f"m{k}"
+        want[key] = [(s, T0 + s * 7 + k, k + s / 3) for s in range(2000 + 300 * k)]
+        for i in range(0, len(want[key]), 1000):
+            rest.post("runs/log-batch", {"run_id": run_id, "metrics": [
+                {"key": key, "value": v, "timestamp": t, "step": s} for s, t, v in want[key][i:i + 1000]]})
+    reading, most = set(), 0
+    get_body = mlflow_api.MlflowApi.get_body
+
+    async def observed(self, path, params):
+        nonlocal most
+        reading.add(params["metric_key"])
+        most = max(most, len(reading))
+        try:
+            return await get_body(self, path, params)
+        finally:
+            reading.discard(params["metric_key"])
+
+    monkeypatch.setattr(mlflow_api.MlflowApi, "get_body", observed)
+    out = tmp_path / "bundle"
+    assert not moves.export(source.url, out, Selection(experiments=(name,))).failed
+    assert most > 1  # several metrics of the one run were being read at the same moment
+    parquet = pq.ParquetFile(out / "runs" / run_id / "metrics.parquet")
+    order = [parquet.read_row_group(i).column("key").unique().to_pylist() for i in range(parquet.num_row_groups)]
+    assert order == [[k] for k in sorted(want)]
+    got = bundle_mod.read_metrics(out / "runs" / run_id / "metrics.parquet")
+    assert {k: list(zip(t.column("step").to_pylist(), t.column("timestamp").to_pylist(),
+                        t.column("value").to_pylist())) for k, t in got.items()} == want

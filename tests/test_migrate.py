@@ -537,7 +537,7 @@ def populate_logged(url: str, name: str) -> dict:
         mlflow.log_metric("eval_acc", 0.6, step=0, timestamp=T0 + 20, model_id=info.model_id, dataset=ds)
         ids["deleted_eval"] = gone.info.run_id
     mlflow.MlflowClient().delete_run(gone.info.run_id)
-    ids["registered"] = f"reg-{name}"
+    ids["registered"] = f"model-{name}"
     mlflow.register_model(f"models:/{info.model_id}", ids["registered"])
     return ids
 

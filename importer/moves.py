@@ -1,6 +1,10 @@
 """Moving runs between stores: `export` (server -> bundle), `migrate` (server -> server) and
 `verify` (compare the two ends through the id map). `import` of a bundle or an `mlruns/` folder
-is the ordinary import (pipeline.import_paths) plus `copy_models`.
+is the ordinary import (pipeline.import_paths) plus `logged_models.copy` and `copy_models`.
+
+Order of a migration: experiments, runs, MLflow 3 logged models (their points go into the runs),
+registered models (a version may be of a logged model), then deleting again the experiments
+deleted at the source.
 
 The id map: a moved run carries its source id in the tag `importer.source_run_id` and its import
 key `mlflow-run-<source id>` (tag `importer.import_key`); the ledger keeps key -> destination id.

@@ -9,7 +9,8 @@ source and run, tag `importer.placeholder`), each deleted at once: version 4 sta
 `models:/name/4` still means the same model. A version that cannot keep its number (the
 destination's model already had others, or shards wrote versions out of order) gets the next one,
 and a note says so. Aliases are set through the mapping. Stages (deprecated in MLflow) are
-carried over as the version's stage when set.
+carried over as the version's stage when set. A version of an MLflow 3 logged model (source
+`models:/m-...`) is made of that model's copy, so logged models are written first.
 """
 
 from __future__ import annotations

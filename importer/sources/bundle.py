@@ -3,7 +3,8 @@
 A run's metrics are read from its metrics.parquet only when the run is written (`RunRecord.load`)
 and let go after, so importing a bundle takes the memory of its largest run, not of the bundle.
 Its artifacts are checked against their SHA-256 then too, before anything of the run is written
-(hashing them up front would read every artifact of the bundle again on each rerun)."""
+(hashing them up front would read every artifact of the bundle again on each rerun). A logged
+model's artifacts likewise, when it is written (logged_models.write)."""
 
 from __future__ import annotations
 

@@ -341,6 +341,7 @@ async def _links(dest: MlflowApi, m: LoggedModel, model_id: str, copy: dict, run
         s["outputs"] = [o for o in s["outputs"]
                         if not any(x["model_id"] == model_id and int(x.get("step", 0)) == o["step"] for x in outputs)]
         s["inputs"] = [i for i in s["inputs"] if not any(x["model_id"] == model_id for x in inputs)]
+        await _nan_back(dest, run_id, s["metrics"])
         work = s["metrics"] or s["outputs"] or s["inputs"]
         deleted = run["info"].get("lifecycle_stage") == "deleted"
         if work and deleted:  # a deleted run takes no writes
@@ -356,6 +357,20 @@ async def _links(dest: MlflowApi, m: LoggedModel, model_id: str, copy: dict, run
             await dest.delete_run(run_id)
         sent += len(s["metrics"]) + len(s["outputs"]) + len(s["inputs"])
     return sent
+
+
+async def _nan_back(dest: MlflowApi, run_id: str, metrics: list[dict]) -> None:
+    from .sinks.mlflow import _stored_value
+    """The server stores a model's NaN point as 0.0 (and the run's as NaN): a 0.0 sent back would
+    add a point to the run's history. Where the run holds NaN at that step and time and no 0.0,
+    the point is sent as NaN; the model side stores 0.0 again."""
+    for key in {p["key"] for p in metrics if p["value"] == 0.0}:
+        history = await dest.metric_history(run_id, key)
+        nan = {(int(h.get("step", 0)), int(h["timestamp"])) for h in history if _stored_value(h["value"]) == "NaN"}
+        zero = {(int(h.get("step", 0)), int(h["timestamp"])) for h in history if _stored_value(h["value"]) == 0.0}
+        for p in metrics:
+            if p["key"] == key and p["value"] == 0.0 and (p["step"], p["timestamp"]) in nan - zero:
+                p["value"] = "NaN"
 
 
 # -- verify -----------------------------------------------------------------------------------

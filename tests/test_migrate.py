@@ -529,6 +529,8 @@ def populate_logged(url: str, name: str) -> dict:
                                        tags={"team": "vision"}, model_type="agent")
         for step, acc in enumerate((0.7, 0.8, 0.9)):
             mlflow.log_metric("acc", acc, step=step, timestamp=T0 + step, model_id=info.model_id, dataset=ds)
+        # The server keeps a model's NaN as 0.0 (the run's as NaN); sent back, it must stay NaN.
+        mlflow.log_metric("loss", float("nan"), step=3, timestamp=T0 + 3, model_id=info.model_id, dataset=ds)
         ids["train"], ids["model_id"] = run.info.run_id, info.model_id
     with mlflow.start_run(run_name="evaluate") as ev:
         mlflow.log_metric("eval_acc", 0.75, step=0, timestamp=T0 + 10, model_id=info.model_id, dataset=ds)
@@ -569,12 +571,14 @@ def assert_logged_model_arrived(source_url: str, dest_url: str, name: str, ids: 
     points = sorted((p["key"], p["step"], p["value"], p["run_id"], p.get("dataset_name"), bool(p.get("dataset_digest")))
                     for p in data["metrics"] if p["model_id"] == model_id)
     want = [("acc", s, v, runs[ids["train"]], "train-ds", True) for s, v in enumerate((0.7, 0.8, 0.9))]
-    want += [("eval_acc", 0, 0.75, runs[ids["eval"]], "train-ds", True), ("seen", 0, 5.0, runs[ids["train"]], None, False)]
+    want += [("eval_acc", 0, 0.75, runs[ids["eval"]], "train-ds", True), ("seen", 0, 5.0, runs[ids["train"]], None, False),
+             ("loss", 3, 0.0, runs[ids["train"]], "train-ds", True)]
     if deleted:
         want += [("eval_acc", 0, 0.6, runs[ids["deleted_eval"]], "train-ds", True)]
     assert points == sorted(want) and len(data["metrics"]) == len(want)
     # The run side holds each point once: the copy's model points added nothing to its history.
     assert [v for _, _, v in view.history(runs[ids["train"]], "acc")] == [0.7, 0.8, 0.9]
+    assert view.history(runs[ids["train"]], "loss") == [(3, T0 + 3, "NaN")]
     if deleted:
         gone = view.http.get("runs/get", params={"run_id": runs[ids["deleted_eval"]]}).json()["run"]
         assert gone["info"]["lifecycle_stage"] == "deleted"
@@ -645,7 +649,7 @@ def test_logged_models_through_a_bundle(source, dest, logged, tmp_path):
     assert manifest["counts"]["logged_models"] == 1 and list(manifest["logged_models"]) == [ids["model_id"]]
     doc = json.loads((bundle / "logged_models" / ids["model_id"] / "model.json").read_text())
     assert {a["path"] for a in doc["artifacts"]} >= {"MLmodel", "python_model.pkl"}
-    assert len(doc["metrics"]) == 6 and doc["outputs"] == [{"run_id": ids["train"], "step": 0}]
+    assert len(doc["metrics"]) == 7 and doc["outputs"] == [{"run_id": ids["train"], "step": 0}]
     import hashlib
     for a in doc["artifacts"]:
         data = (bundle / "logged_models" / ids["model_id"] / "artifacts" / a["path"]).read_bytes()

@@ -206,8 +206,8 @@ async def write(dest: MlflowApi, models: list[LoggedModel], runs: RunMap) -> tup
             failed.append(Outcome(where, m.experiment, f"logged-model-{m.doc.model_id}", action="failed",
                                   error=str(e)))
     if models:
-        notes.append("logged models: " + ", ".join(f"{n} {a}" for a, n in sorted(made.items()))
-                     + (f", {len(failed)} failed" if failed else ""))
+        made["failed"] = len(failed)
+        notes.append("logged models: " + ", ".join(f"{n} {a}" for a, n in sorted(made.items()) if n))
     return ids, notes, failed
 
 

@@ -12,18 +12,29 @@ if "pyarrow" not in _sys.modules:
     # It must be set before pyarrow loads.
     _os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
-from .errors import (ConflictError, ConnectionFailed, ImporterError, InputError, Problem,
-                     RetryableError, ServerError, ValidationError)
-from .mlflow_api import ClientConfig
-from .model import RunRecord
-from .moves import Report, export, migrate, verify
-from .sources.server import Selection
-from .pipeline import (Inputs, Summary, find, import_paths, import_records, inspect, read_inputs,
-                       read_records, schema, validate)
+# Each name is imported on first use, so that a command loads only what it needs (`export` no
+# source format, `--help` none of it): a full import costs 0.35 s of every command's start.
+_WHERE = {
+    "ConflictError": "errors", "ConnectionFailed": "errors", "ImporterError": "errors",
+    "InputError": "errors", "Problem": "errors", "RetryableError": "errors", "ServerError": "errors",
+    "ValidationError": "errors", "ClientConfig": "mlflow_api", "RunRecord": "model",
+    "Report": "moves", "export": "moves", "migrate": "moves", "verify": "moves",
+    "Selection": "sources.server", "Inputs": "pipeline", "Summary": "pipeline", "find": "pipeline",
+    "import_paths": "pipeline", "import_records": "pipeline", "inspect": "pipeline",
+    "read_inputs": "pipeline", "read_records": "pipeline", "schema": "pipeline", "validate": "pipeline",
+}
+__all__ = sorted(_WHERE)
 
-__all__ = [
-    "ClientConfig", "ConflictError", "ConnectionFailed", "ImporterError", "InputError", "Problem",
-    "Report", "RetryableError", "RunRecord", "Selection", "ServerError", "Summary",
-    "ValidationError", "export", "find", "import_paths", "import_records", "Inputs", "inspect",
-    "migrate", "read_inputs", "read_records", "schema", "validate", "verify",
-]
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'importer' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -14,13 +14,40 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
-import pyarrow as pa
 import typer
 
-from . import pipeline
-from .errors import ConnectionFailed, ImporterError, InputError
-from .mlflow_api import ClientConfig
-from .sources.base import SourceOptions
+
+class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes packages importer never uses look absent to the command's own process, where a
+    dependency would import them only because they are installed. Library users keep them."""
+
+    def __init__(self, *names: str):
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if any(name == n or name.startswith(n + ".") for n in self.names):
+            # A spec whose loading fails: `import pandas` raises ImportError as if it were absent,
+            # while importlib.util.find_spec("pandas") still answers (wandb's import asks it).
+            return importlib.machinery.ModuleSpec(name, self)
+        return None
+
+    def create_module(self, spec):
+        raise ModuleNotFoundError(f"importer's command line does not load {spec.name}", name=spec.name)
+
+    def exec_module(self, module):  # never reached: create_module raises
+        raise ModuleNotFoundError(name=module.__name__)
+
+
+if "httpx" not in sys.modules:
+    # httpx's own command line, which its package imports when it can: rich, click and pygments,
+    # 35 ms of every start.
+    sys.meta_path.insert(0, _Absent("httpx._main"))
+
+from .errors import ConnectionFailed, ImporterError, InputError  # noqa: E402
+from .mlflow_api import ClientConfig  # noqa: E402
+
+# The commands import what they use when they run (`export` reads no log format), so that the
+# start of every command costs a tenth of a second, not half a second.
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_INPUT, EXIT_SERVER = 0, 1, 2, 3
 
@@ -33,32 +60,17 @@ TrackingUri = Annotated[Optional[str], typer.Option(
     help="The MLflow server, e.g. http://127.0.0.1:5000.")]
 
 
-class _NoPandas(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """importer never uses pandas, but pyarrow (at its first array) and sqlite-utils import it
-    whenever it is installed, as it is next to mlflow: about 40 MB and 0.3 s for every command.
-    Only the command line makes pandas look absent, for its own process; library users keep it."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "pandas":
-            # A spec whose loading fails: `import pandas` raises ImportError as if it were absent,
-            # while importlib.util.find_spec("pandas") still answers (wandb's import asks it).
-            return importlib.machinery.ModuleSpec(name, self)
-        return None
-
-    def create_module(self, spec):
-        raise ModuleNotFoundError("importer's command line does not load pandas", name=spec.name)
-
-    def exec_module(self, module):  # never reached: create_module raises
-        raise ModuleNotFoundError(name=module.__name__)
-
-
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
     _state["debug"] = debug
     if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _NoPandas())
+        # pyarrow (at its first array) and sqlite-utils import pandas whenever it is installed,
+        # as it is next to mlflow: about 40 MB and 0.3 s for every command.
+        sys.meta_path.insert(0, _Absent("pandas"))
     # Arrow's default pool here (mimalloc) kept ~33 MB more at the peak of a 5-million-point
     # import than the system allocator, at the same speed (bench/).
+    import pyarrow as pa
+
     pa.set_memory_pool(pa.system_memory_pool())
 
 
@@ -106,7 +118,9 @@ TimeColumn = Annotated[Optional[str], typer.Option(help="Generic tables: the col
 KeyPrefix = Annotated[str, typer.Option(help="Generic tables: a prefix for every metric key.")]
 
 
-def _options(pattern, step_column, time_column, key_prefix) -> SourceOptions:
+def _options(pattern, step_column, time_column, key_prefix):
+    from .sources.base import SourceOptions
+
     return SourceOptions(step_column=step_column, time_column=time_column, key_prefix=key_prefix,
                          patterns=list(pattern or []))
 
@@ -131,6 +145,8 @@ def import_(
 ) -> None:
     """Register the runs of manifests, training logs, mlruns/ folders and export bundles in an
     MLflow server."""
+    from . import pipeline
+
     if on_param_conflict not in ("error", "keep", "rename"):
         typer.echo("error: --on-param-conflict must be error, keep or rename", err=True)
         raise typer.Exit(EXIT_INPUT)
@@ -149,7 +165,9 @@ def import_(
     _finish(summary, as_json)
 
 
-def _finish(summary: pipeline.Summary, as_json: bool) -> None:
+def _finish(summary, as_json: bool) -> None:
+    from . import pipeline
+
     typer.echo(pipeline.summary_json(summary) if as_json else summary.text())
     if any(o.unreachable for o in summary.failed):
         raise typer.Exit(EXIT_SERVER)
@@ -167,6 +185,8 @@ def validate(
     key_prefix: KeyPrefix = "",
 ) -> None:
     """Check inputs without a server: every problem with file, location and rule."""
+    from . import pipeline
+
     try:
         inputs = pipeline.read_inputs(paths, experiment, fmt=fmt,
                                       options=_options(pattern, step_column, time_column, key_prefix))
@@ -195,6 +215,8 @@ def inspect(
 ) -> None:
     """What importer sees in PATH, without a server: format, runs, params, metric keys, points
     and step range per key, problems."""
+    from . import pipeline
+
     try:
         report = pipeline.inspect(paths, experiment, fmt=fmt,
                                   options=_options(pattern, step_column, time_column, key_prefix))
@@ -214,6 +236,8 @@ def find(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Is this run already registered? Prints the run ids and exits 0, or exits 1."""
+    from . import pipeline
+
     tags = {}
     for item in tag:
         if "=" not in item:
@@ -379,6 +403,7 @@ def schema(bundle: Annotated[bool, typer.Option("--bundle", help="The export bun
         from .bundle import bundle_json_schema
         typer.echo(json.dumps(bundle_json_schema(), indent=2))
     else:
+        from . import pipeline
         typer.echo(json.dumps(pipeline.schema(), indent=2))
 
 
@@ -392,6 +417,7 @@ def demo(
     sample_logs/ into it, and leave it running."""
     import httpx
 
+    from . import pipeline
     from .server import LocalServer
 
     url, pid = f"http://127.0.0.1:{port}", None

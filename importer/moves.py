@@ -156,11 +156,11 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
         await api.call("experiments/search", {"max_results": 1})
         found = await server.experiments(api, selection)
         exps = [ExperimentRecord.from_rest(e) for e in found]
-        deleted, notes = await experiments.prepare(dest, exps, EXPERIMENT_TAGS)
+        deleted, new, notes = await experiments.prepare(dest, exps, EXPERIMENT_TAGS)
         notes += await experiments.not_carried(api, found)
         records = [rec async for _, rec in server.runs(api, selection)]
         summary = await import_async(records, dst, ledger, policy=policy, config=config,
-                                     progress=progress, env=dst_env)
+                                     progress=progress, env=dst_env, new_experiments=new)
         summary.title = f"Migrated from {api.url} to"
         # After the runs (a model's points go into them), before registered models (a version
         # may be of a logged model).

@@ -20,10 +20,9 @@ from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import RunRecord, manifest_json_schema
-from . import experiments, sources
+from . import experiments
 from .sinks.mlflow import EXPERIMENT_TAGS, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
-from .sources.manifest import read_manifest
 
 PathLike = Union[str, Path]
 
@@ -133,25 +132,27 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
     `strict`: then they are in `problems`). A folder is walked and each file offered to every
     source (see importer.sources); `fmt` forces one. `-` reads a manifest from standard input.
     Nothing touches a server."""
+    from .sources import discover, manifest  # every format: only commands that read inputs load them
+
     paths = list(paths)
     options = replace(options or SourceOptions(), **({"experiment": experiment} if experiment else {}))
     inputs = Inputs()
     seen: dict[tuple[str, str], int] = {}  # (experiment, key) -> unit index
     for raw in paths:
         if str(raw) == "-":
-            reader = read_manifest(None, options.experiment, stdin=sys.stdin.buffer)
+            reader = manifest.read_manifest(None, options.experiment, stdin=sys.stdin.buffer)
             _collect("manifest", "<stdin>", SourceResult(reader.records, reader.problems), inputs, seen)
         elif not Path(raw).exists():
             raise InputError(f"{raw}: no such file or folder")
-    units, unknown = sources.discover([Path(p) for p in paths if str(p) != "-"], fmt)
+    units, unknown = discover([Path(p) for p in paths if str(p) != "-"], fmt)
     # Manifests first: files they name as artifacts are not runs of their own.
-    units.sort(key=lambda unit: unit[0] is not sources.manifest)
+    units.sort(key=lambda unit: unit[0] is not manifest)
     artifacts: set[Path] = set()
     for module, unit in units:
         if unit.resolve() in artifacts:
             continue
         result = module.read(unit, options)
-        if module is sources.manifest:
+        if module is manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
         _collect(module.NAME, str(unit), result, inputs, seen)
     inputs.unrecognised = [str(p) for p in unknown if p.resolve() not in artifacts]
@@ -278,11 +279,13 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
             inputs.notes.append(f"{len(inputs.records) - len(records)} deleted runs left out "
                                 "(--include-deleted imports them, deleted)")
     deleted: list[str] = []
+    new: set[str] = set()
     if exps and not dry_run:
-        deleted, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
+        deleted, new, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
         inputs.notes += notes
     summary = import_records(records, uri, state=state, dry_run=dry_run,
-                             on_param_conflict=on_param_conflict, config=config, progress=progress)
+                             on_param_conflict=on_param_conflict, config=config, progress=progress,
+                             new_experiments=new)
     logged: dict[str, str] = {}  # source logged model id -> destination id
     if inputs.logged_models and not dry_run:  # after the runs: their points go into them
         from .logged_models import copy
@@ -310,18 +313,22 @@ async def _on_server(uri: str, config: ClientConfig, work, *args):
 def import_records(records: list[RunRecord], tracking_uri: str, *, state: Optional[PathLike] = None,
                    dry_run: bool = False, on_param_conflict: str = "error",
                    config: ClientConfig = DEFAULT_CONFIG,
-                   progress: Optional[Callable[[int, int], None]] = None) -> Summary:
+                   progress: Optional[Callable[[int, int], None]] = None,
+                   new_experiments: Iterable[str] = ()) -> Summary:
     ledger = Ledger(Path(state) if state else None)
     try:
         return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
-                                        policy=on_param_conflict, config=config, progress=progress))
+                                        policy=on_param_conflict, config=config, progress=progress,
+                                        new_experiments=new_experiments))
     finally:
         ledger.close()
 
 
 async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dry_run: bool = False,
                        policy: str = "error", config: ClientConfig = DEFAULT_CONFIG, progress=None,
-                       env: Optional[dict[str, str]] = None) -> Summary:
+                       env: Optional[dict[str, str]] = None, new_experiments: Iterable[str] = ()) -> Summary:
+    """Write `records` with bounded concurrency. `new_experiments`: names of experiments created
+    just before (experiments.prepare), which hold no run: no run is looked for in them."""
     started = time.monotonic()
     total = sum(r.point_count for r in records)
     done = 0
@@ -339,7 +346,8 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
         except ServerError:
             pass  # a deployment without /health: the next call tells
         await api.call("experiments/search", {"max_results": 1})  # credentials refused: exit code 3
-        sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed)
+        sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed,
+                          new_experiments=new_experiments)
         created: dict[tuple[str, str], asyncio.Future] = {}
         existing_parents: dict[str, asyncio.Task] = {}
         run_slots = asyncio.Semaphore(max(2, config.max_in_flight * 2))

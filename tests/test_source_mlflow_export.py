@@ -232,8 +232,8 @@ def test_child_without_its_parent_is_noted():
 
 def test_pre_1_2_experiment_export():
     """EXP/manifest.json and EXP/<run id>/run.json with the payload at the top. The manifest source
-    would take manifest.json for one of its own (first key `experiment`): ORDER puts this source
-    first, and its detection never takes a manifest importer could read."""
+    would take manifest.json for one of its own (first key `experiment`): sources.order() puts
+    this source first, and its detection never takes a manifest importer could read."""
     found = importer.read_inputs([FIXTURES / "old_experiment"])
     assert found.units == [("mlflow-export", str(FIXTURES / "old_experiment"), 2)]
     runs = _by_key(found.records)

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -95,7 +95,7 @@ def _stored_value(v: Any) -> Any:
 
 class MlflowSink:
     def __init__(self, api: MlflowApi, ledger: Ledger, *, on_param_conflict: str = "error",
-                 dry_run: bool = False, progress=None):
+                 dry_run: bool = False, progress=None, new_experiments: Iterable[str] = ()):
         if on_param_conflict not in CONFLICT_POLICIES:
             raise ValueError(f"on_param_conflict must be one of {CONFLICT_POLICIES}")
         self.api = api
@@ -105,6 +105,9 @@ class MlflowSink:
         self.dry_run = dry_run
         self.progress = progress  # called with the number of points that just landed
         self._experiments: dict[str, asyncio.Task] = {}
+        # Created just before by this move (experiments.prepare): empty, so no run is looked for
+        # in them. A search per run costs the server more the more runs the experiment holds.
+        self._new = set(new_experiments)
 
     # -- experiments ---------------------------------------------------------------------------
 
@@ -122,7 +125,7 @@ class MlflowSink:
                     exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS)
                     for k, v in (tags or {}).items():
                         await self.api.set_experiment_tag(exp_id, k, v)
-                    return exp_id, new
+                    return exp_id, new or name in self._new
                 coro = get_or_create()
             self._experiments[name] = asyncio.ensure_future(coro)
         return await self._experiments[name]

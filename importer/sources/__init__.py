@@ -4,7 +4,7 @@
 a Keras or generic CSV, a text log, a YOLO results file) or a run folder (a Lightning version
 folder, a Hugging Face Trainer output folder, a TensorBoard folder, a W&B run folder). A folder is
 walked (links to folders or files are not followed: they may lead out of the folder named, or to a
-file read anyway) and every file is offered to the sources in `ORDER`; the first that recognises
+file read anyway) and every file is offered to the sources in `order()`; the first that recognises
 it claims its unit, and what nobody recognises is reported, never skipped silently. A
 manifest is recognised by its first key, so a manifest with a typo further in is still read and
 its problems are reported.
@@ -12,20 +12,30 @@ its problems are reported.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
 
 from ..errors import InputError
-from . import (bundle, hf_trainer, keras, lightning, manifest, mlflow_export, mlruns, table, textlog,
-               tfevents, wandb, yolo)
-
 # Most specific first: the generic table and text sources take only what nobody else claims.
-ORDER: list[ModuleType] = [mlflow_export, manifest, bundle, mlruns, hf_trainer, wandb, tfevents,
-                           lightning, yolo, keras, table, textlog]
-FORMATS: dict[str, ModuleType] = {m.NAME: m for m in ORDER}
+_ORDER = ("mlflow_export", "manifest", "bundle", "mlruns", "hf_trainer", "wandb", "tfevents",
+          "lightning", "yolo", "keras", "table", "textlog")
+
+
+@cache
+def order() -> list[ModuleType]:
+    """The sources, imported on first use: `export` and `migrate` (which read a server) and
+    `--help` load none of them, 50 ms less at every start."""
+    return [importlib.import_module(f"{__name__}.{name}") for name in _ORDER]
+
+
+def formats() -> dict[str, ModuleType]:
+    """`--format` name -> source."""
+    return {m.NAME: m for m in order()}
 
 _CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")
 
@@ -36,16 +46,16 @@ def _unit(module: ModuleType, file: Path, named: Path) -> Path:
     if hasattr(module, "unit"):  # a source that knows its own layout (mlruns, mlflow-export, bundle, wandb)
         unit = module.unit(file)
         return unit if unit.is_relative_to(named) else named
-    if module is hf_trainer:
+    if module.NAME == "hf":
         return file.parent.parent if _CHECKPOINT.match(file.parent.name) else file.parent
-    if module in (lightning, tfevents, yolo):  # a YOLO run folder also holds args.yaml, weights, plots
+    if module.NAME in ("lightning", "tensorboard", "yolo"):  # a YOLO run folder also holds args.yaml, weights, plots
         return file.parent
     return file
 
 
 def recognise(file: Path) -> Optional[ModuleType]:
     """The first source that recognises `file`, or None."""
-    for module in ORDER:
+    for module in order():
         if module.detect(file):
             return module
     return None
@@ -55,17 +65,17 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
     """([(source, unit)], [paths nobody recognised]). With `fmt`, each path goes to that source
     as it is. A file named directly that nobody recognises is an InputError."""
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise InputError(f"unknown format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
-        return [(FORMATS[fmt], p) for p in paths], []
+        if fmt not in formats():
+            raise InputError(f"unknown format {fmt!r}; known: {', '.join(sorted(formats()))}")
+        return [(formats()[fmt], p) for p in paths], []
     units: dict[Path, ModuleType] = {}
     unknown: list[Path] = []
     for path in paths:
         if path.is_file():
-            module = recognise(path) or (manifest if path.suffix.lower() == ".json" else None)
+            module = recognise(path) or (formats()["manifest"] if path.suffix.lower() == ".json" else None)
             if module is None:
                 raise InputError(f"{path}: not a format importer recognises; name it with --format "
-                                 f"({', '.join(sorted(FORMATS))})")
+                                 f"({', '.join(sorted(formats()))})")
             units.setdefault(_unit(module, path, path.parent), module)
             continue
         for folder, dirs, files in os.walk(path):

@@ -10,6 +10,10 @@
                                        fields model_id, dataset_name, dataset_digest when present
     runs/<run_id>/artifacts/...        the run's artifacts, byte for byte
     models/<n>.json                    BundleModel: a registered model, versions, aliases, tags
+    logged_models/<model_id>/model.json  BundleLoggedModel: an MLflow 3 logged model: info, params,
+                                       tags, its metric points (with run, dataset), the runs that
+                                       output or took it, artifacts with size and SHA-256
+    logged_models/<model_id>/artifacts/...  the model's artifacts, byte for byte
 
 Metrics take about 7 bytes a point: delta-encoded steps and timestamps, byte-stream-split
 values, zstd. A run folder is written under a temporary name and renamed when complete, and
@@ -79,6 +83,8 @@ class BundleExperiment(_Doc):
 class BundleModelVersion(_Doc):
     version: str
     run_id: Optional[str] = Field(None, description="The source run; its artifacts hold the model.")
+    model_id: Optional[str] = Field(None, description="The MLflow 3 logged model the version is "
+                                    "of (its source is then `models:/<model_id>`).")
     artifact_path: Optional[str] = Field(None, description="The model's folder inside the run's artifacts.")
     source: str = Field(description="The version's source as the exporting server had it.")
     description: Optional[str] = None
@@ -95,6 +101,42 @@ class BundleModel(_Doc):
     versions: list[BundleModelVersion] = []
 
 
+class BundleModelMetric(_Doc):
+    key: str
+    value: float = Field(description="The server keeps no NaN nor Infinity for logged models.")
+    timestamp: int
+    step: int = 0
+    run_id: str = Field(description="The source run the point was logged in.")
+    dataset_name: Optional[str] = None
+    dataset_digest: Optional[str] = None
+
+
+class BundleModelOutput(_Doc):
+    run_id: str
+    step: int = 0
+
+
+class BundleLoggedModel(_Doc):
+    """An MLflow 3 logged model as `logged-models/{id}` gives it, plus the runs linked to it."""
+
+    model_id: str = Field(description="The model's id in the store it was exported from.")
+    experiment_id: str
+    name: str
+    model_type: Optional[str] = None
+    status: str = Field(description="LOGGED_MODEL_READY, LOGGED_MODEL_PENDING, ...")
+    status_message: Optional[str] = None
+    source_run_id: Optional[str] = None
+    creation_timestamp_ms: Optional[int] = None
+    params: dict[str, str] = {}
+    tags: dict[str, str] = {}
+    metrics: list[BundleModelMetric] = []
+    outputs: list[BundleModelOutput] = Field([], description="Runs that logged the model as their "
+                                             "output (run outputs.model_outputs).")
+    inputs: list[str] = Field([], description="Runs that took the model as input (inputs.model_inputs).")
+    artifacts: list[BundleArtifact] = []
+    signature: Optional[str] = Field(None, description="Stands for the model's state at export time.")
+
+
 class BundleRunEntry(_Doc):
     path: str
     sha256: str = Field(description="SHA-256 of the run's run.json.")
@@ -106,22 +148,26 @@ class BundleManifest(_Doc):
     format_version: Literal[1] = 1
     created: int = Field(description="Milliseconds since the epoch.")
     source: str = Field(description="Where the runs came from (a server URL, without credentials).")
-    counts: dict[str, int] = Field(description="experiments, runs, points, artifacts, models")
+    counts: dict[str, int] = Field(description="experiments, runs, points, artifacts, models, "
+                                   "logged_models (absent in bundles written before them)")
     runs: dict[str, BundleRunEntry] = {}
     models: list[str] = []
+    logged_models: dict[str, str] = Field({}, description="model id -> SHA-256 of its "
+                                          "logged_models/<id>/model.json")
 
 
 def bundle_json_schema() -> dict:
     """The JSON Schemas of a bundle's documents, in one file."""
     defs = {}
-    for model in (BundleManifest, BundleExperiment, BundleRun, BundleModel):
+    for model in (BundleManifest, BundleExperiment, BundleRun, BundleModel, BundleLoggedModel):
         schema = model.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(schema.pop("$defs", {}))
         defs[model.__name__] = schema
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "importer export bundle, format version 1",
             "description": "bundle.json is a BundleManifest; experiments/*.json BundleExperiment; "
-                           "runs/*/run.json BundleRun; models/*.json BundleModel.",
+                           "runs/*/run.json BundleRun; models/*.json BundleModel; "
+                           "logged_models/*/model.json BundleLoggedModel.",
             "$defs": defs}
 
 
@@ -229,6 +275,18 @@ def read_metrics(path: Path) -> dict[str, pa.Table]:
     return {k: t.drop_columns(unused) for k, t in tables.items()}
 
 
+async def _download(source, dest: Path, rel: str) -> BundleArtifact:
+    """Stream a file of the source server (sources.server.RemoteArtifact) to `dest`, hashing it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    h, size = hashlib.sha256(), 0
+    with open(dest, "wb") as f:
+        async for block in source.api.download(source.url_path):
+            f.write(block)
+            h.update(block)
+            size += len(block)
+    return BundleArtifact(path=rel, size=size, sha256=h.hexdigest())
+
+
 class BundleWriter:
     """Writes runs into a bundle folder; safe to run again on the same folder (it resumes)."""
 
@@ -239,8 +297,8 @@ class BundleWriter:
         old = root / MANIFEST
         if old.exists():  # a rerun: the manifest is rewritten at the end
             old.unlink()
-        for partial in (root / "runs").glob("*" + _PARTIAL):
-            shutil.rmtree(partial)  # a run interrupted last time
+        for partial in [*(root / "runs").glob("*" + _PARTIAL), *root.glob("logged_models/*" + _PARTIAL)]:
+            shutil.rmtree(partial)  # a run or logged model interrupted last time
 
     def done(self, rec: RunRecord) -> bool:
         """Whether the bundle already holds this run in the state `rec.signature` stands for."""
@@ -270,17 +328,8 @@ class BundleWriter:
         async for key, table in pages:
             metrics.add(key, table)
         counts = metrics.close()
-        artifacts = []
-        for art in rec.artifacts:
-            dest = tmp / "artifacts" / art.dest
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            h, size = hashlib.sha256(), 0
-            with open(dest, "wb") as f:
-                async for block in art.source.api.download(art.source.url_path):
-                    f.write(block)
-                    h.update(block)
-                    size += len(block)
-            artifacts.append(BundleArtifact(path=art.dest, size=size, sha256=h.hexdigest()))
+        artifacts = [await _download(art.source, tmp / "artifacts" / art.dest, art.dest)
+                     for art in rec.artifacts]
         doc = BundleRun(
             run_id=rec.source_run_id, experiment_id=experiment_id, name=rec.name, status=rec.status,
             start_time=rec.start_time, end_time=rec.end_time, user=rec.user, lifecycle=rec.lifecycle,
@@ -298,6 +347,27 @@ class BundleWriter:
         name = hashlib.sha256(model.name.encode()).hexdigest()[:16] + ".json"
         _write_json(self.root / "models" / name, model)
 
+    def logged_model_done(self, doc: BundleLoggedModel) -> bool:
+        """Whether the bundle already holds this logged model in the state `doc.signature` stands for."""
+        path = self.root / "logged_models" / doc.model_id / "model.json"
+        return path.exists() and json.loads(path.read_text()).get("signature") == doc.signature
+
+    async def write_logged_model(self, doc: BundleLoggedModel, files: list) -> None:
+        """Write one logged model: `files` are its artifacts (model.ArtifactFile whose source is a
+        sources.server.RemoteArtifact), streamed into the folder and hashed on the way."""
+        final = self.root / "logged_models" / doc.model_id
+        tmp = final.with_name(final.name + _PARTIAL)
+        tmp.mkdir(parents=True)
+        try:
+            doc.artifacts = [await _download(f.source, tmp / "artifacts" / f.dest, f.dest) for f in files]
+            _write_json(tmp / "model.json", doc)
+            if final.exists():  # the model changed since the last export
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
     def finish(self) -> BundleManifest:
         """Write bundle.json from what the folder holds (runs of earlier, resumed exports too)."""
         runs, points, artifacts = {}, 0, 0
@@ -312,9 +382,12 @@ class BundleWriter:
             artifacts += len(doc.artifacts)
         experiments = len(list((self.root / "experiments").glob("*.json")))
         models = sorted(f"models/{p.name}" for p in (self.root / "models").glob("*.json"))
+        logged = {p.parent.name: sha256_file(p) for p in sorted(self.root.glob("logged_models/*/model.json"))
+                  if not p.parent.name.endswith(_PARTIAL)}
         manifest = BundleManifest(
             created=int(time.time() * 1000), source=self.source, runs=runs, models=models,
+            logged_models=logged,
             counts={"experiments": experiments, "runs": len(runs), "points": points,
-                    "artifacts": artifacts, "models": len(models)})
+                    "artifacts": artifacts, "models": len(models), "logged_models": len(logged)})
         _write_json(self.root / MANIFEST, manifest)
         return manifest

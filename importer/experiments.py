@@ -95,23 +95,15 @@ async def _get(dest: MlflowApi, exp_id: str) -> dict:
 
 
 async def not_carried(api: MlflowApi, exps: list[dict]) -> list[str]:
-    """Notes naming what the selected experiments of a source server hold that no move carries:
-    MLflow 3 logged models (and with them the `model_id` of metrics logged against them) and
-    traces. An MLflow 2 server has neither endpoint."""
+    """Notes naming the selected experiments of a source server that hold traces, which no move
+    carries. An MLflow 2 server has none (nor the endpoint)."""
     notes = []
     for exp in exps:
-        held = []
         try:
-            if (await api.call("logged-models/search", {"experiment_ids": [exp["experiment_id"]],
-                                                        "max_results": 1})).get("models"):
-                held.append("logged models (MLflow 3; metrics logged against one arrive as their "
-                            "run's metrics, without the link)")
             if (await api.call("traces", {"experiment_ids": exp["experiment_id"], "max_results": 1},
                                get=True)).get("traces"):
-                held.append("traces")
+                notes.append(f"experiment {exp['name']!r} holds traces, which are not carried")
         except ServerError as e:
             if e.status != 404:
                 raise
-        if held:
-            notes.append(f"experiment {exp['name']!r} holds {' and '.join(held)}, which are not carried")
     return notes

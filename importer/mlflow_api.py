@@ -346,7 +346,17 @@ class MlflowApi:
         await self.call("runs/restore", {"run_id": run_id})
 
     async def log_inputs(self, run_id: str, datasets: list[dict]) -> None:
-        await self.call("runs/log-inputs", {"run_id": run_id, "datasets": datasets})
+        for attempt in range(3):
+            try:
+                return await self.call("runs/log-inputs", {"run_id": run_id, "datasets": datasets})
+            except ServerError as e:
+                # Two runs logging the same new dataset at once: the server's get-or-create of the
+                # experiment's dataset row races and the loser gets a unique-constraint error
+                # (a 400); once the row exists the same call succeeds.
+                if attempt == 2 or e.status != 400 or not any(
+                        s in str(e) for s in ("UNIQUE constraint", "IntegrityError", "Duplicate entry",
+                                              "duplicate key")):
+                    raise
 
     async def list_artifacts(self, run_id: str, path: str = "") -> AsyncIterator[dict]:
         """Every file (not folder) under `path` of a run's artifacts, recursively:
@@ -382,6 +392,23 @@ class MlflowApi:
                 "server's artifact proxy (start the server with --serve-artifacts, the default)")
         root = urlsplit(artifact_uri).path.lstrip("/")  # also the mlflow-artifacts://host/ form
         return ARTIFACTS + quote(f"{root}/{rel}")
+
+    async def list_artifact_tree(self, artifact_uri: str) -> AsyncIterator[dict]:
+        """Every file under an `mlflow-artifacts:` location (a logged model's), recursively, through
+        the proxy's listing: {"path": "a/b.txt", "file_size": 12}, paths relative to the location."""
+        self.artifact_path(artifact_uri, "")  # the same check and message as for uploads
+        root = urlsplit(artifact_uri).path.strip("/")
+        folders = [""]
+        while folders:
+            folder = folders.pop()
+            where = f"{root}/{folder}".rstrip("/")
+            page = (await self.request("GET", ARTIFACTS.rstrip("/"), params={"path": where})).json()
+            for f in page.get("files", []):
+                path = f"{folder}/{f['path']}" if folder else f["path"]
+                if f.get("is_dir"):
+                    folders.append(path)
+                else:
+                    yield {"path": path, "file_size": int(f.get("file_size") or 0)}
 
     async def upload(self, url_path: str, file_chunks) -> None:
         """PUT a file; `file_chunks` is a function returning a fresh chunk iterator (for retries)."""

@@ -1,6 +1,10 @@
 """Moving runs between stores: `export` (server -> bundle), `migrate` (server -> server) and
 `verify` (compare the two ends through the id map). `import` of a bundle or an `mlruns/` folder
-is the ordinary import (pipeline.import_paths) plus `copy_models`.
+is the ordinary import (pipeline.import_paths) plus `logged_models.copy` and `copy_models`.
+
+Order of a migration: experiments, runs, MLflow 3 logged models (their points go into the runs),
+registered models (a version may be of a logged model), then deleting again the experiments
+deleted at the source.
 
 The id map: a moved run carries its source id in the tag `importer.source_run_id` and its import
 key `mlflow-run-<source id>` (tag `importer.import_key`); the ledger keeps key -> destination id.
@@ -18,7 +22,7 @@ from typing import Optional
 
 import pyarrow as pa
 
-from . import experiments, registry
+from . import experiments, logged_models, registry
 from .bundle import BundleExperiment, BundleWriter
 from .errors import ImporterError, InputError
 from .experiments import ExperimentRecord
@@ -98,12 +102,21 @@ async def _export(uri, out, selection, with_models, config, env, progress) -> Su
                 finally:
                     rec.metrics, rec.artifacts = {}, []
 
-        jobs = []
+        jobs, records = [], []
         async for exp, rec in server.runs(api, selection):
             o = Outcome(rec.origin, rec.experiment, rec.import_key, run_id=rec.source_run_id)
             summary.outcomes.append(o)
+            records.append(rec)
             jobs.append(one(exp, rec, o))
         await asyncio.gather(*jobs)
+        for m in await logged_models.read(api, exps, records, selection.shard):
+            try:
+                if not writer.logged_model_done(m.doc):
+                    await writer.write_logged_model(m.doc, m.files)
+            except (ImporterError, OSError) as e:  # this model only; the others go on
+                summary.outcomes.append(Outcome(f"logged model {m.doc.name!r} ({m.doc.model_id})",
+                                                m.experiment, f"logged-model-{m.doc.model_id}",
+                                                action="failed", error=str(e)))
         if with_models:
             ids = None if not (selection.experiments or selection.shard) else {o.run_id for o in summary.outcomes}
             for model in await registry.read_models(api, ids):
@@ -111,7 +124,8 @@ async def _export(uri, out, selection, with_models, config, env, progress) -> Su
         manifest = writer.finish()
         summary.notes.append(f"bundle holds {manifest.counts['runs']} runs, {manifest.counts['points']:,} "
                              f"points, {manifest.counts['artifacts']} artifacts, "
-                             f"{manifest.counts['models']} registered models")
+                             f"{manifest.counts['models']} registered models, "
+                             f"{manifest.counts['logged_models']} logged models")
         summary.seconds = time.monotonic() - started
         summary.requests, summary.retried = api.requests, api.retried
         return summary
@@ -148,10 +162,18 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
         summary = await import_async(records, dst, ledger, policy=policy, config=config,
                                      progress=progress, env=dst_env, new_experiments=new)
         summary.title = f"Migrated from {api.url} to"
+        # After the runs (a model's points go into them), before registered models (a version
+        # may be of a logged model).
+        logged = await logged_models.read(api, found, records, selection.shard)
+        model_ids, lm_notes, failed = await logged_models.copy(dest, logged, summary.outcomes, records)
+        summary.outcomes += failed
+        summary.notes += lm_notes
         if with_models:
             ids = None if not (selection.experiments or selection.shard) else {r.source_run_id for r in records}
             models = await registry.read_models(api, ids)
-            summary.notes += await registry.copy_models(dst, models, summary.outcomes, config, dst_env)
+            summary.notes += await registry.copy_models(dst, models, summary.outcomes, config, dst_env,
+                                                        model_ids)
+            await logged_models.retag(dest, logged, model_ids)
         summary.notes += notes + await experiments.finish(dest, deleted, selection.shard)
         summary.requests += api.requests + dest.requests
         summary.retried += api.retried + dest.retried
@@ -178,12 +200,13 @@ class Report:
     runs: int = 0
     points: int = 0
     artifacts: int = 0
+    logged_models: int = 0
     id_map: dict[str, str] = field(default_factory=dict)  # source run id -> destination run id
     differences: list[Difference] = field(default_factory=list)
 
     def text(self, show_map: bool = False) -> str:
         lines = [f"Compared {self.source} with {self.dest}: {self.runs} runs, {self.points:,} metric "
-                 f"points, {self.artifacts} artifacts"]
+                 f"points, {self.artifacts} artifacts, {self.logged_models} logged models"]
         if show_map:
             lines += ["", f"{'source run':32}  {'destination run':32}"]
             lines += [f"{s:32}  {d:32}" for s, d in sorted(self.id_map.items())]
@@ -216,7 +239,8 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
         diff = report.differences.append
         dest_runs: dict[str, dict] = {}  # source id -> destination run
         copies: dict[str, int] = {}
-        for exp in await server.experiments(a, selection):
+        exps = await server.experiments(a, selection)
+        for exp in exps:
             other = await b.experiment_by_name(exp["name"])
             if other is None:
                 diff(Difference(f"experiment {exp['name']}", "experiment", "present", "missing"))
@@ -242,14 +266,20 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
             if n > 1:
                 diff(Difference(src_id, "copies on the destination", "1", str(n)))
         sem = asyncio.Semaphore(config.max_in_flight)
-        jobs = []
+        jobs, records = [], []
         async for _, rec in server.runs(a, selection):
             report.runs += 1
+            records.append(rec)
             jobs.append(_compare_run(a, b, rec, dest_runs, report, sem))
         await asyncio.gather(*jobs)
+        model_ids = await logged_models.compare(
+            a, b, exps, records, report.id_map,
+            lambda where, what, s, d: diff(Difference(where, what, s, d)),
+            lambda n: setattr(report, "logged_models", n), selection.shard)
         if with_models:
             ids = None if not (selection.experiments or selection.shard) else set(report.id_map)
-            await _compare_models(await registry.read_models(a, ids), await registry.read_models(b), report)
+            await _compare_models(await registry.read_models(a, ids), await registry.read_models(b), report,
+                                  model_ids)
         return report
 
 
@@ -327,7 +357,7 @@ async def _compare_artifacts(a, b, rec, info, report, diff) -> None:
             diff(f"artifact {path}", f"{s_size} B {s_hash[:12]}", f"{d_size} B {d_hash[:12]}")
 
 
-async def _compare_models(src_models, dst_models, report: Report) -> None:
+async def _compare_models(src_models, dst_models, report: Report, logged: dict[str, str]) -> None:
     by_name = {m.name: m for m in dst_models}
     for m in src_models:
         where = f"model {m.name}"
@@ -359,6 +389,9 @@ async def _compare_models(src_models, dst_models, report: Report) -> None:
                                                      f"{c.description} {tags} {c.stage}"))
             if v.run_id and report.id_map.get(v.run_id) != c.run_id:
                 report.differences.append(Difference(where, f"version {v.version} run", v.run_id, str(c.run_id)))
+            if v.model_id and logged.get(v.model_id) != c.model_id:
+                report.differences.append(Difference(where, f"version {v.version} logged model",
+                                                     v.model_id, str(c.model_id)))
         to_dest = {v.version: copies[v.version].version for v in m.versions if v.version in copies}
         want = {alias: to_dest.get(ver) for alias, ver in m.aliases.items()}
         if want != d.aliases:

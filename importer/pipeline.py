@@ -121,6 +121,7 @@ class Inputs:
     unrecognised: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     models: list = field(default_factory=list)  # registered models from bundles (bundle.BundleModel)
+    logged_models: list = field(default_factory=list)  # from bundles (logged_models.LoggedModel)
     experiments: list = field(default_factory=list)  # of other stores (experiments.ExperimentRecord)
 
 
@@ -172,6 +173,7 @@ def _collect(fmt: str, unit: str, result: SourceResult, inputs: Inputs, seen: di
     inputs.problems += result.problems
     inputs.notes += result.notes
     inputs.models += result.models
+    inputs.logged_models += result.logged_models
     inputs.experiments += result.experiments
     for rec in result.records:
         scoped = (rec.experiment, rec.import_key)
@@ -284,9 +286,19 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
     summary = import_records(records, uri, state=state, dry_run=dry_run,
                              on_param_conflict=on_param_conflict, config=config, progress=progress,
                              new_experiments=new)
+    logged: dict[str, str] = {}  # source logged model id -> destination id
+    if inputs.logged_models and not dry_run:  # after the runs: their points go into them
+        from .logged_models import copy
+        logged, notes, failed = asyncio.run(_on_server(uri, config, copy, inputs.logged_models,
+                                                       summary.outcomes, records))
+        inputs.notes += notes
+        summary.outcomes += failed
     if inputs.models and not dry_run:
         from .registry import copy_models
-        inputs.notes += asyncio.run(copy_models(uri, inputs.models, summary.outcomes, config))
+        inputs.notes += asyncio.run(copy_models(uri, inputs.models, summary.outcomes, config, logged=logged))
+        if logged:
+            from .logged_models import retag
+            asyncio.run(_on_server(uri, config, retag, inputs.logged_models, logged))
     if deleted:
         inputs.notes += asyncio.run(_on_server(uri, config, experiments.finish, deleted))
     summary.notes, summary.unrecognised = inputs.notes, inputs.unrecognised

@@ -9,7 +9,8 @@ source and run, tag `importer.placeholder`), each deleted at once: version 4 sta
 `models:/name/4` still means the same model. A version that cannot keep its number (the
 destination's model already had others, or shards wrote versions out of order) gets the next one,
 and a note says so. Aliases are set through the mapping. Stages (deprecated in MLflow) are
-carried over as the version's stage when set.
+carried over as the version's stage when set. A version of an MLflow 3 logged model (source
+`models:/m-...`) is made of that model's copy, so logged models are written first.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ async def _paged(api: MlflowApi, endpoint: str, body: dict, field: str):
         token = page.get("next_page_token")
         if not token:
             return
+
+
+def logged_model_id(version: dict) -> Optional[str]:
+    """The MLflow 3 logged model a version is of: its `model_id`, else its source
+    `models:/m-...` (the REST answer of MLflow 3.17 leaves the field out)."""
+    if version.get("model_id"):
+        return version["model_id"]
+    rest = version.get("source", "").removeprefix("models:/")
+    return rest if rest.startswith("m-") and "/" not in rest and rest != version.get("source") else None
 
 
 def artifact_path(source: str, run_id: Optional[str]) -> Optional[str]:
@@ -62,6 +72,7 @@ async def read_models(api: MlflowApi, run_ids: Optional[set[str]] = None) -> lis
             aliases={a["alias"]: a["version"] for a in m.get("aliases", [])},
             versions=[BundleModelVersion(
                 version=v["version"], run_id=v.get("run_id") or None, source=v.get("source", ""),
+                model_id=logged_model_id(v),
                 artifact_path=artifact_path(v.get("source", ""), v.get("run_id")),
                 description=v.get("description") or None, tags=_pairs(v.get("tags")),
                 stage=v.get("current_stage") if v.get("current_stage") not in (None, "None") else None,
@@ -114,10 +125,12 @@ def _quote(name: str) -> str:
     return name.replace("'", "\\'")
 
 
-async def write_models(api: MlflowApi, models: list[BundleModel],
-                       runs: dict[str, dict]) -> list[str]:
+async def write_models(api: MlflowApi, models: list[BundleModel], runs: dict[str, dict],
+                       logged: Optional[dict[str, str]] = None) -> list[str]:
     """Create or complete each model on the destination. `runs` maps a source run id to the
-    destination run (its `info`). Returns notes for the report; raises ServerError on failure."""
+    destination run (its `info`), `logged` a source logged model id to the destination's.
+    Returns notes for the report; raises ServerError on failure."""
+    logged = logged or {}
     notes = []
     for model in models:
         current = await _get_model(api, model.name)
@@ -153,11 +166,18 @@ async def write_models(api: MlflowApi, models: list[BundleModel],
                 notes.append(f"model {model.name!r} version {v.version}: left out, its run "
                              f"{v.run_id} is not part of this move")
                 continue
+            if v.model_id and v.model_id not in logged:
+                notes.append(f"model {model.name!r} version {v.version}: left out, its logged model "
+                             f"{v.model_id} is not part of this move")
+                continue
             source = (f"{run['artifact_uri']}/{v.artifact_path}" if run and v.artifact_path is not None
                       else v.source)
             body = {"name": model.name, "source": source}
             if run:
                 body["run_id"] = run["run_id"]
+            if v.model_id:  # the server resolves `models:/<id>` to the logged model's artifacts
+                body["source"] = f"models:/{logged[v.model_id]}"
+                body["model_id"] = logged[v.model_id]
             while highest + 1 < int(v.version):  # numbers of versions deleted at the source
                 hole = await api.create_once(
                     "model-versions/create", {**body, "tags": [{"key": PLACEHOLDER_TAG, "value": v.version}]},
@@ -189,9 +209,10 @@ async def write_models(api: MlflowApi, models: list[BundleModel],
 
 
 async def copy_models(dest_uri: str, models: list[BundleModel], outcomes: list, config=None,
-                      env: Optional[dict] = None) -> list[str]:
+                      env: Optional[dict] = None, logged: Optional[dict[str, str]] = None) -> list[str]:
     """Write registered models to a server, their versions pointing at the runs an import wrote
-    (`outcomes`: sinks.mlflow.Outcome). A failure is added to `outcomes`."""
+    (`outcomes`: sinks.mlflow.Outcome) and at the logged models it wrote (`logged`: source id ->
+    destination id). A failure is added to `outcomes`."""
     from .mlflow_api import DEFAULT_CONFIG
     from .sinks.mlflow import Outcome
 
@@ -205,7 +226,7 @@ async def copy_models(dest_uri: str, models: list[BundleModel], outcomes: list, 
                 if run:
                     runs[o.import_key.removeprefix("mlflow-run-")] = run["info"]
         try:
-            return await write_models(api, models, runs)
+            return await write_models(api, models, runs, logged)
         except ImporterError as e:
             outcomes.append(Outcome("registered models", "", "", action="failed", error=str(e)))
             return []

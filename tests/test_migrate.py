@@ -428,7 +428,7 @@ def test_deleted_experiment_never_deletes_the_destinations_own(source, dest, tmp
 
 
 def test_what_is_not_carried_is_named(source, dest, tmp_path, monkeypatch):
-    """MLflow 3 logged models and traces do not move: migrate and export say so, per experiment."""
+    """Traces do not move: migrate and export say so, per experiment (logged models do move)."""
     rest = Rest(source.url)
     name = f"genai-{uuid.uuid4().hex[:8]}"
     exp_id = rest.post("experiments/create", {"name": name})["experiment_id"]
@@ -443,8 +443,9 @@ def test_what_is_not_carried_is_named(source, dest, tmp_path, monkeypatch):
                  ["export", "--from", source.url, "--out", str(tmp_path / "b")]):
         r = run_importer(*args, "--experiment", name, "--json")
         assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
-        assert any(n.startswith(f"experiment {name!r} holds logged models") and "and traces" in n
-                   for n in json.loads(r.stdout)["notes"]), r.stdout.decode()
+        notes = json.loads(r.stdout)["notes"]
+        assert f"experiment {name!r} holds traces, which are not carried" in notes, notes
+        assert "logged models: 1 created" in notes or "bundle holds" in " ".join(notes), notes
 
 
 def test_one_failing_run_does_not_stop_the_others(source, dest, populated, tmp_path):
@@ -541,3 +542,202 @@ def test_export_reads_several_metrics_of_a_run_at_once_and_writes_them_in_order(
     got = bundle_mod.read_metrics(out / "runs" / run_id / "metrics.parquet")
     assert {k: list(zip(t.column("step").to_pylist(), t.column("timestamp").to_pylist(),
                         t.column("value").to_pylist())) for k, t in got.items()} == want
+
+
+# -- MLflow 3 logged models -----------------------------------------------------------------------
+
+
+def populate_logged(url: str, name: str) -> dict:
+    """An experiment with an MLflow 3 logged model made by the real client: logged in a training
+    run with params, tags and a model type, metrics logged against it on a dataset (so the points
+    carry dataset_name/digest) in that run, in an evaluation run and in a second one that is then
+    deleted, a metric of the training run from before the model, and a registered version of it.
+    Returns ids by role."""
+    import mlflow
+    import numpy as np
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    mlflow.set_tracking_uri(url)
+    exp = mlflow.set_experiment(name)
+    ds = mlflow.data.from_numpy(np.arange(10.0).reshape(5, 2), name="train-ds")
+    ids = {"experiment_id": exp.experiment_id}
+    with mlflow.start_run(run_name="train") as run:
+        mlflow.log_param("lr", 0.1)
+        mlflow.log_metric("seen", 5.0, step=0)  # before the model: log_model links it (no dataset)
+        info = mlflow.pyfunc.log_model(name="echo", python_model=Echo(), params={"alpha": "0.5"},
+                                       tags={"team": "vision"}, model_type="agent")
+        for step, acc in enumerate((0.7, 0.8, 0.9)):
+            mlflow.log_metric("acc", acc, step=step, timestamp=T0 + step, model_id=info.model_id, dataset=ds)
+        # The server keeps a model's NaN as 0.0 (the run's as NaN); sent back, it must stay NaN.
+        mlflow.log_metric("loss", float("nan"), step=3, timestamp=T0 + 3, model_id=info.model_id, dataset=ds)
+        ids["train"], ids["model_id"] = run.info.run_id, info.model_id
+    with mlflow.start_run(run_name="evaluate") as ev:
+        mlflow.log_metric("eval_acc", 0.75, step=0, timestamp=T0 + 10, model_id=info.model_id, dataset=ds)
+        ids["eval"] = ev.info.run_id
+    with mlflow.start_run(run_name="evaluate-again") as gone:
+        mlflow.log_metric("eval_acc", 0.6, step=0, timestamp=T0 + 20, model_id=info.model_id, dataset=ds)
+        ids["deleted_eval"] = gone.info.run_id
+    mlflow.MlflowClient().delete_run(gone.info.run_id)
+    ids["registered"] = f"model-{name}"
+    mlflow.register_model(f"models:/{info.model_id}", ids["registered"])
+    return ids
+
+
+@pytest.fixture(scope="module")
+def logged(source):
+    name = f"lm-{uuid.uuid4().hex[:8]}"
+    return name, populate_logged(source.url, name)
+
+
+def dest_models(url: str, name: str) -> list[dict]:
+    """The experiment's logged models on a server, straight from the REST API."""
+    view = View(url)
+    exp = view.http.get("experiments/get-by-name", params={"experiment_name": name}).json()["experiment"]
+    return view.http.post("logged-models/search", json={"experiment_ids": [exp["experiment_id"]]}).json().get("models", [])
+
+
+def assert_logged_model_arrived(source_url: str, dest_url: str, name: str, ids: dict, deleted: bool) -> None:
+    """What the destination holds, read through the REST API, not through importer."""
+    [copy] = dest_models(dest_url, name)
+    info, data = copy["info"], copy["data"]
+    model_id = info["model_id"]
+    assert model_id != ids["model_id"] and {t["key"]: t["value"] for t in info["tags"]}["importer.source_model_id"] == ids["model_id"]
+    assert (info["name"], info["model_type"], info["status"]) == ("echo", "agent", "LOGGED_MODEL_READY")
+    view = View(dest_url)
+    runs = {tags_of(r)["importer.source_run_id"]: r["info"]["run_id"] for r in view.runs(name, include_deleted=True)}
+    assert info["source_run_id"] == runs[ids["train"]]
+    assert {p["key"]: p["value"] for p in data["params"]}.items() >= {"alpha": "0.5", "lr": "0.1"}.items()
+    points = sorted((p["key"], p["step"], p["value"], p["run_id"], p.get("dataset_name"), bool(p.get("dataset_digest")))
+                    for p in data["metrics"] if p["model_id"] == model_id)
+    want = [("acc", s, v, runs[ids["train"]], "train-ds", True) for s, v in enumerate((0.7, 0.8, 0.9))]
+    want += [("eval_acc", 0, 0.75, runs[ids["eval"]], "train-ds", True), ("seen", 0, 5.0, runs[ids["train"]], None, False),
+             ("loss", 3, 0.0, runs[ids["train"]], "train-ds", True)]
+    if deleted:
+        want += [("eval_acc", 0, 0.6, runs[ids["deleted_eval"]], "train-ds", True)]
+    assert points == sorted(want) and len(data["metrics"]) == len(want)
+    # The run side holds each point once: the copy's model points added nothing to its history.
+    assert [v for _, _, v in view.history(runs[ids["train"]], "acc")] == [0.7, 0.8, 0.9]
+    assert view.history(runs[ids["train"]], "loss") == [(3, T0 + 3, "NaN")]
+    if deleted:
+        gone = view.http.get("runs/get", params={"run_id": runs[ids["deleted_eval"]]}).json()["run"]
+        assert gone["info"]["lifecycle_stage"] == "deleted"
+    train = view.http.get("runs/get", params={"run_id": runs[ids["train"]]}).json()["run"]
+    assert train["outputs"]["model_outputs"] == [{"model_id": model_id, "step": 0}]
+    ev = view.http.get("runs/get", params={"run_id": runs[ids["eval"]]}).json()["run"]
+    assert {"model_id": model_id} in ev["inputs"]["model_inputs"]
+    root = info["artifact_uri"].split(":", 1)[1].strip("/")
+    src_root = f"{ids['experiment_id']}/models/{ids['model_id']}/artifacts"
+    for path in ("MLmodel", "python_model.pkl"):
+        got = httpx.get(f"{dest_url}/api/2.0/mlflow-artifacts/artifacts/{root}/{path}")
+        had = httpx.get(f"{source_url}/api/2.0/mlflow-artifacts/artifacts/{src_root}/{path}")
+        assert got.status_code == had.status_code == 200 and got.content == had.content
+    version = view.http.get("model-versions/get", params={"name": ids["registered"], "version": "1"}).json()["model_version"]
+    assert version["source"] == f"models:/{model_id}" and version["run_id"] == runs[ids["train"]]
+
+
+def test_logged_models_migrate_exact_and_a_rerun_makes_no_second_copy(source, dest, logged, tmp_path):
+    name, ids = logged
+    args = ["migrate", "--from", source.url, "--to", dest.url, "--experiment", name, "--include-deleted",
+            "--state", str(tmp_path / "l.db"), "--json"]
+    r = run_importer(*args)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert "logged models: 1 created" in json.loads(r.stdout)["notes"]
+    v = verify(source.url, dest.url, "--experiment", name, "--include-deleted")
+    assert v.returncode == 0 and "no differences" in v.stdout.decode() and "1 logged models" in v.stdout.decode(), v.stdout.decode()
+    assert_logged_model_arrived(source.url, dest.url, name, ids, deleted=True)
+    again = run_importer(*args[:-3], "--state", str(tmp_path / "other.db"), "--json")  # no ledger either
+    assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
+    assert "logged models: 1 unchanged" in json.loads(again.stdout)["notes"]
+    assert len(dest_models(dest.url, name)) == 1
+    assert_logged_model_arrived(source.url, dest.url, name, ids, deleted=True)
+
+
+def test_logged_model_made_by_a_killed_migration_is_completed_not_made_twice(source, dest, logged, tmp_path):
+    """What `kill -9` right after the model's create leaves: the copy exists as the create made it
+    (name, type, source run, params, tags with the source id) and nothing else of it: no
+    artifacts, points nor links, status PENDING. The rerun completes that copy."""
+    name, ids = logged
+    args = ["migrate", "--from", source.url, "--to", dest.url, "--experiment", name, "--state", str(tmp_path / "l.db")]
+    assert run_importer(*args, "--no-models").returncode == 0
+    [first] = dest_models(dest.url, name)
+    d = Rest(dest.url)
+    d.http.delete(f"logged-models/{first['info']['model_id']}").raise_for_status()  # search no longer lists it
+    info = first["info"]
+    bare = d.post("logged-models", {
+        "experiment_id": info["experiment_id"], "name": info["name"], "model_type": info["model_type"],
+        "source_run_id": info["source_run_id"], "params": first["data"]["params"],
+        "tags": [t for t in info["tags"] if t["key"] != "mlflow.modelVersions"]})["model"]["info"]["model_id"]
+    r = run_importer(*args, "--json")
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    notes = json.loads(r.stdout)["notes"]
+    assert "logged models: 1 completed" in notes, notes
+    [copy] = dest_models(dest.url, name)
+    assert copy["info"]["model_id"] == bare and copy["info"]["status"] == "LOGGED_MODEL_READY"
+    # Without --include-deleted the deleted evaluation run stays behind, and so do its points.
+    assert any("not part of this move" in n and ids["deleted_eval"] in n for n in notes), notes
+    v = verify(source.url, dest.url, "--experiment", name)
+    assert v.returncode == 0 and "no differences" in v.stdout.decode(), v.stdout.decode()
+
+
+def test_logged_models_through_a_bundle(source, dest, logged, tmp_path):
+    name, ids = logged
+    bundle = tmp_path / "bundle"
+    r = run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name, "--include-deleted")
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["counts"]["logged_models"] == 1 and list(manifest["logged_models"]) == [ids["model_id"]]
+    doc = json.loads((bundle / "logged_models" / ids["model_id"] / "model.json").read_text())
+    assert {a["path"] for a in doc["artifacts"]} >= {"MLmodel", "python_model.pkl"}
+    assert len(doc["metrics"]) == 7 and doc["outputs"] == [{"run_id": ids["train"], "step": 0}]
+    import hashlib
+    for a in doc["artifacts"]:
+        data = (bundle / "logged_models" / ids["model_id"] / "artifacts" / a["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == a["sha256"] and len(data) == a["size"]
+    again = run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name,
+                         "--include-deleted", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["runs"]["unchanged"] == 3
+    args = ["import", str(bundle), "--tracking-uri", dest.url, "--include-deleted", "--state", str(tmp_path / "l.db")]
+    r = run_importer(*args)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    v = verify(source.url, dest.url, "--experiment", name, "--include-deleted")
+    assert v.returncode == 0 and "no differences" in v.stdout.decode(), v.stdout.decode()
+    assert_logged_model_arrived(source.url, dest.url, name, ids, deleted=True)
+    assert run_importer(*args).returncode == 0
+    assert len(dest_models(dest.url, name)) == 1
+
+
+def test_bundle_logged_model_artifact_changed_in_place_fails_that_model(source, dest, logged, tmp_path):
+    name, ids = logged
+    bundle = tmp_path / "bundle"
+    assert run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name).returncode == 0
+    mlmodel = bundle / "logged_models" / ids["model_id"] / "artifacts" / "MLmodel"
+    data = bytearray(mlmodel.read_bytes())
+    data[0] ^= 0x01
+    mlmodel.write_bytes(bytes(data))
+    r = run_importer("import", str(bundle), "--tracking-uri", dest.url, "--state", str(tmp_path / "l.db"), "--json")
+    assert r.returncode == 1, r.stdout.decode() + r.stderr.decode()
+    [failed] = [o for o in json.loads(r.stdout)["details"] if o["action"] == "failed"]
+    assert ids["model_id"] in failed["origin"] and "SHA-256" in failed["error"]
+    assert dest_models(dest.url, name) == []
+
+
+def test_verify_reports_logged_model_differences(source, dest, logged, tmp_path):
+    name, ids = logged
+    r = run_importer("migrate", "--from", source.url, "--to", dest.url, "--experiment", name,
+                     "--state", str(tmp_path / "l.db"))
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert verify(source.url, dest.url, "--experiment", name).returncode == 0
+    [copy] = dest_models(dest.url, name)
+    model_id = copy["info"]["model_id"]
+    d = Rest(dest.url)
+    d.http.patch(f"logged-models/{model_id}/tags", json={"tags": [{"key": "team", "value": "audio"}]}).raise_for_status()
+    train = copy["info"]["source_run_id"]
+    d.post("runs/log-batch", {"run_id": train, "metrics": [
+        {"key": "acc", "value": 0.5, "timestamp": T0 + 99, "step": 9, "model_id": model_id}]})
+    v = verify(source.url, dest.url, "--experiment", name)
+    out = v.stdout.decode()
+    assert v.returncode == 1, out
+    assert f"logged model {ids['model_id']}" in out and " tags " in out and " metrics " in out, out

@@ -45,7 +45,7 @@ from importer.sources.server import Selection
 
 from conftest import ROOT, View, run_importer, tags_of
 from test_faults import start_proxy
-from test_migrate import Rest, populate
+from test_migrate import Rest, dest_models, populate, populate_logged
 
 POINTS = 2500  # per run: 6 runs, 15k points; a clean migration took 4-8 s on the 2-core machine
 ROLES = ("root", "child", "grandchild", "failed", "killed", "deleted")
@@ -152,7 +152,8 @@ def source_counts(url: str, name: str) -> dict:
                     artifacts += 1
     models = view.http.get("registered-models/search", params={"max_results": 1000}).json()
     return {"experiments": 1, "runs": len(runs), "points": points, "artifacts": artifacts,
-            "models": sum(m["name"] == f"model-{name}" for m in models.get("registered_models", []))}
+            "models": sum(m["name"] == f"model-{name}" for m in models.get("registered_models", [])),
+            "logged_models": len(dest_models(url, name))}
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -290,6 +291,47 @@ def test_import_of_a_bundle_killed_then_rerun_is_exact(servers, world, dest, tmp
     assert_verified(src.url, dest.url, name)
     assert_no_duplicates(dest.url, world)
     assert_rerun_changes_nothing(*args)
+
+
+@pytest.fixture(scope="module")
+def logged_world(servers, tmp_path_factory):
+    """A source experiment holding an MLflow 3 logged model (test_migrate.populate_logged), and the
+    duration of its clean migration."""
+    src, dst = servers
+    name = f"mlogged-{uuid.uuid4().hex[:8]}"
+    ids = populate_logged(src.url, name)
+    work = tmp_path_factory.mktemp("logged")
+    seconds = timed(run_ok, "migrate", "--from", src.url, "--to", dst.url, "--experiment", name,
+                    "--include-deleted", "--state", str(work / "clean.db"), "--quiet")
+    clear(dst.url, name)
+    return {"name": name, "ids": ids, "seconds": seconds}
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_migrate_with_a_logged_model_killed_then_rerun_is_exact(servers, logged_world, tmp_path, trial):
+    """The logged model is written once, whatever moment the kill hit (the model step comes after
+    the runs, its create carries the source id tag), and the rerun leaves it exactly the source's."""
+    src, dst = servers
+    name, ids = logged_world["name"], logged_world["ids"]
+    ledger = tmp_path / "ledger.db"
+    args = ["migrate", "--from", src.url, "--to", dst.url, "--experiment", name, "--include-deleted",
+            "--state", str(ledger), "--quiet"]
+    clear(dst.url, name)
+    try:
+        crashes(args, random.Random(4000 + trial), logged_world["seconds"],
+                lambda: (clear(dst.url, name), forget(ledger)))
+        run_ok(*args)
+        assert_verified(src.url, dst.url, name)
+        [copy] = dest_models(dst.url, name)
+        tags = {t["key"]: t["value"] for t in copy["info"]["tags"]}
+        assert tags["importer.source_model_id"] == ids["model_id"]
+        runs = View(dst.url).runs(name, include_deleted=True)
+        assert Counter(tags_of(r)["importer.source_run_id"] for r in runs) == Counter(
+            {ids[r]: 1 for r in ("train", "eval", "deleted_eval")})
+        lifecycle = {tags_of(r)["importer.source_run_id"]: r["info"]["lifecycle_stage"] for r in runs}
+        assert lifecycle[ids["deleted_eval"]] == "deleted"
+    finally:
+        clear(dst.url, name)
 
 
 # -- a faulty network between importer and the destination ----------------------------------------

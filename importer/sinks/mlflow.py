@@ -478,24 +478,30 @@ class MlflowSink:
         return todo
 
     async def _upload(self, run: dict, art) -> None:
-        """Stream the file up, hashing what was sent, then check the stored copy's hash."""
-        url = self.api.artifact_path(run["info"]["artifact_uri"], art.dest)
-        sent = hashlib.sha256()
-
-        async def chunks():
-            nonlocal sent
-            sent = hashlib.sha256()  # a fresh hash for each attempt
-            async for block in _chunks(art.source):
-                sent.update(block)
-                yield block
-
-        await self.api.upload(url, chunks)
-        stored, size = await self.api.download_digest(url)
-        if stored != sent.hexdigest():
-            raise ServerError(f"artifact {art.dest!r} came back different from {art.source} "
-                              f"({size} bytes stored); it will be uploaded again on the next run",
-                              url=self.server)
+        stored = await upload_verified(self.api, run["info"]["artifact_uri"], art)
         self.ledger.save_artifact(run["info"]["run_id"], art.dest, stored)
+
+
+async def upload_verified(api: MlflowApi, artifact_uri: str, art) -> str:
+    """Stream a file (model.ArtifactFile) up to `artifact_uri`, hashing what was sent, then check
+    the stored copy's hash; returns it."""
+    url = api.artifact_path(artifact_uri, art.dest)
+    sent = hashlib.sha256()
+
+    async def chunks():
+        nonlocal sent
+        sent = hashlib.sha256()  # a fresh hash for each attempt
+        async for block in _chunks(art.source):
+            sent.update(block)
+            yield block
+
+    await api.upload(url, chunks)
+    stored, size = await api.download_digest(url)
+    if stored != sent.hexdigest():
+        raise ServerError(f"artifact {art.dest!r} came back different from {art.source} "
+                          f"({size} bytes stored); it will be uploaded again on the next run",
+                          url=api.url)
+    return stored
 
 
 def _start_known(rec: RunRecord) -> bool:

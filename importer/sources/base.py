@@ -45,6 +45,7 @@ class SourceResult:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. renamed metric keys, for the report
     models: list = field(default_factory=list)  # registered models (bundle.BundleModel) to copy
+    logged_models: list = field(default_factory=list)  # MLflow 3 (logged_models.LoggedModel)
     # Experiments of another MLflow store (experiments.ExperimentRecord): created with their tags
     # even when empty, and deleted again when deleted there.
     experiments: list = field(default_factory=list)

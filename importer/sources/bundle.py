@@ -3,7 +3,8 @@
 A run's metrics are read from its metrics.parquet only when the run is written (`RunRecord.load`)
 and let go after, so importing a bundle takes the memory of its largest run, not of the bundle.
 Its artifacts are checked against their SHA-256 then too, before anything of the run is written
-(hashing them up front would read every artifact of the bundle again on each rerun)."""
+(hashing them up front would read every artifact of the bundle again on each rerun). A logged
+model's artifacts likewise, when it is written (logged_models.write)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pydantic
 
-from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleManifest, BundleModel, BundleRun,
-                      iter_metrics, read_metrics, sha256_file)
+from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleLoggedModel, BundleManifest, BundleModel,
+                      BundleRun, iter_metrics, read_metrics, sha256_file)
 from ..errors import InputError, Problem
 from ..experiments import ExperimentRecord
+from ..logged_models import LoggedModel
 from ..model import ArtifactFile, RunRecord, store_import_key
 from .base import SourceOptions, SourceResult
 
@@ -85,7 +87,30 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             signature=entry.sha256, points_to_load=sum(doc.metrics.values()))
         rec.load = _Loader(rec, folder / "metrics.parquet", artifacts, digests)
         result.records.append(rec)
+    for model_id, sha in manifest.logged_models.items():
+        try:
+            result.logged_models.append(_logged_model(root, model_id, sha, experiments, options))
+        except (OSError, ValueError, KeyError, pydantic.ValidationError) as e:
+            msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
+            result.problems.append(Problem(str(root), f"logged_models/{model_id}/model.json", msg))
     return result
+
+
+def _logged_model(root: Path, model_id: str, sha: str, experiments: dict, options: SourceOptions) -> LoggedModel:
+    """A logged model of the bundle; its artifacts are checked against their SHA-256 when it is
+    written, as a run's are."""
+    folder = root / "logged_models" / model_id
+    if sha256_file(folder / "model.json") != sha:
+        raise ValueError("model.json does not match its hash in bundle.json")
+    doc = BundleLoggedModel.model_validate_json((folder / "model.json").read_bytes())
+    files = []
+    for a in doc.artifacts:
+        file = folder / "artifacts" / a.path
+        if not file.is_file() or file.stat().st_size != a.size:
+            raise ValueError(f"artifact {a.path!r} is missing or has another size")
+        files.append(ArtifactFile(file, a.path))
+    return LoggedModel(doc, options.experiment or experiments[doc.experiment_id].name, files,
+                       {a.path: a.sha256 for a in doc.artifacts})
 
 
 @dataclass

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import InputError
 from .model import OPTIONAL_METRIC_FIELDS, RunRecord
 
 FORMAT = "importer-bundle"
@@ -171,6 +172,17 @@ def bundle_json_schema() -> dict:
             "$defs": defs}
 
 
+def inside(base: Path, rel: str) -> Path:
+    """`base / rel`, refused (InputError) unless it lies below `base`: a bundle's documents and a
+    server's listings name the paths, and importer reads and writes only inside the folders the
+    user named (`../`, an absolute path or a link out of the folder would lead elsewhere)."""
+    path = base / rel
+    resolved, top = path.resolve(), base.resolve()
+    if Path(rel).is_absolute() or resolved == top or not resolved.is_relative_to(top):
+        raise InputError(f"the path {rel!r} leads outside {base}")
+    return path
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -302,7 +314,7 @@ class BundleWriter:
 
     def done(self, rec: RunRecord) -> bool:
         """Whether the bundle already holds this run in the state `rec.signature` stands for."""
-        path = self.root / "runs" / rec.source_run_id / "run.json"
+        path = inside(self.root / "runs", rec.source_run_id) / "run.json"
         if not path.exists() or rec.signature is None:
             return False
         return json.loads(path.read_text()).get("signature") == rec.signature
@@ -314,7 +326,7 @@ class BundleWriter:
                         pages: AsyncIterator[tuple[str, pa.Table]]) -> int:
         """Write one run, its metrics from `pages` ((key, points) as they are read) and its
         artifacts from `rec.artifacts`; returns its number of points."""
-        final = self.root / "runs" / rec.source_run_id
+        final = inside(self.root / "runs", rec.source_run_id)
         tmp = final.with_name(final.name + _PARTIAL)
         tmp.mkdir()
         try:
@@ -328,7 +340,7 @@ class BundleWriter:
         async for key, table in pages:
             metrics.add(key, table)
         counts = metrics.close()
-        artifacts = [await _download(art.source, tmp / "artifacts" / art.dest, art.dest)
+        artifacts = [await _download(art.source, inside(tmp / "artifacts", art.dest), art.dest)
                      for art in rec.artifacts]
         doc = BundleRun(
             run_id=rec.source_run_id, experiment_id=experiment_id, name=rec.name, status=rec.status,
@@ -349,17 +361,17 @@ class BundleWriter:
 
     def logged_model_done(self, doc: BundleLoggedModel) -> bool:
         """Whether the bundle already holds this logged model in the state `doc.signature` stands for."""
-        path = self.root / "logged_models" / doc.model_id / "model.json"
+        path = inside(self.root / "logged_models", doc.model_id) / "model.json"
         return path.exists() and json.loads(path.read_text()).get("signature") == doc.signature
 
     async def write_logged_model(self, doc: BundleLoggedModel, files: list) -> None:
         """Write one logged model: `files` are its artifacts (model.ArtifactFile whose source is a
         sources.server.RemoteArtifact), streamed into the folder and hashed on the way."""
-        final = self.root / "logged_models" / doc.model_id
+        final = inside(self.root / "logged_models", doc.model_id)
         tmp = final.with_name(final.name + _PARTIAL)
         tmp.mkdir(parents=True)
         try:
-            doc.artifacts = [await _download(f.source, tmp / "artifacts" / f.dest, f.dest) for f in files]
+            doc.artifacts = [await _download(f.source, inside(tmp / "artifacts", f.dest), f.dest) for f in files]
             _write_json(tmp / "model.json", doc)
             if final.exists():  # the model changed since the last export
                 shutil.rmtree(final)

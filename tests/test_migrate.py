@@ -251,6 +251,30 @@ def test_bundle_with_a_broken_file_is_refused(source, populated, tmp_path):
     assert "metrics.parquet does not match its hash" in r.stderr.decode()
 
 
+def test_bundle_naming_a_file_outside_itself_is_refused(source, populated, tmp_path):
+    """A bundle's documents name its files; one that names a path out of the bundle (its hashes
+    made to match, as anyone editing it can) is refused: nothing outside is read or uploaded."""
+    import hashlib
+
+    name, ids = populated
+    bundle = tmp_path / "b"
+    assert run_importer("export", "--from", source.url, "--out", str(bundle), "--experiment", name,
+                        "--no-models").returncode == 0
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    run_json = bundle / "runs" / ids["grandchild"] / "run.json"
+    doc = json.loads(run_json.read_text())
+    doc["artifacts"] = [{"path": "../../../../secret.txt", "size": secret.stat().st_size,
+                         "sha256": hashlib.sha256(secret.read_bytes()).hexdigest()}]
+    run_json.write_text(json.dumps(doc))
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["runs"][ids["grandchild"]]["sha256"] = hashlib.sha256(run_json.read_bytes()).hexdigest()
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    r = run_importer("validate", str(bundle))
+    assert r.returncode == 2
+    assert "secret.txt" in r.stderr.decode() and "leads outside" in r.stderr.decode()
+
+
 def test_bundle_artifact_changed_in_place_fails_its_run_before_any_write(source, dest, populated, tmp_path):
     """An artifact with its size but not its bytes (bit rot, an edit): that run fails, named, with
     nothing of it written; the other runs are imported and the exit code says so."""

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pydantic
 
 from ..bundle import (FORMAT, MANIFEST, BundleExperiment, BundleLoggedModel, BundleManifest, BundleModel,
-                      BundleRun, iter_metrics, read_metrics, sha256_file)
+                      BundleRun, inside, iter_metrics, read_metrics, sha256_file)
 from ..errors import InputError, Problem
 from ..experiments import ExperimentRecord
 from ..logged_models import LoggedModel
@@ -48,16 +48,16 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         manifest = BundleManifest.model_validate_json(manifest_file.read_bytes())
         experiments = {e.experiment_id: e for e in (
             BundleExperiment.model_validate_json(p.read_bytes()) for p in (root / "experiments").glob("*.json"))}
-        result.models = [BundleModel.model_validate_json((root / m).read_bytes()) for m in manifest.models]
-    except (OSError, pydantic.ValidationError) as e:
+        result.models = [BundleModel.model_validate_json(inside(root, m).read_bytes()) for m in manifest.models]
+    except (OSError, InputError, pydantic.ValidationError) as e:
         result.problems.append(Problem(str(manifest_file), "", f"unreadable bundle: {e}"))
         return result
     if options.experiment is None:  # else every run goes to the one experiment named
         result.experiments = [ExperimentRecord(e.name, e.tags, e.lifecycle) for e in experiments.values()]
     for run_id, entry in manifest.runs.items():
-        folder = root / entry.path
         where = f"{entry.path}/run.json"
         try:
+            folder = inside(root, entry.path)
             if sha256_file(folder / "run.json") != entry.sha256:
                 raise ValueError("run.json does not match its hash in bundle.json")
             doc = BundleRun.model_validate_json((folder / "run.json").read_bytes())
@@ -67,13 +67,13 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
                 raise ValueError("metrics.parquet does not hold the points run.json counts")
             artifacts, digests = [], {}
             for a in doc.artifacts:
-                file = folder / "artifacts" / a.path
+                file = inside(folder / "artifacts", a.path)
                 if not file.is_file() or file.stat().st_size != a.size:
                     raise ValueError(f"artifact {a.path!r} is missing or has another size")
                 artifacts.append(ArtifactFile(file, a.path))
                 digests[a.path] = a.sha256
             exp = experiments[doc.experiment_id]
-        except (OSError, ValueError, KeyError, pydantic.ValidationError) as e:
+        except (OSError, ValueError, KeyError, InputError, pydantic.ValidationError) as e:
             msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
             result.problems.append(Problem(str(root), where, msg))
             continue
@@ -90,7 +90,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
     for model_id, sha in manifest.logged_models.items():
         try:
             result.logged_models.append(_logged_model(root, model_id, sha, experiments, options))
-        except (OSError, ValueError, KeyError, pydantic.ValidationError) as e:
+        except (OSError, ValueError, KeyError, InputError, pydantic.ValidationError) as e:
             msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
             result.problems.append(Problem(str(root), f"logged_models/{model_id}/model.json", msg))
     return result
@@ -99,13 +99,13 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
 def _logged_model(root: Path, model_id: str, sha: str, experiments: dict, options: SourceOptions) -> LoggedModel:
     """A logged model of the bundle; its artifacts are checked against their SHA-256 when it is
     written, as a run's are."""
-    folder = root / "logged_models" / model_id
+    folder = inside(root / "logged_models", model_id)
     if sha256_file(folder / "model.json") != sha:
         raise ValueError("model.json does not match its hash in bundle.json")
     doc = BundleLoggedModel.model_validate_json((folder / "model.json").read_bytes())
     files = []
     for a in doc.artifacts:
-        file = folder / "artifacts" / a.path
+        file = inside(folder / "artifacts", a.path)
         if not file.is_file() or file.stat().st_size != a.size:
             raise ValueError(f"artifact {a.path!r} is missing or has another size")
         files.append(ArtifactFile(file, a.path))

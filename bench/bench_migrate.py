@@ -41,7 +41,9 @@ Targets: import >= 0.9x the write limit, export >= 3x mlflow-migration's export,
 `--direct POINTS` (repeatable) measures only `importer import` of a bundle of one run like C
 written straight to disk by BundleWriter (no source to fill, no export): the import's peak RSS at
 1M or 5M points without the quarter of an hour that filling and exporting 5M points takes.
-`--repeat N` measures the import and each raw replay N times (best of each).
+`--repeat N` measures every contender N times, in turns (best of each). Before any clock starts,
+each server has answered the kind of request measured (a raw read of the source, a small replay
+into each destination): a fresh server's first answers are slower.
 """
 
 from __future__ import annotations
@@ -485,50 +487,69 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
     work.mkdir()
 
     # -- export -------------------------------------------------------------------------------
-    bundle = work / "bundle"
-    fig.start()
-    r = measure(importer_cmd("export", "--from", source.url, "--out", str(bundle), "--experiment", exp, "--json"))
-    check("importer export", r)
-    got = json.loads((bundle / "bundle.json").read_text())["counts"]["points"]
-    assert got == points, f"the bundle holds {got} points, not {points}"
-    parquet = folder_bytes(bundle, "runs/*/metrics.parquet")
-    meta = folder_bytes(bundle, "**/*.json")
-    fig.notes.append(f"bundle: metrics.parquet {parquet / points:.2f} bytes/point ({parquet / 2**20:,.1f} MB), "
-                     f"with the JSON documents {(parquet + meta) / points:.2f} (target <= 20)")
-    fig.add("export", Row("importer export", r.seconds, points, r.peak,
-                          f"{parquet / points:.2f} B/point"))
-    fig.parquet_bpp = parquet / points
+    # Every server has answered the kind of request measured before any clock starts (a fresh
+    # server's first answers are slower), and each repetition measures every contender once, one
+    # after the other, so that a drift of the machine touches them all alike.
     if not importer_only:
+        raw_read(source.url, exp, args.in_flight[0])
+    bundle = work / "bundle"
+    for rep in range(args.repeat):
+        out = bundle if rep == 0 else work / f"bundle-{rep}"
+        fig.start()
+        r = measure(importer_cmd("export", "--from", source.url, "--out", str(out), "--experiment", exp, "--json"))
+        check("importer export", r)
+        got = json.loads((out / "bundle.json").read_text())["counts"]["points"]
+        assert got == points, f"the bundle holds {got} points, not {points}"
+        parquet = folder_bytes(out, "runs/*/metrics.parquet")
+        meta = folder_bytes(out, "**/*.json")
+        if rep == 0:
+            fig.notes.append(f"bundle: metrics.parquet {parquet / points:.2f} bytes/point ({parquet / 2**20:,.1f} MB), "
+                             f"with the JSON documents {(parquet + meta) / points:.2f} (target <= 20)")
+            fig.parquet_bpp = parquet / points
+        else:
+            shutil.rmtree(out)
+        fig.add("export", Row("importer export" + _nth(rep, args.repeat), r.seconds, points, r.peak,
+                              f"{parquet / points:.2f} B/point"))
+        if importer_only:
+            continue
         for n in args.in_flight:
             fig.start()
             seconds, got = raw_read(source.url, exp, n)
             assert got == points, f"raw read found {got} points, not {points}"
-            fig.add("read", Row(f"raw get-history read, {n} in flight", seconds, points))
+            fig.add("read", Row(f"raw get-history read, {n} in flight{_nth(rep, args.repeat)}", seconds, points))
         if tool_bin is None:
-            fig.notes.append(f"mlflow-migration: not measured: {tool_why}")
+            if rep == 0:
+                fig.notes.append(f"mlflow-migration: not measured: {tool_why}")
+            continue
+        out = work / ("common-export" if rep == 0 else f"common-export-{rep}")
+        fig.start()
+        r = measure([str(tool_bin / "mlflow-migration-export-experiment"), "--experiment", exp,
+                     "--output-dir", str(out)], env={"MLFLOW_TRACKING_URI": source.url}, cwd=work)
+        n_runs, got = count_common_export(out) if out.exists() else (0, 0)
+        if r.returncode != 0 or n_runs != len(runs) or got != points:
+            fig.notes.append(f"mlflow-migration export-experiment failed (exit {r.returncode}, "
+                             f"{n_runs} runs, {got:,} points): {common_failure(r)}")
+            print(f"  mlflow-migration export-experiment FAILED: {fig.notes[-1]}", flush=True)
+            continue
+        size = folder_bytes(out, "**/*.json")
+        fig.add("common-export", Row("mlflow-migration export-experiment" + _nth(rep, args.repeat), r.seconds,
+                                     points, r.peak, f"{size / points:.0f} B/point (JSON)"))
+        if rep == 0:
+            fig.common_bpp = size / points
+            fig.notes.append(f"mlflow-migration export: its JSON {size / points:.0f} bytes/point "
+                             f"({size / 2**20:,.1f} MB)")
         else:
-            out = work / "common-export"
-            fig.start()
-            r = measure([str(tool_bin / "mlflow-migration-export-experiment"), "--experiment", exp,
-                         "--output-dir", str(out)], env={"MLFLOW_TRACKING_URI": source.url}, cwd=work)
-            n_runs, got = count_common_export(out) if out.exists() else (0, 0)
-            if r.returncode != 0 or n_runs != len(runs) or got != points:
-                fig.notes.append(f"mlflow-migration export-experiment failed (exit {r.returncode}, "
-                                 f"{n_runs} runs, {got:,} points): {common_failure(r)}")
-                print(f"  mlflow-migration export-experiment FAILED: {fig.notes[-1]}", flush=True)
-            else:
-                size = folder_bytes(out, "**/*.json")
-                fig.common_bpp = size / points
-                fig.add("common-export", Row("mlflow-migration export-experiment", r.seconds, points, r.peak,
-                                             f"{size / points:.0f} B/point (JSON)"))
-                fig.notes.append(f"mlflow-migration export: its JSON {size / points:.0f} bytes/point "
-                                 f"({size / 2**20:,.1f} MB)")
+            shutil.rmtree(out)
 
     if args.export_only:
         shutil.rmtree(work)
         return fig
 
     # -- import, migrate ----------------------------------------------------------------------
+    first = runs[0]  # a few points of it warm each destination, as above
+    warm = [{**first, "metrics": {k: {c: v[:100] for c, v in cols.items()} for k, cols in first["metrics"].items()}}]
+    for role in ("import", "migrate") + (() if importer_only else ("raw",)):
+        raw_replay(dests[role].url, warm, folder, args.in_flight[0], args.flavor == "gunicorn")
     for rep in range(args.repeat):  # again into a new experiment: new runs, all points sent
         fig.start()
         again = ["--experiment", f"{exp}-again-{rep}"] if rep else []
@@ -538,36 +559,35 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
         summary = json.loads(r.stdout)
         assert summary["runs"]["created"] == len(runs) and summary["points"] == points, summary
         fig.add("import", Row("importer import BUNDLE" + _nth(rep, args.repeat), r.seconds, points, r.peak))
-
-    fig.start()
-    r = measure(importer_cmd("migrate", "--from", source.url, "--to", dests["migrate"].url, "--experiment", exp,
-                             "--state", str(work / "ledger-migrate.db"), "--quiet", "--json"))
-    check("importer migrate", r)
-    summary = json.loads(r.stdout)
-    assert summary["runs"]["created"] == len(runs) and summary["points"] == points, summary
-    fig.add("migrate", Row("importer migrate (server to server)", r.seconds, points, r.peak))
-
-    if not importer_only:
-        for rep in range(args.repeat):
-            for n in args.in_flight:
-                fig.start()
-                seconds = raw_replay(dests["raw"].url, runs, folder, n, args.flavor == "gunicorn")
-                kind = "kept-alive" if args.flavor == "gunicorn" else "fresh conn"
-                fig.add("replay", Row(f"raw log-batch replay, {n} in flight, {kind}{_nth(rep, args.repeat)}",
-                                      seconds, points))
-        if tool_bin is not None and "common-export" in fig.best:
-            dest_exp = f"common-{exp}"
+        if rep == 0:
             fig.start()
-            r = measure([str(tool_bin / "mlflow-migration-import-experiment"), "--experiment-name", dest_exp,
-                         "--input-dir", str(work / "common-export")],
-                        env={"MLFLOW_TRACKING_URI": dests["raw"].url}, cwd=work)
-            copied = count_points(dests["raw"].url, dest_exp)
-            if r.returncode != 0 or copied != (len(runs), points):
-                fig.notes.append(f"mlflow-migration import-experiment failed (exit {r.returncode}, copied "
-                                 f"{copied[0]} runs, {copied[1]:,} points): {common_failure(r)}")
-                print(f"  mlflow-migration import-experiment FAILED: {fig.notes[-1]}", flush=True)
-            else:
-                fig.add("common-import", Row("mlflow-migration import-experiment", r.seconds, points, r.peak))
+            r = measure(importer_cmd("migrate", "--from", source.url, "--to", dests["migrate"].url, "--experiment",
+                                     exp, "--state", str(work / "ledger-migrate.db"), "--quiet", "--json"))
+            check("importer migrate", r)
+            summary = json.loads(r.stdout)
+            assert summary["runs"]["created"] == len(runs) and summary["points"] == points, summary
+            fig.add("migrate", Row("importer migrate (server to server)", r.seconds, points, r.peak))
+        if importer_only:
+            continue
+        for n in args.in_flight:
+            fig.start()
+            seconds = raw_replay(dests["raw"].url, runs, folder, n, args.flavor == "gunicorn")
+            kind = "kept-alive" if args.flavor == "gunicorn" else "fresh conn"
+            fig.add("replay", Row(f"raw log-batch replay, {n} in flight, {kind}{_nth(rep, args.repeat)}",
+                                  seconds, points))
+    if not importer_only and tool_bin is not None and "common-export" in fig.best:
+        dest_exp = f"common-{exp}"
+        fig.start()
+        r = measure([str(tool_bin / "mlflow-migration-import-experiment"), "--experiment-name", dest_exp,
+                     "--input-dir", str(work / "common-export")],
+                    env={"MLFLOW_TRACKING_URI": dests["raw"].url}, cwd=work)
+        copied = count_points(dests["raw"].url, dest_exp)
+        if r.returncode != 0 or copied != (len(runs), points):
+            fig.notes.append(f"mlflow-migration import-experiment failed (exit {r.returncode}, copied "
+                             f"{copied[0]} runs, {copied[1]:,} points): {common_failure(r)}")
+            print(f"  mlflow-migration import-experiment FAILED: {fig.notes[-1]}", flush=True)
+        else:
+            fig.add("common-import", Row("mlflow-migration import-experiment", r.seconds, points, r.peak))
     shutil.rmtree(work)  # bundles and exports of a big run are large
     fig.notes.append(load.share(since))
     print(f"  ({fig.notes[-1]})", flush=True)
@@ -691,9 +711,8 @@ def main() -> None:
                     help="before each measurement, wait up to this many seconds until other processes "
                          "use < 10%% of the machine (0: never wait)")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="measure `importer import` and every raw replay this many times, the best "
-                         "of each counting (the replay's limit is already the best of --in-flight; "
-                         "on a shared machine a single import is the more exposed to other jobs)")
+                    help="measure every contender this many times, in turns (export, raw reads, "
+                         "mlflow-migration's export; import, raw replays), the best of each counting")
     ap.add_argument("--skip-common", action="store_true", help="do not measure mlflow-migration")
     ap.add_argument("--common-venv", type=Path, default=Path("/tmp/mlflow-migration-venv"),
                     help="virtualenv for mlflow-migration (Python 3.12; created when missing)")

@@ -25,8 +25,9 @@ from ..mlflow_api import MlflowApi, optional_int, pairs
 from ..model import METRIC_SCHEMA, ArtifactFile, OPTIONAL_METRIC_FIELDS, RunRecord, store_import_key
 
 _VALUES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-KEYS_AT_ONCE = 4  # metrics of one run read at once (within the client's limit of requests in flight)
-PAGES_AHEAD = 4  # pages of up to 25,000 points (about 0.6 MB) held per metric read ahead
+KEYS_AT_ONCE = 8  # metrics of one run read at once (within the client's limit of requests in flight)
+PAGES_AHEAD = 4  # pages of up to 25,000 points (about 0.6 MB each) held per metric read ahead: at most
+# 32 pages (about 20 MB) per run, whatever its size
 
 
 @dataclass

@@ -38,6 +38,6 @@ def test_schema_rejects_unknown_fields():
 
 def test_exported_members():
     exported = {name for name in dir(importer) if not name.startswith("_")}
-    modules = {"bundle", "cli", "errors", "experiments", "ledger", "logged_models", "mlflow_api", "model", "moves",
-               "pipeline", "registry", "server", "sinks", "sources"}
+    modules = {"bundle", "cli", "errors", "experiments", "ledger", "logged_models", "mlflow_api", "model",
+               "moves", "pipeline", "registry", "server", "sinks", "sources"}
     assert exported - modules == set(importer.__all__)

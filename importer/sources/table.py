@@ -616,9 +616,7 @@ class TimeColumn:
 
     @property
     def scale(self) -> float:
-        if self.given_scale is not None:
-            return self.given_scale
-        return 1000.0 if self.largest is None or self.largest < 1e11 else 1.0
+        return self.given_scale if self.given_scale is not None else _epoch_scale(self.largest)
 
     def earliest_ms(self) -> Optional[int]:
         if self.earliest is None:
@@ -674,9 +672,14 @@ class TimeColumn:
         big = pc.max(pc.abs(raw)).as_py()
         if big is not None:
             self.largest = big if self.largest is None else max(big, self.largest)
-        scale = self.given_scale if self.given_scale is not None else (
-            1000.0 if big is None or big < 1e11 else 1.0)
+        scale = self.given_scale if self.given_scale is not None else _epoch_scale(big)
         return pc.floor(pc.multiply(raw, scale)).cast(pa.int64())
+
+
+def _epoch_scale(largest: Optional[float]) -> float:
+    """Milliseconds per unit of numeric times whose largest |value| is `largest`: seconds below
+    1e11 (the year 5138), milliseconds from there."""
+    return 1000.0 if largest is None or largest < 1e11 else 1.0
 
 
 def _fails_time(arr: pa.Array) -> bool:

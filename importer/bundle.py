@@ -183,11 +183,13 @@ def inside(base: Path, rel: str) -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def sha256_file(path: Path, end: Optional[int] = None) -> str:
+    """SHA-256 of the file, or of its first `end` bytes (all of them if it is shorter)."""
+    h, done = hashlib.sha256(), 0
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(1 << 20 if end is None else min(1 << 20, end - done)):
             h.update(block)
+            done += len(block)
     return h.hexdigest()
 
 

@@ -60,6 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import yaml
 
+from ..bundle import sha256_file
 from ..errors import InputError, Problem
 from ..model import METRIC_SCHEMA, RunRecord
 from .base import (DERIVED_STEPS_TAG, Metrics, SeriesFacts, SourceOptions, SourceResult, import_key,
@@ -1129,7 +1130,7 @@ class DelimitedRun:
             self.scale, self.min_timestamp = times.scale, times.earliest_ms()
         self.series = metrics.series
         self.end = reader.end
-        self.digest = _prefix_digest(self.file, self.end)
+        self.digest = sha256_file(self.file, self.end)
         rec.points_to_load = sum(f.points for f in self.series.values())
         rec.signature = "csv-" + hashlib.sha256(json.dumps(
             [self.digest, self.end, self.step_column, self.time_column, self.key_prefix]).encode()).hexdigest()
@@ -1180,20 +1181,7 @@ class DelimitedRun:
 
     def _check_unchanged(self) -> None:
         """Appending to the file is fine (those bytes are not read); changing what was validated is not."""
-        if self.end and _prefix_digest(self.file, self.end) != self.digest:
+        if self.end and sha256_file(self.file, self.end) != self.digest:
             raise InputError(f"{self.file} changed since it was validated (its first {self.end:,} "
                              "bytes are not the same): none of its points were sent; import it again")
 
-
-def _prefix_digest(path: Path, end: int) -> str:
-    """SHA-256 of the file's first `end` bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = end
-        while left > 0:
-            chunk = f.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest() if left == 0 else ""

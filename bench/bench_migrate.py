@@ -20,8 +20,9 @@ its children, sampled every 20 ms):
 
 1. `importer export --experiment NAME` into a new bundle; bytes per point of metrics.parquet;
 2. the export baseline: a raw REST read of every history (runs/search, then metrics/get-history
-   paged with max_results 25000, each page parsed with json.loads) at 2, 4 and 8 requests in
-   flight (--in-flight); the best is "the read limit";
+   paged with max_results 25000, each page parsed with json.loads), and the same with each first
+   page from the UI's get-history-bulk as importer reads, at 2, 4 and 8 requests in flight
+   (--in-flight); the best is "the read limit";
 3. mlflow-migration's `export-experiment` (its own Python 3.12 virtualenv, see --common-venv):
    time, peak RSS, bytes per point of its JSON;
 4. `importer import BUNDLE` into a fresh destination;
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import queue
@@ -72,6 +74,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_import import API, raw_replay, wait_idle  # noqa: E402
+from importer.mlflow_api import offset_token  # noqa: E402
 from importer.server import LocalServer  # noqa: E402
 
 COMMON_SPEC = "mlflow-migration==1.2.2"
@@ -243,9 +246,11 @@ def list_runs(http: httpx.Client, exp_name: str) -> list[tuple[str, list[str]]]:
             return out
 
 
-def raw_read(url: str, exp_name: str, in_flight: int) -> tuple[float, int]:
+def raw_read(url: str, exp_name: str, in_flight: int, bulk: bool = False) -> tuple[float, int]:
     """Every metric history of an experiment through plain REST calls: runs/search, then
-    metrics/get-history paged (max_results 25000), each page parsed. Returns (seconds, points)."""
+    metrics/get-history paged (max_results 25000), each page parsed. With `bulk`, as importer
+    reads: each history's first page from the UI's get-history-bulk, the rest from get-history
+    at offset 25000. Returns (seconds, points)."""
     clients = [httpx.Client(base_url=url, timeout=300) for _ in range(in_flight)]
     start = time.perf_counter()
     work: queue.Queue = queue.Queue()
@@ -262,15 +267,19 @@ def raw_read(url: str, exp_name: str, in_flight: int) -> tuple[float, int]:
             except queue.Empty:
                 counts.append(n)
                 return
-            token = None
+            params = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+            if bulk:
+                page = json.loads(client.get("/ajax-api/2.0/mlflow/metrics/get-history-bulk", params=params)
+                                  .raise_for_status().content)
+                n += len(page["metrics"])
+                if len(page["metrics"]) < 25000:
+                    continue
+                params["page_token"] = offset_token(25000)
             while True:
-                params = {"run_id": run_id, "metric_key": key, "max_results": 25000}
-                if token:
-                    params["page_token"] = token
                 page = json.loads(client.get(API + "metrics/get-history", params=params).raise_for_status().content)
                 n += len(page.get("metrics", []))
-                token = page.get("next_page_token")
-                if not token:
+                params["page_token"] = page.get("next_page_token")
+                if not params["page_token"]:
                     break
 
     threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
@@ -512,11 +521,12 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
                               f"{parquet / points:.2f} B/point"))
         if importer_only:
             continue
-        for n in args.in_flight:
+        for n, bulk in itertools.product(args.in_flight, (False, True)):
             fig.start()
-            seconds, got = raw_read(source.url, exp, n)
+            seconds, got = raw_read(source.url, exp, n, bulk)
             assert got == points, f"raw read found {got} points, not {points}"
-            fig.add("read", Row(f"raw get-history read, {n} in flight{_nth(rep, args.repeat)}", seconds, points))
+            way = "get-history-bulk first" if bulk else "get-history"
+            fig.add("read", Row(f"raw {way} read, {n} in flight{_nth(rep, args.repeat)}", seconds, points))
         if tool_bin is None:
             if rep == 0:
                 fig.notes.append(f"mlflow-migration: not measured: {tool_why}")

@@ -7,6 +7,7 @@ is what any message shows.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -18,9 +19,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import orjson
 
-from .errors import ConnectionFailed, RetryableError, ServerError
+from .errors import ConnectionFailed, ImporterError, RetryableError, ServerError
 
 API = "/api/2.0/mlflow/"
+UI_API = "/ajax-api/2.0/mlflow/"  # what MLflow's own web UI calls (get-history-bulk)
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts/"
 
 # The server's log-batch limits (mlflow/utils/validation.py).
@@ -80,6 +82,12 @@ def _loads(body: bytes) -> Any:
         return json.loads(body)
 
 
+def offset_token(offset: int) -> str:
+    """A get-history page token starting at `offset`, as MLflow's SearchUtils.create_page_token
+    writes it."""
+    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
 def pairs(items: Optional[list[dict]]) -> dict[str, str]:
     """The REST API's [{"key": k, "value": v}, ...] (tags, params) as a dict."""
     return {i["key"]: i.get("value", "") for i in items or []}
@@ -124,6 +132,9 @@ class MlflowApi:
             base_url=self.url, auth=auth, headers=headers, verify=verify, limits=limits,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout))
         self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._bulk: Optional[bool] = None  # whether get-history-bulk may be used: see metric_history_pages
+        self._bulk_probe = asyncio.Lock()
+        self._offsets: Optional[bool] = None  # whether page tokens are offset_token's
         self.requests = 0  # attempts sent, retries included
         self.retried = 0
 
@@ -189,7 +200,7 @@ class MlflowApi:
         return cls(message, status=resp.status_code, error_code=code,
                    url=f"{self.url}{resp.request.url.path}")
 
-    async def get_body(self, path: str, params: dict) -> bytes:
+    async def get_body(self, path: str, params: dict, retry: bool = True) -> bytes:
         """The body of a GET, read as a stream so that no Response holds it. httpx's Response and
         its stream refer to each other, so a Response that kept its content (as `request` does)
         is freed only by a full run of the cyclic garbage collector, which a long read of large
@@ -205,7 +216,7 @@ class MlflowApi:
                 body[:] = [b"".join([chunk async for chunk in resp.aiter_bytes()])]
             return resp
 
-        await self._retrying(f"GET {path}", attempt)
+        await self._retrying(f"GET {path}", attempt, retry)
         return body[0]
 
     async def call(self, endpoint: str, body: Optional[dict] = None, *, get: bool = False,
@@ -310,8 +321,19 @@ class MlflowApi:
         return [m async for page in self.metric_history_pages(run_id, key) for m in page]
 
     async def metric_history_pages(self, run_id: str, key: str) -> AsyncIterator[list[dict]]:
-        """A metric's history page by page, so a long one is never held as JSON objects whole."""
+        """A metric's history page by page, so a long one is never held as JSON objects whole.
+
+        The first page comes from get-history-bulk where the server has it (see `_first_page`):
+        the same points in the same order, at about 1.3x the points per second of get-history,
+        which builds protobuf messages and pretty-prints them where get-history-bulk dumps dicts.
+        Most histories are one page, so that is most of a read."""
         token = None
+        first = await self._first_page(run_id, key)
+        if first is not None:
+            yield first
+            if len(first) < HISTORY_PAGE:
+                return
+            token = offset_token(HISTORY_PAGE)
         while True:
             params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
             if token:
@@ -321,6 +343,48 @@ class MlflowApi:
             token = page.get("next_page_token")
             if not token:
                 return
+
+    async def _first_page(self, run_id: str, key: str) -> Optional[list[dict]]:
+        """The first page of a history from get-history-bulk (MLflow's web UI endpoint), or None
+        where get-history must be read instead. The first call finds out whether the server has
+        that endpoint (MLflow 1.x, or a proxy that passes only /api/, has not); the others wait
+        for it. It has no paging and cuts its answer at max_results, so a full page is used only
+        if get-history's page tokens are offsets as `offset_token` writes them (checked once
+        against a token of the server's own): the rest is then read from there."""
+        page = None
+        if self._bulk is None:
+            async with self._bulk_probe:
+                if self._bulk is None:
+                    try:
+                        page = await self._bulk_page(run_id, key, retry=False)
+                        self._bulk = True
+                    except (ImporterError, ValueError):  # absent, refused, or not its JSON
+                        self._bulk = False
+        if not self._bulk:
+            return None
+        if page is None:
+            page = await self._bulk_page(run_id, key)
+        if len(page) == HISTORY_PAGE:
+            if self._offsets is None:
+                self._offsets = await self._offsets_as_written(run_id, key)
+            if not self._offsets:
+                self._bulk = False  # the whole history from get-history, this one included
+                return None
+        return page or None  # an empty answer for a metric the run lists: let get-history say
+
+    async def _bulk_page(self, run_id: str, key: str, retry: bool = True) -> list[dict]:
+        params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
+        doc = _loads(await self.get_body(UI_API + "metrics/get-history-bulk", params, retry))
+        if not isinstance(doc, dict) or not isinstance(doc.get("metrics", []), list):
+            raise ValueError("not a get-history-bulk answer")
+        return doc.get("metrics", [])
+
+    async def _offsets_as_written(self, run_id: str, key: str) -> bool:
+        """Whether the server's get-history page token after one point is `offset_token(1)`
+        (MLflow says its token format may change; then the bulk endpoint is not used)."""
+        page = _loads(await self.get_body(API + "metrics/get-history",
+                                          {"run_id": run_id, "metric_key": key, "max_results": 1}))
+        return page.get("next_page_token") == offset_token(1)
 
     async def experiments(self, include_deleted: bool = False) -> AsyncIterator[dict]:
         token = None

@@ -6,6 +6,7 @@
 Per request, at random: answer 503 without forwarding (--fail); close the connection without
 forwarding (--drop-before); forward, then close or reset the connection instead of answering, so the
 server acted but the client never hears of it (--drop-after); and sleep up to --delay-ms first.
+Paths starting with --refuse get a 404, as from a server or gateway that has no such endpoint.
 `GET /__proxy_stats` returns the counts as JSON. Bounded: it exits after --max-seconds.
 """
 
@@ -34,12 +35,13 @@ def main() -> None:
     ap.add_argument("--drop-before", type=float, default=0.0)
     ap.add_argument("--drop-after", type=float, default=0.0)
     ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--refuse", default=None)
     ap.add_argument("--max-seconds", type=float, default=900)
     args = ap.parse_args()
     upstream = urlsplit(args.upstream)
     rng = random.Random(args.seed)
     lock = threading.Lock()
-    stats = {"requests": 0, "fail": 0, "drop_before": 0, "drop_after": 0, "forwarded": 0}
+    stats = {"requests": 0, "fail": 0, "drop_before": 0, "drop_after": 0, "forwarded": 0, "refused": 0}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -80,6 +82,16 @@ def main() -> None:
                 delay = rng.random() * args.delay_ms / 1000
                 reset = rng.random() < 0.5
             time.sleep(delay)
+            if args.refuse and self.path.startswith(args.refuse):
+                with lock:
+                    stats["refused"] += 1
+                data = b"<!doctype html><title>404 Not Found</title>"
+                self.send_response(404)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             if roll < args.fail:
                 with lock:
                     stats["fail"] += 1

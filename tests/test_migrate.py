@@ -512,7 +512,7 @@ def test_a_read_history_page_leaves_no_body_behind(source, populated, monkeypatc
         kept = [r() for r in responses if r() is not None and _has_body(r())]
     finally:
         gc.enable()
-    assert len(responses) == 3 and kept == []
+    assert len(responses) == 4 and kept == []  # get-history-bulk, the token check, two pages
 
 
 async def _remember(responses: list, resp: httpx.Response) -> None:
@@ -547,12 +547,12 @@ def test_export_reads_several_metrics_of_a_run_at_once_and_writes_them_in_order(
     reading, most = set(), 0
     get_body = mlflow_api.MlflowApi.get_body
 
-    async def observed(self, path, params):
+    async def observed(self, path, params, retry=True):
         nonlocal most
         reading.add(params["metric_key"])
         most = max(most, len(reading))
         try:
-            return await get_body(self, path, params)
+            return await get_body(self, path, params, retry)
         finally:
             reading.discard(params["metric_key"])
 
@@ -566,6 +566,54 @@ def test_export_reads_several_metrics_of_a_run_at_once_and_writes_them_in_order(
     got = bundle_mod.read_metrics(out / "runs" / run_id / "metrics.parquet")
     assert {k: list(zip(t.column("step").to_pylist(), t.column("timestamp").to_pylist(),
                         t.column("value").to_pylist())) for k, t in got.items()} == want
+
+
+def test_offset_token_is_the_servers_own():
+    """The page token importer writes to go on where get-history-bulk stopped is the one MLflow's
+    store would hand out (the client checks it against a real token once per server, too)."""
+    from mlflow.utils.search_utils import SearchUtils
+
+    for offset in (1, 1000, 25000, 10**9):
+        assert mlflow_api.offset_token(offset) == SearchUtils.create_page_token(offset).decode()
+        assert SearchUtils.parse_start_offset_from_page_token(mlflow_api.offset_token(offset)) == offset
+
+
+def test_export_without_get_history_bulk_writes_the_same_bundle(source, populated, tmp_path, monkeypatch):
+    """A history's first page is read from get-history-bulk (MLflow's UI endpoint) and the rest
+    from get-history at the offset where that answer stops; a server without that endpoint (a
+    gateway passing only /api/, MLflow 1.x) is read through get-history alone. Both ways give the
+    same bundle, byte for byte, NaN and a history of several pages included."""
+    from importer import moves
+    from importer.sources.server import Selection
+    from test_faults import start_proxy
+
+    monkeypatch.setattr(mlflow_api, "HISTORY_PAGE", 1000)  # the 3000-point history: 3 pages
+    name, ids = populated
+    bulk_pages = []
+    bulk_page = mlflow_api.MlflowApi._bulk_page
+
+    async def counted(self, run_id, key, retry=True):
+        page = await bulk_page(self, run_id, key, retry)
+        bulk_pages.append((key, len(page)))
+        return page
+
+    monkeypatch.setattr(mlflow_api.MlflowApi, "_bulk_page", counted)
+    assert not moves.export(source.url, tmp_path / "bulk", Selection(experiments=(name,))).failed
+    assert ("loss", 1000) in bulk_pages  # the long history began there and went on by offset
+    proxy, proxy_url = start_proxy(source.url, refuse="/ajax-api/")
+    try:
+        bulk_pages.clear()
+        assert not moves.export(proxy_url, tmp_path / "paged", Selection(experiments=(name,))).failed
+        refused = httpx.get(f"{proxy_url}/__proxy_stats").json()["refused"]
+    finally:
+        proxy.terminate()
+        proxy.wait()
+    assert refused == 1 and bulk_pages == []  # asked once, then never again
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "bundle.json"}  # bundle.json holds its creation time
+    assert files(tmp_path / "bulk") == files(tmp_path / "paged")
 
 
 # -- MLflow 3 logged models -----------------------------------------------------------------------

@@ -341,6 +341,16 @@ def test_python_logging_nan_inf_restart_and_rename():
     assert DERIVED_STEPS_TAG not in first.tags
 
 
+def test_logging_fields_around_the_level_are_not_metrics():
+    """A format's source position (`trainer.py:123`) and thread (`MainThread:140234`) look like
+    `key: number` pairs; they are the logger's, not the run's."""
+    (rec,) = read_clean(textlog, FIXTURES / "logging_fields.log").records
+    assert sorted(rec.metrics) == ["acc", "loss"]
+    loss = pts(rec.metrics["loss"])
+    assert [s for s, _ in loss] == [10, 20, 30, 40, 50] and math.isnan(loss[3][1])
+    assert pts(rec.metrics["acc"]) == [(50, 0.25)]  # a level name inside the message cuts nothing
+
+
 def test_logging_without_steps_derives_them():
     (rec,) = read_clean(textlog, FIXTURES / "no_steps.log").records
     assert pts(rec.metrics["acc"]) == [(0, 0.7), (1, 0.75), (2, 0.8)]

@@ -21,7 +21,8 @@ dialect is still sniffed, in this order):
 * `llmc`        llm.c: `step    1/74 | train loss 11.01 | norm 15.4 | lr 6.00e-06 | (2235.45 ms | 229 tok/s)`,
                 `val loss 4.5`, and its main.log form `s:100 trl:3.21` / `s:100 tel:3.30`.
 * `logging`     Python `logging` lines: a time prefix (`2021-03-04 12:00:01,123`) or `INFO:name:` and at least
-                one `key=value` / `key: value` with a number.
+                one `key=value` / `key: value` with a number, read after the level name where the format
+                prints one; a source position (`trainer.py:123`) or thread (`MainThread:1402`) is no metric.
 * user patterns (`options.patterns`): when given, they replace the built-in dialects. Each is a regex
                 searched in every line; every named group is a metric except `step`, `epoch`, `time`.
 
@@ -574,6 +575,11 @@ _LOG_PREFIX = re.compile(r"^\[?(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[,.]\d+)?(?:
                          r"|^(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]*:")
 _LOG_PAIR = re.compile(r"(?<![\w./@-])([A-Za-z_][\w./@-]*)\s*(?:=\s*|:\s*)(" + _NUM + r")(?![\w.:/])")
 _STEP_KEYS = ("step", "global_step", "iter", "iteration", "it", "update", "num_updates")
+# The message starts after the level name where the format prints one (`- INFO -`, `[INFO] -`);
+# what a format prints around it are the logger's own fields, not metrics: a source position
+# (`%(filename)s:%(lineno)d`, `trainer.py:123`) or a thread (`%(threadName)s:%(thread)d`).
+_LOG_LEVEL = re.compile(r"(?<![\w])(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL)(?![\w])[\]\s:|-]*")
+_LOGGER_FIELD = re.compile(r"[\w.-]+\.py|MainThread|Thread-\d+(?:\s*\(\w+\))?")
 
 
 def _parse_logging(rd: _Reader, lines: Iterator[str]) -> None:
@@ -581,9 +587,14 @@ def _parse_logging(rd: _Reader, lines: Iterator[str]) -> None:
         m = _LOG_PREFIX.match(line)
         if not m:
             continue
+        message = line[m.end():]
+        level = _LOG_LEVEL.search(message)
+        if level and all(_LOGGER_FIELD.fullmatch(k) for k, _ in _LOG_PAIR.findall(message[:level.start()])):
+            message = message[level.end():]  # not a "step=5 WARNING ..." message
         pairs: dict[str, float] = {}
-        for k, v in _LOG_PAIR.findall(line[m.end():]):
-            pairs.setdefault(k, float(v))
+        for k, v in _LOG_PAIR.findall(message):
+            if not _LOGGER_FIELD.fullmatch(k):
+                pairs.setdefault(k, float(v))
         step = None
         for k in _STEP_KEYS:
             if k in pairs and pairs[k].is_integer():

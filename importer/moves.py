@@ -1,6 +1,7 @@
 """Moving runs between stores: `export` (server -> bundle), `migrate` (server -> server) and
 `verify` (compare the two ends through the id map). `import` of a bundle or an `mlruns/` folder
-is the ordinary import (pipeline.import_paths) plus `logged_models.copy` and `copy_models`.
+is the ordinary import (pipeline.import_paths); a migration is that import, from a server, with
+the same steps after the runs (pipeline.after_runs).
 
 Order of a migration: experiments, runs, MLflow 3 logged models (their points go into the runs),
 registered models (a version may be of a logged model), then deleting again the experiments
@@ -29,7 +30,7 @@ from .experiments import ExperimentRecord
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, optional_int, pairs
 from .model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord
-from .pipeline import Summary, import_async
+from .pipeline import Summary, after_runs, import_async
 from .sinks.mlflow import EXPERIMENT_TAGS, Outcome, _stored_value
 from .sources import server
 from .sources.server import Selection
@@ -162,19 +163,12 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
         summary = await import_async(records, dst, ledger, policy=policy, config=config,
                                      progress=progress, env=dst_env, new_experiments=new)
         summary.title = f"Migrated from {api.url} to"
-        # After the runs (a model's points go into them), before registered models (a version
-        # may be of a logged model).
         logged = await logged_models.read(api, found, records, selection.shard)
-        model_ids, lm_notes, failed = await logged_models.copy(dest, logged, summary.outcomes, records)
-        summary.outcomes += failed
-        summary.notes += lm_notes
+        models = []
         if with_models:
             ids = None if not (selection.experiments or selection.shard) else {r.source_run_id for r in records}
             models = await registry.read_models(api, ids)
-            summary.notes += await registry.copy_models(dst, models, summary.outcomes, config, dst_env,
-                                                        model_ids)
-            await logged_models.retag(dest, logged, model_ids)
-        summary.notes += notes + await experiments.finish(dest, deleted, selection.shard)
+        summary.notes += notes + await after_runs(dest, summary, records, logged, models, deleted, selection.shard)
         summary.requests += api.requests + dest.requests
         summary.retried += api.retried + dest.retried
         return summary

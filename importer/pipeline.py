@@ -286,23 +286,27 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
     summary = import_records(records, uri, state=state, dry_run=dry_run,
                              on_param_conflict=on_param_conflict, config=config, progress=progress,
                              new_experiments=new)
-    logged: dict[str, str] = {}  # source logged model id -> destination id
-    if inputs.logged_models and not dry_run:  # after the runs: their points go into them
-        from .logged_models import copy
-        logged, notes, failed = asyncio.run(_on_server(uri, config, copy, inputs.logged_models,
-                                                       summary.outcomes, records))
-        inputs.notes += notes
-        summary.outcomes += failed
-    if inputs.models and not dry_run:
-        from .registry import copy_models
-        inputs.notes += asyncio.run(copy_models(uri, inputs.models, summary.outcomes, config, logged=logged))
-        if logged:
-            from .logged_models import retag
-            asyncio.run(_on_server(uri, config, retag, inputs.logged_models, logged))
-    if deleted:
-        inputs.notes += asyncio.run(_on_server(uri, config, experiments.finish, deleted))
+    if not dry_run and (inputs.logged_models or inputs.models or deleted):
+        inputs.notes += asyncio.run(_on_server(uri, config, after_runs, summary, records, inputs.logged_models,
+                                               inputs.models, deleted))
     summary.notes, summary.unrecognised = inputs.notes, inputs.unrecognised
     return summary
+
+
+async def after_runs(dest: MlflowApi, summary: Summary, records: list[RunRecord], logged: list, models: list,
+                     deleted: list[str], shard: Optional[tuple[int, int]] = None) -> list[str]:
+    """What a move writes once its runs are in, in this order: MLflow 3 logged models (their points
+    go into the runs), registered models (a version may be of a logged model), the logged models'
+    version tags again (the server rewrote them), then deleting again the experiments deleted at the
+    source (`deleted`, from experiments.prepare). Failures go into summary.outcomes; returns notes."""
+    from . import logged_models, registry
+
+    ids, notes, failed = await logged_models.copy(dest, logged, summary.outcomes, records)
+    summary.outcomes += failed
+    if models:
+        notes += await registry.copy_models(dest, models, summary.outcomes, ids)
+        await logged_models.retag(dest, logged, ids)
+    return notes + await experiments.finish(dest, deleted, shard)
 
 
 async def _on_server(uri: str, config: ClientConfig, work, *args):

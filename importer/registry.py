@@ -208,25 +208,23 @@ async def write_models(api: MlflowApi, models: list[BundleModel], runs: dict[str
     return notes
 
 
-async def copy_models(dest_uri: str, models: list[BundleModel], outcomes: list, config=None,
-                      env: Optional[dict] = None, logged: Optional[dict[str, str]] = None) -> list[str]:
+async def copy_models(api: MlflowApi, models: list[BundleModel], outcomes: list,
+                      logged: Optional[dict[str, str]] = None) -> list[str]:
     """Write registered models to a server, their versions pointing at the runs an import wrote
     (`outcomes`: sinks.mlflow.Outcome) and at the logged models it wrote (`logged`: source id ->
     destination id). A failure is added to `outcomes`."""
-    from .mlflow_api import DEFAULT_CONFIG
     from .sinks.mlflow import Outcome
 
     if not models:
         return []
-    async with MlflowApi(dest_uri, config or DEFAULT_CONFIG, env) as api:
-        runs = {}
-        for o in outcomes:
-            if o.run_id and o.import_key.startswith("mlflow-run-") and o.action != "failed":
-                run = await api.get_run(o.run_id)
-                if run:
-                    runs[o.import_key.removeprefix("mlflow-run-")] = run["info"]
-        try:
-            return await write_models(api, models, runs, logged)
-        except ImporterError as e:
-            outcomes.append(Outcome("registered models", "", "", action="failed", error=str(e)))
-            return []
+    runs = {}
+    for o in outcomes:
+        if o.run_id and o.import_key.startswith("mlflow-run-") and o.action != "failed":
+            run = await api.get_run(o.run_id)
+            if run:
+                runs[o.import_key.removeprefix("mlflow-run-")] = run["info"]
+    try:
+        return await write_models(api, models, runs, logged)
+    except ImporterError as e:
+        outcomes.append(Outcome("registered models", "", "", action="failed", error=str(e)))
+        return []

@@ -382,6 +382,11 @@ async def _source_models(url: str, run_ids: set[str]) -> list:
         return await registry.read_models(api, run_ids)
 
 
+async def _copy_models(url: str, models: list, outcomes: list) -> None:
+    async with MlflowApi(url, importer.ClientConfig(backoff_base=0.05, retries=14)) as api:
+        await registry.copy_models(api, models, outcomes)
+
+
 @pytest.mark.parametrize("seed", (1, 2, 3))
 def test_lost_answers_to_registered_model_writes(servers, small, seed):
     """Half of the destination's answers are lost after it acted, so writes are repeated; the
@@ -396,8 +401,7 @@ def test_lost_answers_to_registered_model_writes(servers, small, seed):
     outcomes = list(small["outcomes"])
     proxy, proxy_url = start_proxy(dst.url, seed=seed, drop_after=0.5)
     try:
-        asyncio.run(registry.copy_models(proxy_url, models, outcomes,
-                                         importer.ClientConfig(backoff_base=0.05, retries=14)))
+        asyncio.run(_copy_models(proxy_url, models, outcomes))
         stats = httpx.get(f"{proxy_url}/__proxy_stats").json()
     finally:
         proxy.terminate()

@@ -46,6 +46,9 @@ class SourceResult:
     notes: list[str] = field(default_factory=list)  # e.g. renamed metric keys, for the report
     models: list = field(default_factory=list)  # registered models (bundle.BundleModel) to copy
     logged_models: list = field(default_factory=list)  # MLflow 3 (logged_models.LoggedModel)
+    # Problems that lose only what they name (a broken logged model, a bad line of its metrics),
+    # not the runs: the import writes the rest and reports each as failed.
+    skipped: list[Problem] = field(default_factory=list)
     # Experiments of another MLflow store (experiments.ExperimentRecord): created with their tags
     # even when empty, and deleted again when deleted there.
     experiments: list = field(default_factory=list)

@@ -251,11 +251,22 @@ def test_experiment_tags_and_dataset_inputs():
     assert runs[B].inputs == []
 
 
-def test_models_are_noted_not_runs():
+def test_models_are_read_not_runs():
+    """The hand-written MLflow 2.x registry and MLflow 3 logged model (the real client's are in
+    test_mlruns_models.py)."""
     result, _ = _read(STORE)
-    assert any("registered models" in n for n in result.notes)
-    assert any("logged models" in n for n in result.notes)
-    assert any(A in n and "outputs" in n for n in result.notes)
+    assert not result.skipped
+    [logged] = result.logged_models
+    assert (logged.doc.model_id, logged.doc.name, logged.doc.status, logged.doc.source_run_id) == (
+        "m-0a1b2c3d4e5f", "model", "LOGGED_MODEL_READY", A)
+    assert [o.model_dump() for o in logged.doc.outputs] == [{"run_id": A, "step": 0}]
+    assert logged.experiment == "fixture experiment" and logged.files == []
+    [model] = result.models
+    [version] = model.versions
+    assert (model.name, model.description, model.aliases) == ("my-model", None, {})
+    assert (version.version, version.run_id, version.artifact_path, version.model_id, version.stage,
+            version.status) == ("1", A, "model", None, None, "READY")
+    assert not any("models" in n for n in result.notes)
     assert not mlruns.detect(STORE / "models" / "my-model" / "meta.yaml")
     assert not mlruns.detect(STORE / "models" / "my-model" / "version-1" / "meta.yaml")
     assert not mlruns.detect(STORE / "1" / "models" / "m-0a1b2c3d4e5f" / "meta.yaml")

@@ -48,7 +48,6 @@ it goes to `skipped`, and the import writes the rest and reports it as failed.
 
 from __future__ import annotations
 
-import math
 import os
 import urllib.parse
 from contextlib import contextmanager
@@ -64,7 +63,7 @@ from ..bundle import (BundleLoggedModel, BundleModel, BundleModelMetric, BundleM
                       BundleModelVersion)
 from ..errors import Problem
 from ..experiments import ExperimentRecord
-from ..logged_models import LoggedModel
+from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
                      store_import_key)
 from ..registry import artifact_path, logged_model_id
@@ -73,8 +72,6 @@ from .base import SourceOptions, SourceResult, metric_table
 NAME = "mlruns"
 STATUSES = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 PARENT_TAG = "mlflow.parentRunId"
-MODEL_STATUSES = {0: "LOGGED_MODEL_STATUS_UNSPECIFIED", 1: "LOGGED_MODEL_PENDING", 2: "LOGGED_MODEL_READY",
-                  3: "LOGGED_MODEL_UPLOAD_FAILED"}  # meta.yaml's int -> the REST name
 DELETED_VERSION = "Deleted_Internal"  # the current_stage of a model version deleted in the store
 _HEAD = 8192  # meta.yaml files are a few hundred bytes; detect reads no more than this
 _DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")  # REST Dataset
@@ -432,9 +429,8 @@ class _Store:
         if meta.get("lifecycle_stage") == "deleted":  # as from a server, whose search never lists them
             self.note(f"{folder}: logged model {model_id} is deleted; not imported")
             return
-        status = meta.get("status", 2)  # MLflow reads a missing status as READY
-        status = MODEL_STATUSES.get(status) if isinstance(status, int) else status
-        if status not in MODEL_STATUSES.values():
+        status = status_name(meta.get("status", 2))  # MLflow reads a missing status as READY
+        if status is None:
             self.problem(meta_file, "status", f"unknown logged model status {meta.get('status')!r} "
                          "(expected 0 to 3); not imported")
             return
@@ -457,9 +453,8 @@ class _Store:
         self.logged[model_id] = (folder, LoggedModel(doc, experiment, files))
 
     def model_metrics(self, folder: Path) -> list[BundleModelMetric]:
-        """Lines `timestamp value step run_id [dataset_name dataset_digest]`, in file order. NaN and
-        +-Infinity as a server keeps them for a logged model (0.0, +-1.797e308): the writer
-        compares with what it stored, and sends NaN back where the run holds it."""
+        """Lines `timestamp value step run_id [dataset_name dataset_digest]`, in file order; values
+        as the server keeps them (logged_models.stored_value)."""
         out = []
         for file, key in self.files(folder):
             if problem := key_problem(key, "metric"):
@@ -476,10 +471,8 @@ class _Store:
                 try:
                     if len(parts) not in (4, 6):
                         raise ValueError
-                    value = float(parts[1])
-                    value = 0.0 if math.isnan(value) else max(-_MAX, min(_MAX, value))
                     out.append(BundleModelMetric(
-                        key=key, value=value, timestamp=int(parts[0]), step=int(parts[2]), run_id=parts[3],
+                        key=key, value=stored_value(float(parts[1])), timestamp=int(parts[0]), step=int(parts[2]), run_id=parts[3],
                         dataset_name=parts[4] if len(parts) == 6 else None,
                         dataset_digest=parts[5] if len(parts) == 6 else None))
                 except ValueError:
@@ -554,9 +547,6 @@ class _Store:
             tags = [{"key": str(k), "value": str(v)} for k, v in (link.get("tags") or {}).items()]
             out.append({"dataset": fields, "tags": tags})
         return out
-
-
-_MAX = 1.7976931348623157e308
 
 
 def _text(value) -> Optional[str]:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -59,15 +58,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import yaml
 
-from ..bundle import (BundleLoggedModel, BundleModel, BundleModelMetric, BundleModelOutput,
-                      BundleModelVersion)
+from ..bundle import BundleLoggedModel, BundleModel, BundleModelMetric, BundleModelVersion
 from ..errors import Problem
 from ..experiments import ExperimentRecord
 from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
                      store_import_key)
 from ..registry import artifact_path, logged_model_id
-from .base import SourceOptions, SourceResult, metric_table
+from .base import SourceOptions, SourceResult, StoreReader, metric_table
 
 NAME = "mlruns"
 STATUSES = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
@@ -133,7 +131,8 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         store.experiment(path)
     elif not store.root(path):
         result.problems.append(Problem(str(path), "", "no MLflow experiment or run meta.yaml found"))
-    store.link_models(only_run=kind == "run")
+    # A run folder named alone takes only the models it made.
+    store.hand_over(lambda m: kind != "run" or m.doc.source_run_id in store.seen)
     keys = {r.import_key for r in result.records}
     for rec in result.records:
         if rec.parent_key is not None and rec.parent_key not in keys:
@@ -150,30 +149,12 @@ def _dirs(folder: Path) -> list[Path]:
         return []
 
 
-class _Store:
+class _Store(StoreReader):
     def __init__(self, path: Path, options: SourceOptions, result: SourceResult):
-        self.path, self.options, self.result = path, options, result
+        super().__init__(result)
+        self.path, self.options = path, options
         self.boundary = path.resolve()  # nothing outside it is read
         self.seen: dict[str, Path] = {}  # run id -> its folder
-        self.problems = result.problems  # where `problem` puts them (see `aside`)
-        self.logged: dict[str, tuple[Path, LoggedModel]] = {}  # model id -> its folder, the model read
-        self.links: list[tuple[str, str, str, int]] = []  # runs' model links: (origin, model id, run id, step or -1 = input)
-
-    def problem(self, file: Path, where: str, message: str) -> None:
-        self.problems.append(Problem(str(file), where, message))
-
-    @contextmanager
-    def aside(self):
-        """Problems met inside lose only the model they belong to, not the runs: they go to
-        `result.skipped` (failed outcomes of the import) instead of stopping it."""
-        saved, self.problems = self.problems, self.result.skipped
-        try:
-            yield
-        finally:
-            self.problems = saved
-
-    def note(self, message: str) -> None:
-        self.result.notes.append(message)
 
     def meta(self, file: Path) -> Optional[dict]:
         """A parsed meta.yaml, or None with a problem."""
@@ -447,10 +428,9 @@ class _Store:
         self.check_artifact_uri(folder, folder.parent.parent, _text(meta.get("artifact_location")),
                                 origin, len(files))
         if model_id in self.logged:
-            self.problem(meta_file, "model_id", f"logged model {model_id} is also in "
-                         f"{self.logged[model_id][0]}; read once")
+            self.problem(meta_file, "model_id", f"another folder holds logged model {model_id} too; read once")
             return
-        self.logged[model_id] = (folder, LoggedModel(doc, experiment, files))
+        self.logged[model_id] = LoggedModel(doc, experiment, files)
 
     def model_metrics(self, folder: Path) -> list[BundleModelMetric]:
         """Lines `timestamp value step run_id [dataset_name dataset_digest]`, in file order; values
@@ -507,21 +487,6 @@ class _Store:
                 aliases={a: v.strip() for a, v in self.values(model_dir / "aliases", "alias", "model").items()},
                 versions=versions))
 
-    def link_models(self, only_run: bool) -> None:
-        """Give the logged models the runs' links to them; hand them over. A run folder named
-        alone takes only the models it made."""
-        for origin, model_id, run_id, step in self.links:
-            m = self.logged.get(model_id, (None, None))[1]
-            if m is None:
-                self.note(f"{origin}: its link to logged model {model_id} is not imported (the model "
-                          f"is not in {self.path}, or is deleted)")
-            elif step < 0:
-                m.doc.inputs.append(run_id)
-            else:
-                m.doc.outputs.append(BundleModelOutput(run_id=run_id, step=step))
-        self.result.logged_models += [m for _, m in self.logged.values()
-                                      if not only_run or m.doc.source_run_id in self.seen]
-
     def inputs(self, folder: Path, origin: str, run_id: str) -> list[dict]:
         """Dataset inputs as runs/log-inputs takes them: {"dataset": {...}, "tags": [{key, value}]};
         MLflow 3 model inputs go to `links`."""
@@ -532,7 +497,7 @@ class _Store:
             if link is None:
                 continue
             if link.get("source_type") == "MODEL" and link.get("source_id"):
-                self.links.append((origin, str(link["source_id"]), run_id, -1))
+                self.links.append((origin, str(link["source_id"]), run_id, None))
                 continue
             if link.get("source_type") != "DATASET":
                 self.note(f"{origin}: input {sub.name} ({link.get('source_type')}) is not imported")

@@ -6,7 +6,13 @@ a training run logs a pyfunc model with params, tags and a type, and metrics aga
 dataset (NaN too); an evaluation run logs a metric against that model (MLflow links the model to
 the run as its input); a second model is made outside any run; a third is deleted; a registered
 model has a version of the logged model, a deleted one and one from a `runs:/` URI with a stage,
-an alias, tags and descriptions."""
+an alias, tags and descriptions.
+
+The same store's runs and logged models are then written as mlflow-export-import writes an
+experiment since late 2025 (`experiment.json`, `runs/<id>/run.json` with the runs' model links,
+`logged_models/logged_models.json`, `logged_models/<id>/logged_model.json` + `artifacts/`; no
+release of the tool on PyPI has it yet, so the folder is made here from MLflow's own objects,
+the way the tool dumps them) and read by that source into the same records."""
 
 from __future__ import annotations
 
@@ -274,3 +280,106 @@ def test_a_broken_model_fails_alone_and_the_runs_import(store, uri, tmp_path):
     assert sorted(p["step"] for p in copies[ids["model_id"]]["data"]["metrics"] if p["key"] == "acc") == [0, 2]
     inspect = json.loads(run_importer("inspect", str(copy), "--json").stdout)
     assert any(str(bare_meta) in p for p in inspect["problems"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The same models in an mlflow-export-import folder
+# ---------------------------------------------------------------------------------------------
+
+
+def _dump(obj) -> dict:
+    """An MLflow entity as mlflow-export-import dumps it: its attributes without the leading
+    underscore, enums by their value, lists of entities likewise."""
+    out = {}
+    for k, v in vars(obj).items():
+        if isinstance(v, list):
+            v = [_dump(x) if hasattr(x, "__dict__") else x for x in v]
+        out[k[1:]] = v.value if hasattr(v, "value") else v
+    return out
+
+
+def _write(folder: Path, name: str, mlflow_doc: dict, info: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {"system": {"package_version": "1.2.0", "mlflow_version": "3.0.0"}, **({"info": info} if info else {}),
+           "mlflow": mlflow_doc}
+    (folder / name).write_text(json.dumps(doc, indent=2))
+
+
+def write_export(root: Path, ids: dict, out: Path) -> None:
+    """The store's experiment as an mlflow-export-import experiment export in `out`."""
+    from mlflow.tracking import MlflowClient
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        client = MlflowClient(root.as_uri())
+        exp = client.get_experiment(ids["experiment_id"])
+        models = [ids["model_id"], ids["bare"]]
+        _write(out, "experiment.json", {"experiment": {"experiment_id": exp.experiment_id, "name": exp.name,
+                                                        "tags": exp.tags, "lifecycle_stage": "active"},
+                                        "runs": [ids["train"], ids["eval"]], "logged_models": models})
+        for run_id in (ids["train"], ids["eval"]):
+            run = client.get_run(run_id)
+            _write(out / "runs" / run_id, "run.json", {
+                "info": _dump(run.info), "params": run.data.params, "tags": run.data.tags,
+                "metrics": {k: [{"value": m.value, "timestamp": m.timestamp, "step": m.step}
+                                for m in client.get_metric_history(run_id, k)] for k in run.data.metrics},
+                "inputs": {"dataset_inputs": [], "model_inputs": [_dump(m) for m in run.inputs.model_inputs]},
+                "outputs": {"model_outputs": [_dump(m) for m in run.outputs.model_outputs]}})
+        lm = out / "logged_models"
+        _write(lm, "logged_models.json", {"experiments": [{"id": exp.experiment_id, "name": exp.name,
+                                                          "logged_models": models}]},
+               {"num_total_logged_models": 2, "num_ok_logged_models": 2, "failed_logged_models": []})
+        for model_id in models:
+            _write(lm / model_id, "logged_model.json", _dump(client.get_logged_model(model_id)))
+            arts = root / ids["experiment_id"] / "models" / model_id / "artifacts"
+            if arts.is_dir():
+                shutil.copytree(arts, lm / model_id / "artifacts")
+
+
+def test_export_folder_gives_the_same_logged_models(store, tmp_path):
+    from importer.sources import mlflow_export
+
+    root, ids = store
+    write_export(root, ids, tmp_path / "exp")
+    result = mlflow_export.read(tmp_path / "exp", SourceOptions())
+    assert not result.problems and not result.skipped
+    assert not any("logged model" in n for n in result.notes), result.notes
+    theirs = {m.doc.model_id: m for m in _read(root).logged_models}
+    ours = {m.doc.model_id: m for m in result.logged_models}
+    assert sorted(ours) == sorted(theirs)
+    for model_id, m in ours.items():
+        a, b = m.doc.model_dump(exclude={"metrics"}), theirs[model_id].doc.model_dump(exclude={"metrics"})
+        assert a == b and m.experiment == theirs[model_id].experiment == ids["experiment"]
+        # MLflow's client gives a file store's model only its last point per dataset.
+        assert {p.model_dump_json() for p in m.doc.metrics} <= {p.model_dump_json() for p in theirs[model_id].doc.metrics}
+        assert sorted(f.dest for f in m.files) == sorted(f.dest for f in theirs[model_id].files)
+    assert ours[ids["model_id"]].doc.metrics
+
+
+def test_export_folder_models_import_into_a_server(store, uri, tmp_path):
+    root, ids = store
+    write_export(root, ids, tmp_path / "exp")
+    experiment = f"mei-{uuid.uuid4().hex[:8]}"
+    r = _import(tmp_path / "exp", uri, tmp_path / "l.db", "--experiment", experiment)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    view = View(uri)
+    runs = {tags_of(run)["importer.source_run_id"]: run["info"]["run_id"] for run in view.runs(experiment)}
+    copies = _models(view, experiment)
+    assert sorted(copies) == sorted([ids["model_id"], ids["bare"]])
+    echo = copies[ids["model_id"]]
+    model_id = echo["info"]["model_id"]
+    assert (echo["info"]["name"], echo["info"]["source_run_id"]) == ("echo", runs[ids["train"]])
+    exported = json.loads((tmp_path / "exp/logged_models" / ids["model_id"] / "logged_model.json").read_text())
+    want = sorted((p["key"], p["step"], p["timestamp"], runs[p["run_id"]], p["dataset_digest"])
+                  for p in exported["mlflow"]["metrics"])
+    assert sorted((p["key"], p["step"], p["timestamp"], p["run_id"], p.get("dataset_digest"))
+                  for p in echo["data"]["metrics"] if p["model_id"] == model_id) == want
+    train = view.http.get("runs/get", params={"run_id": runs[ids["train"]]}).json()["run"]
+    assert train["outputs"]["model_outputs"] == [{"model_id": model_id, "step": 0}]
+    ev = view.http.get("runs/get", params={"run_id": runs[ids["eval"]]}).json()["run"]
+    assert {"model_id": model_id} in ev["inputs"]["model_inputs"]
+    art_root = echo["info"]["artifact_uri"].split(":", 1)[1].strip("/")
+    mlmodel = tmp_path / "exp/logged_models" / ids["model_id"] / "artifacts" / "MLmodel"
+    assert httpx.get(f"{uri}/api/2.0/mlflow-artifacts/artifacts/{art_root}/MLmodel").content == mlmodel.read_bytes()
+    again = _import(tmp_path / "exp", uri, tmp_path / "l.db", "--experiment", experiment)
+    assert "logged models: 2 unchanged" in json.loads(again.stdout)["notes"]

@@ -232,7 +232,10 @@ def test_store_with_models_imports_exactly_and_a_rerun_adds_nothing(store, uri, 
     v3 = view.http.get("model-versions/get", params={"name": name, "version": "3"}).json()["model_version"]
     assert (v3["run_id"], v3["current_stage"], v3.get("description")) == (runs[ids["eval"]], "Staging", "v3")
     assert v3["source"] == ev["info"]["artifact_uri"] + "/echo"
-    versions = lambda: view.http.get("model-versions/search", params={"filter": f"name='{name}'"}).json()["model_versions"]  # noqa: E731
+
+    def versions() -> list[dict]:
+        return view.http.get("model-versions/search", params={"filter": f"name='{name}'"}).json()["model_versions"]
+
     assert sorted(v["version"] for v in versions()) == ["1", "3"]
 
     # Again, without the ledger: nothing new anywhere.
@@ -280,6 +283,37 @@ def test_a_broken_model_fails_alone_and_the_runs_import(store, uri, tmp_path):
     assert sorted(p["step"] for p in copies[ids["model_id"]]["data"]["metrics"] if p["key"] == "acc") == [0, 2]
     inspect = json.loads(run_importer("inspect", str(copy), "--json").stdout)
     assert any(str(bare_meta) in p for p in inspect["problems"])
+
+
+def test_a_deleted_experiments_model_stays_out_with_it(uri, tmp_path):
+    """A model made outside any run goes with its experiment: one deleted in the store (in
+    `.trash`) is left out with it, unless --include-deleted."""
+    import mlflow
+
+    root = tmp_path / "mlruns"
+    name = f"gone-{uuid.uuid4().hex[:8]}"
+    before = mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(root.as_uri())
+        try:
+            exp = mlflow.set_experiment(name)
+            with mlflow.start_run(run_name="kept"):
+                mlflow.log_param("a", "1")
+            mlflow.initialize_logged_model(name="orphan", experiment_id=exp.experiment_id)
+            mlflow.MlflowClient().delete_experiment(exp.experiment_id)
+        finally:
+            mlflow.set_tracking_uri(before)
+    [model] = _read(root).logged_models
+    assert model.doc.name == "orphan" and model.experiment == name
+    r = _import(root, uri, tmp_path / "l.db")
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert not any("logged models" in n for n in json.loads(r.stdout)["notes"])
+    r = _import(root, uri, tmp_path / "l.db", "--include-deleted")
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    assert "logged models: 1 created" in json.loads(r.stdout)["notes"]
+    exp = View(uri).http.get("experiments/get-by-name", params={"experiment_name": name}).json()["experiment"]
+    assert exp["lifecycle_stage"] == "deleted"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +385,8 @@ def test_export_folder_gives_the_same_logged_models(store, tmp_path):
         a, b = m.doc.model_dump(exclude={"metrics"}), theirs[model_id].doc.model_dump(exclude={"metrics"})
         assert a == b and m.experiment == theirs[model_id].experiment == ids["experiment"]
         # MLflow's client gives a file store's model only its last point per dataset.
-        assert {p.model_dump_json() for p in m.doc.metrics} <= {p.model_dump_json() for p in theirs[model_id].doc.metrics}
+        points = {p.model_dump_json() for p in theirs[model_id].doc.metrics}
+        assert {p.model_dump_json() for p in m.doc.metrics} <= points
         assert sorted(f.dest for f in m.files) == sorted(f.dest for f in theirs[model_id].files)
     assert ours[ids["model_id"]].doc.metrics
 

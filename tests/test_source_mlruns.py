@@ -366,6 +366,26 @@ def test_garbage_never_raises(tmp_path):
     assert not mlruns.read(tmp_path / "nothing-here", SourceOptions()).records
 
 
+def test_broken_models_lose_only_themselves(tmp_path):
+    """Problems in logged or registered models go to `skipped` (failed outcomes of the import),
+    each naming its file; the runs are read as before."""
+    store = tmp_path / "mlruns"
+    shutil.copytree(STORE, store)
+    version = store / "models" / "my-model" / "version-1" / "meta.yaml"
+    version.write_text(version.read_text().replace("version: 1", "version: one"))
+    (store / "models" / "other").mkdir()
+    model = store / "1" / "models" / "m-0a1b2c3d4e5f" / "meta.yaml"
+    model.write_text(model.read_text().replace("status: 2", "status: 7"))
+    output = store / "1" / A / "outputs" / "m-0a1b2c3d4e5f" / "meta.yaml"
+    output.write_text("destination_type: [")
+    result, runs = _read(store)
+    assert not result.problems and len(runs) == 6
+    assert {(Path(p.file).relative_to(store).as_posix(), p.location) for p in result.skipped} == {
+        ("models/my-model/version-1/meta.yaml", "version"), ("models/other/meta.yaml", ""),
+        ("1/models/m-0a1b2c3d4e5f/meta.yaml", "status"), (f"1/{A}/outputs/m-0a1b2c3d4e5f/meta.yaml", "line 1")}
+    assert result.logged_models == [] and [m.versions for m in result.models] == [[]]
+
+
 def test_a_run_twice_is_read_once(tmp_path):
     store = tmp_path / "mlruns"
     shutil.copytree(STORE, store)

@@ -335,11 +335,11 @@ class _Export(StoreReader):
         MLflow 3 links to logged models (inputs.model_inputs, outputs.model_outputs) go to `links`."""
         raw = data.get("inputs")
         if isinstance(raw, dict):  # mlflow-export-import: {"dataset_inputs", "model_inputs"}
-            for kind, items in (("input", raw.get("model_inputs")), ("output", _get(data, "outputs", "model_outputs"))):
+            for output, items in ((False, raw.get("model_inputs")), (True, _get(data, "outputs", "model_outputs"))):
                 for item in items if isinstance(items, list) else []:
                     if isinstance(item, dict) and isinstance(item.get("model_id"), str):
                         step = item.get("step") if type(item.get("step")) is int else 0
-                        self.links.append((str(file), item["model_id"], run_id, step if kind == "output" else None))
+                        self.links.append((str(file), item["model_id"], run_id, step if output else None))
             raw = raw.get("dataset_inputs")
         if not isinstance(raw, list):
             if raw:

@@ -451,10 +451,10 @@ class _Store(StoreReader):
                 try:
                     if len(parts) not in (4, 6):
                         raise ValueError
+                    dataset = parts[4:6] if len(parts) == 6 else (None, None)
                     out.append(BundleModelMetric(
-                        key=key, value=stored_value(float(parts[1])), timestamp=int(parts[0]), step=int(parts[2]), run_id=parts[3],
-                        dataset_name=parts[4] if len(parts) == 6 else None,
-                        dataset_digest=parts[5] if len(parts) == 6 else None))
+                        key=key, value=stored_value(float(parts[1])), timestamp=int(parts[0]),
+                        step=int(parts[2]), run_id=parts[3], dataset_name=dataset[0], dataset_digest=dataset[1]))
                 except ValueError:
                     self.problem(file, f"line {number}", "not `timestamp value step run_id "
                                  f"[dataset_name dataset_digest]`: {line.strip()[:80]!r}; that point is not imported")
@@ -472,15 +472,20 @@ class _Store(StoreReader):
                 v = self.meta(sub / "meta.yaml")
                 if v is None or v.get("current_stage") == DELETED_VERSION:
                     continue
+                number = str(v.get("version") or sub.name.removeprefix("version-"))
+                if not number.isdigit():  # the server numbers versions 1, 2, ...
+                    self.problem(sub / "meta.yaml", "version", f"not a version number: {number!r}; "
+                                 "this version is not imported")
+                    continue
                 run_id, source = _text(v.get("run_id")), str(v.get("source") or "")
                 stage = _text(v.get("current_stage"))
                 versions.append(BundleModelVersion(
-                    version=str(v.get("version") or sub.name.removeprefix("version-")), run_id=run_id,
+                    version=number, run_id=run_id,
                     source=source, model_id=logged_model_id({"model_id": v.get("model_id"), "source": source}),
                     artifact_path=artifact_path(source, run_id), description=_text(v.get("description")),
                     tags=self.values(sub / "tags", "tag", "model version"), stage=None if stage == "None" else stage,
                     status=_text(v.get("status"))))
-            versions.sort(key=lambda v: int(v.version) if v.version.isdigit() else 0)
+            versions.sort(key=lambda v: int(v.version))
             self.result.models.append(BundleModel(
                 name=_text(meta.get("name")) or model_dir.name, description=_text(meta.get("description")),
                 tags=self.values(model_dir / "tags", "tag", "model"),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
@@ -41,6 +42,12 @@ SOURCE_MODEL_TAG = "importer.source_model_id"
 # that version alone), so set again once the registered models are in: see `retag`.
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"
 _PAGE = 100  # logged-models/search's default and usual page
+# A logged model's status as the REST API names it, from what a store wrote: MLflow's number (a
+# file store's meta.yaml) or its enum's value (mlflow-export-import's logged_model.json).
+STATUSES = {0: "LOGGED_MODEL_STATUS_UNSPECIFIED", 1: "LOGGED_MODEL_PENDING", 2: "LOGGED_MODEL_READY",
+            3: "LOGGED_MODEL_UPLOAD_FAILED"}
+_ENUM = {"UNSPECIFIED": 0, "PENDING": 1, "READY": 2, "FAILED": 3}
+_MAX = 1.7976931348623157e308
 
 
 @dataclass
@@ -99,6 +106,20 @@ def from_rest(m: dict) -> BundleLoggedModel:
                                    step=int(p.get("step", 0)), run_id=p["run_id"],
                                    dataset_name=p.get("dataset_name"), dataset_digest=p.get("dataset_digest"))
                  for p in data.get("metrics", []) if p.get("run_id")])
+
+
+def status_name(value) -> Optional[str]:
+    """The REST name of a stored status (see STATUSES), or None when it is none of them."""
+    if isinstance(value, str) and value in STATUSES.values():
+        return value
+    number = _ENUM.get(value) if isinstance(value, str) else value
+    return STATUSES.get(number) if type(number) is int else None
+
+
+def stored_value(value: float) -> float:
+    """A model point's value as the server keeps it (NaN as 0.0, +-Infinity as +-1.797e308), so
+    that a point read from a store compares equal with its copy; the run keeps NaN (`_nan_back`)."""
+    return 0.0 if math.isnan(value) else max(-_MAX, min(_MAX, value))
 
 
 def goes_with(doc: BundleLoggedModel, run_ids: set[str], shard=None) -> bool:

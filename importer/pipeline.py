@@ -122,6 +122,7 @@ class Inputs:
     problems: list[Problem] = field(default_factory=list)
     models: list = field(default_factory=list)  # registered models from bundles (bundle.BundleModel)
     logged_models: list = field(default_factory=list)  # from bundles (logged_models.LoggedModel)
+    skipped: list[Problem] = field(default_factory=list)  # lose only what they name (SourceResult)
     experiments: list = field(default_factory=list)  # of other stores (experiments.ExperimentRecord)
 
 
@@ -174,6 +175,7 @@ def _collect(fmt: str, unit: str, result: SourceResult, inputs: Inputs, seen: di
     inputs.notes += result.notes
     inputs.models += result.models
     inputs.logged_models += result.logged_models
+    inputs.skipped += result.skipped
     inputs.experiments += result.experiments
     for rec in result.records:
         scoped = (rec.experiment, rec.import_key)
@@ -220,7 +222,7 @@ def inspect(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwarg
             rec.metrics = {}
     return {"units": [{"format": f, "path": p, "runs": n} for f, p, n in inputs.units], "runs": runs,
             "notes": inputs.notes, "unrecognised": inputs.unrecognised,
-            "problems": [str(p) for p in inputs.problems]}
+            "problems": [str(p) for p in inputs.problems + inputs.skipped]}
 
 
 def inspect_text(report: dict) -> str:
@@ -286,9 +288,13 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
     summary = import_records(records, uri, state=state, dry_run=dry_run,
                              on_param_conflict=on_param_conflict, config=config, progress=progress,
                              new_experiments=new)
-    if not dry_run and (inputs.logged_models or inputs.models or deleted):
-        inputs.notes += asyncio.run(_on_server(uri, config, after_runs, summary, records, inputs.logged_models,
+    # A model with no source run goes with its experiment: not when that is left out, deleted.
+    logged = [m for m in inputs.logged_models if include_deleted or m.experiment not in gone]
+    if not dry_run and (logged or inputs.models or deleted):
+        inputs.notes += asyncio.run(_on_server(uri, config, after_runs, summary, records, logged,
                                                inputs.models, deleted))
+    summary.outcomes += [Outcome(p.file, "", "", action="failed", error=f"{p.location}: {p.message}"
+                                 if p.location else p.message) for p in inputs.skipped]
     summary.notes, summary.unrecognised = inputs.notes, inputs.unrecognised
     return summary
 

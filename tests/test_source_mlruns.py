@@ -251,11 +251,22 @@ def test_experiment_tags_and_dataset_inputs():
     assert runs[B].inputs == []
 
 
-def test_models_are_noted_not_runs():
+def test_models_are_read_not_runs():
+    """The hand-written MLflow 2.x registry and MLflow 3 logged model (the real client's are in
+    test_mlruns_models.py)."""
     result, _ = _read(STORE)
-    assert any("registered models" in n for n in result.notes)
-    assert any("logged models" in n for n in result.notes)
-    assert any(A in n and "outputs" in n for n in result.notes)
+    assert not result.skipped
+    [logged] = result.logged_models
+    assert (logged.doc.model_id, logged.doc.name, logged.doc.status, logged.doc.source_run_id) == (
+        "m-0a1b2c3d4e5f", "model", "LOGGED_MODEL_READY", A)
+    assert [o.model_dump() for o in logged.doc.outputs] == [{"run_id": A, "step": 0}]
+    assert logged.experiment == "fixture experiment" and logged.files == []
+    [model] = result.models
+    [version] = model.versions
+    assert (model.name, model.description, model.aliases) == ("my-model", None, {})
+    assert (version.version, version.run_id, version.artifact_path, version.model_id, version.stage,
+            version.status) == ("1", A, "model", None, None, "READY")
+    assert not any("models" in n for n in result.notes)
     assert not mlruns.detect(STORE / "models" / "my-model" / "meta.yaml")
     assert not mlruns.detect(STORE / "models" / "my-model" / "version-1" / "meta.yaml")
     assert not mlruns.detect(STORE / "1" / "models" / "m-0a1b2c3d4e5f" / "meta.yaml")
@@ -353,6 +364,26 @@ def test_garbage_never_raises(tmp_path):
     assert A in runs and B not in runs and C not in runs and T not in runs
     assert runs[A].metrics["odd"].num_rows == 0
     assert not mlruns.read(tmp_path / "nothing-here", SourceOptions()).records
+
+
+def test_broken_models_lose_only_themselves(tmp_path):
+    """Problems in logged or registered models go to `skipped` (failed outcomes of the import),
+    each naming its file; the runs are read as before."""
+    store = tmp_path / "mlruns"
+    shutil.copytree(STORE, store)
+    version = store / "models" / "my-model" / "version-1" / "meta.yaml"
+    version.write_text(version.read_text().replace("version: 1", "version: one"))
+    (store / "models" / "other").mkdir()
+    model = store / "1" / "models" / "m-0a1b2c3d4e5f" / "meta.yaml"
+    model.write_text(model.read_text().replace("status: 2", "status: 7"))
+    output = store / "1" / A / "outputs" / "m-0a1b2c3d4e5f" / "meta.yaml"
+    output.write_text("destination_type: [")
+    result, runs = _read(store)
+    assert not result.problems and len(runs) == 6
+    assert {(Path(p.file).relative_to(store).as_posix(), p.location) for p in result.skipped} == {
+        ("models/my-model/version-1/meta.yaml", "version"), ("models/other/meta.yaml", ""),
+        ("1/models/m-0a1b2c3d4e5f/meta.yaml", "status"), (f"1/{A}/outputs/m-0a1b2c3d4e5f/meta.yaml", "line 1")}
+    assert result.logged_models == [] and [m.versions for m in result.models] == [[]]
 
 
 def test_a_run_twice_is_read_once(tmp_path):

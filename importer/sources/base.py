@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -46,9 +47,55 @@ class SourceResult:
     notes: list[str] = field(default_factory=list)  # e.g. renamed metric keys, for the report
     models: list = field(default_factory=list)  # registered models (bundle.BundleModel) to copy
     logged_models: list = field(default_factory=list)  # MLflow 3 (logged_models.LoggedModel)
+    # Problems that lose only what they name (a broken logged model, a bad line of its metrics),
+    # not the runs: the import writes the rest and reports each as failed.
+    skipped: list[Problem] = field(default_factory=list)
     # Experiments of another MLflow store (experiments.ExperimentRecord): created with their tags
     # even when empty, and deleted again when deleted there.
     experiments: list = field(default_factory=list)
+
+
+class StoreReader:
+    """What the readers of another MLflow store's files (`mlruns/`, mlflow-export-import) share:
+    problems and notes, and the logged models read (logged_models.LoggedModel by source id) with
+    the runs' links to them, given to the models once every run is read (`hand_over`)."""
+
+    def __init__(self, result: SourceResult):
+        self.result = result
+        self.problems = result.problems  # where `problem` puts them (see `aside`)
+        self.logged: dict = {}  # source model id -> logged_models.LoggedModel
+        self.links: list[tuple[str, str, str, Optional[int]]] = []  # (origin, model id, run id, step; None: input)
+
+    def problem(self, file, where: str, message: str) -> None:
+        self.problems.append(Problem(str(file), where, message))
+
+    def note(self, message: str) -> None:
+        self.result.notes.append(message)
+
+    @contextmanager
+    def aside(self):
+        """Problems met inside lose only the model they belong to, not the runs: they go to
+        `result.skipped` (failed outcomes of the import) instead of stopping it."""
+        saved, self.problems = self.problems, self.result.skipped
+        try:
+            yield
+        finally:
+            self.problems = saved
+
+    def hand_over(self, keep=lambda model: True) -> None:
+        """Give the models the runs' links to them, then to the result (those `keep` takes)."""
+        from ..bundle import BundleModelOutput
+
+        for origin, model_id, run_id, step in self.links:
+            m = self.logged.get(model_id)
+            if m is None:
+                self.note(f"{origin}: its link to logged model {model_id} is not imported (the model "
+                          "is not in the folder read, or is deleted)")
+            elif step is None:
+                m.doc.inputs.append(run_id)
+            else:
+                m.doc.outputs.append(BundleModelOutput(run_id=run_id, step=step))
+        self.result.logged_models += [m for m in self.logged.values() if keep(m)]
 
 
 def import_key(fmt: str, source_identity: str, run_identity: str = "") -> str:

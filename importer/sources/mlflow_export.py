@@ -29,8 +29,16 @@ shows; the sink writes one user for both) else `info.user_id`. Metric points in 
 +-inf as floats; MLflow 3 point fields (model_id, dataset_name, dataset_digest) as extra string
 columns. Artifacts: every file below RUN/artifacts/, links not followed out of it.
 
-Not read (each noted): registered models (`models/`, `model.json`), logged models, traces,
-prompts and evaluation datasets. A file that is not valid JSON is a problem naming its line and
+MLflow 3 logged models (since late 2025): EXP/logged_models/logged_models.json (per experiment:
+id, name, model ids) with EXP/logged_models/<model id>/, or RUN/<model id>/ beside a run exported
+alone; each holds logged_model.json (MLflow's LoggedModel: model_id, experiment_id, name,
+model_type, status as READY/PENDING/FAILED, source_run_id, params, tags, metrics with run_id and
+dataset) and artifacts/. The runs' links to them are run.json's `inputs.model_inputs` and
+`outputs.model_outputs`. They become logged_models.LoggedModel records, as a bundle's; a problem
+in one loses only that model (SourceResult.skipped).
+
+Not read (each noted): registered models (`models/`, `model.json`), traces, prompts and
+evaluation datasets. A file that is not valid JSON is a problem naming its line and
 column; the runs of an experiment whose experiment.json is broken are still read (named from
 their tags or the bulk listing), so `inspect` shows them, but the experiment's tags would be lost,
 so the import stops until the file is fixed.
@@ -46,12 +54,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pyarrow as pa
+import pydantic
 
-from ..errors import Problem
+from ..bundle import BundleLoggedModel, BundleModelMetric
 from ..experiments import ExperimentRecord
+from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INT64_MAX, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, ArtifactFile, RunRecord,
                      key_problem, param_string, store_import_key)
-from .base import Metrics, SourceOptions, SourceResult
+from .base import Metrics, SourceOptions, SourceResult, StoreReader
 
 NAME = "mlflow-export"
 EXPERIMENT_NAME_TAG = "mlflow_export_import.metadata.experiment_name"
@@ -64,7 +74,7 @@ _STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 # What the tool exports besides runs: the summary file that marks it -> what it is.
 _NOT_RUNS = {"models.json": "registered models", "model.json": "a registered model",
-             "logged_models.json": "logged models", "traces.json": "traces",
+             "traces.json": "traces",
              "prompts_summary.json": "prompts", "evaluation_datasets_summary.json": "evaluation datasets"}
 
 
@@ -135,18 +145,12 @@ def _at(*parts: Any) -> str:
     return out.lstrip(".")
 
 
-class _Export:
+class _Export(StoreReader):
     def __init__(self, root: Path, options: SourceOptions):
+        super().__init__(SourceResult())
         self.root, self.options = root, options
-        self.result = SourceResult()
         self.docs: dict[Path, Optional[dict]] = {}
         self.experiments: dict[Path, Optional[dict]] = {}
-
-    def problem(self, file: Path, where: str, message: str) -> None:
-        self.result.problems.append(Problem(str(file), where, message))
-
-    def note(self, message: str) -> None:
-        self.result.notes.append(message)
 
     def doc(self, file: Path) -> Optional[dict]:
         """The parsed JSON object, once per file; None (and a problem) when it is not one."""
@@ -196,6 +200,7 @@ class _Export:
 
         for rec in records.values():
             visit(rec)
+        self.hand_over()
         return self.result
 
     def run_folders(self):
@@ -206,6 +211,10 @@ class _Export:
             if "run.json" in files:
                 dirs[:] = []
                 yield here
+                continue
+            if "logged_models.json" in files:  # EXP/logged_models/: one folder per model
+                self.logged_models(here)
+                dirs[:] = []
                 continue
             skipped = [name for name in _NOT_RUNS if name in files]
             if skipped and "experiment.json" not in files:  # a model version export holds a run
@@ -267,11 +276,17 @@ class _Export:
         metrics = Metrics(str(file), self.result)
         self.metrics(file, pre, data.get("metrics"), metrics)
         metrics.finish(rec)
-        rec.inputs = self.inputs(file, pre, data)
+        rec.inputs = self.inputs(file, pre, data, run_id)
         rec.artifacts = self.artifacts(run_dir, file)
-        others = sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name != "artifacts")
+        others = []
+        for sub in sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name != "artifacts"):
+            if (sub / "logged_model.json").is_file():  # a run exported alone, with its models
+                with self.aside():
+                    self.logged_model(sub, experiment)
+            else:
+                others.append(sub.name)
         if others:
-            self.note(f"{run_dir}: {', '.join(others)} not read (logged models are not imported)")
+            self.note(f"{run_dir}: {', '.join(others)} not read")
         return rec
 
     def metrics(self, file: Path, pre: tuple, raw: Any, out: Metrics) -> None:
@@ -315,12 +330,16 @@ class _Export:
             self.problem(file, where, "a step or timestamp is outside the 64-bit integer range the server stores")
             return None
 
-    def inputs(self, file: Path, pre: tuple, data: dict) -> list[dict]:
-        """Dataset inputs in the REST shape {"dataset": {...}, "tags": [{key, value}]}."""
+    def inputs(self, file: Path, pre: tuple, data: dict, run_id: str) -> list[dict]:
+        """Dataset inputs in the REST shape {"dataset": {...}, "tags": [{key, value}]}; the
+        MLflow 3 links to logged models (inputs.model_inputs, outputs.model_outputs) go to `links`."""
         raw = data.get("inputs")
         if isinstance(raw, dict):  # mlflow-export-import: {"dataset_inputs", "model_inputs"}
-            if raw.get("model_inputs") or _get(data, "outputs", "model_outputs"):
-                self.note(f"{file}: logged-model inputs and outputs are not imported")
+            for output, items in ((False, raw.get("model_inputs")), (True, _get(data, "outputs", "model_outputs"))):
+                for item in items if isinstance(items, list) else []:
+                    if isinstance(item, dict) and isinstance(item.get("model_id"), str):
+                        step = item.get("step") if type(item.get("step")) is int else 0
+                        self.links.append((str(file), item["model_id"], run_id, step if output else None))
             raw = raw.get("dataset_inputs")
         if not isinstance(raw, list):
             if raw:
@@ -356,6 +375,60 @@ class _Export:
                 elif path.is_file():
                     out.append(ArtifactFile(path, rel))
         return out
+
+    # -- MLflow 3 logged models ----------------------------------------------------------------
+
+    def logged_models(self, folder: Path) -> None:
+        """EXP/logged_models/: logged_models.json (per experiment: id, name, the model ids) and
+        one <model id>/ folder per model. A problem loses only that model (`aside`)."""
+        exp = self.experiment(_up(folder, 1))  # its problems are the runs' too: not aside
+        with self.aside():
+            doc = self.doc(folder / "logged_models.json")
+            listing = {str(e.get("id")): e.get("name") for e in _payload(doc or {}).get("experiments") or []
+                       if isinstance(e, dict)}
+            if failed := _get(doc, "info", "failed_logged_models"):
+                self.note(f"{folder / 'logged_models.json'}: the export failed for {len(failed)} logged "
+                          "model(s), which are not in it: " + ", ".join(map(str, failed)))
+            for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                self.logged_model(sub, self.options.experiment or (exp or {}).get("name"), listing)
+
+    def logged_model(self, folder: Path, experiment: Optional[str], listing: Optional[dict] = None) -> None:
+        """<model id>/logged_model.json (the tool's dump of MLflow's LoggedModel) and artifacts/."""
+        file = folder / "logged_model.json"
+        doc = self.doc(file)
+        if doc is None:
+            return
+        data, pre = _payload(doc), ("mlflow",) if "system" in doc else ()
+        model_id, exp_id = data.get("model_id"), data.get("experiment_id")
+        status = status_name(data.get("status"))
+        for field, ok in (("model_id", isinstance(model_id, str)), ("experiment_id", exp_id is not None),
+                          ("status", status is not None)):
+            if not ok:
+                self.problem(file, _at(*pre, field), f"missing or not valid ({data.get(field)!r}); "
+                             "this logged model is not imported")
+                return
+        if model_id in self.logged:
+            return  # exported twice (with its run, and with its experiment)
+        experiment = experiment or (listing or {}).get(str(exp_id)) or str(exp_id)
+        metrics = []
+        for i, p in enumerate(data.get("metrics") or []):
+            try:
+                v = p["value"]
+                metrics.append(BundleModelMetric(
+                    key=p["key"], value=stored_value(_SPECIAL[v] if isinstance(v, str) else float(v)),
+                    timestamp=p["timestamp"], step=p.get("step") or 0, run_id=p["run_id"],
+                    dataset_name=p.get("dataset_name"), dataset_digest=p.get("dataset_digest")))
+            except (TypeError, KeyError, ValueError, pydantic.ValidationError):
+                self.problem(file, _at(*pre, "metrics", i), "a point must be {key, value, timestamp, step, "
+                             f"run_id[, dataset_name, dataset_digest]}}, got {p!r}; it is not imported")
+        created = data.get("creation_time", data.get("creation_timestamp"))
+        model = BundleLoggedModel(
+            model_id=model_id, experiment_id=str(exp_id), name=str(data.get("name") or model_id),
+            model_type=data.get("model_type") or None, status=status,
+            status_message=data.get("status_message") or None, source_run_id=data.get("source_run_id") or None,
+            creation_timestamp_ms=created if type(created) is int else None,
+            params=_pairs(data.get("params")), tags=_pairs(data.get("tags")), metrics=metrics)
+        self.logged[model_id] = LoggedModel(model, experiment, self.artifacts(folder, file))
 
     # -- experiments ---------------------------------------------------------------------------
 

@@ -12,11 +12,25 @@ Layout read (ROOT is the folder holding the experiment folders):
                                            MLflow 3: `... dataset_name dataset_digest`)
     ROOT/<exp>/<run>/artifacts/**          the run's artifacts
     ROOT/<exp>/<run>/inputs/<id>/meta.yaml + ROOT/<exp>/datasets/<id>/meta.yaml   dataset inputs
+                                           (source_type DATASET); MLflow 3 model inputs (MODEL, source_id)
+    ROOT/<exp>/<run>/outputs/<model id>/meta.yaml   MLflow 3: the run logged that model (step)
+    ROOT/<exp>/models/<model id>/meta.yaml MLflow 3 logged model: model_id, experiment_id, name, model_type,
+                                           status (0..3), status_message, source_run_id, creation_timestamp,
+                                           artifact_location, lifecycle_stage (deleted: not read, noted)
+    ROOT/<exp>/models/<id>/params|tags/    as a run's
+    ROOT/<exp>/models/<id>/metrics/<key>   lines `timestamp value step run_id [dataset_name dataset_digest]`
+    ROOT/<exp>/models/<id>/artifacts/**    the model's artifacts
+    ROOT/models/<name>/meta.yaml           registered model: name, description (+ timestamps)
+    ROOT/models/<name>/tags/, aliases/     one file per tag; per alias, the file holds the version
+    ROOT/models/<name>/version-N/meta.yaml version, source, run_id, current_stage (Deleted_Internal:
+                                           deleted, left out), status, description, MLflow 3 model_id
+    ROOT/models/<name>/version-N/tags/     version tags
     ROOT/.trash/<exp>/...                  deleted experiments: all their runs are "deleted"
 
 Keys with `/` are sub-folders (`metrics/val/loss` is `val/loss`). A folder inside ROOT that is itself
-a store (a stray `mlruns/mlruns/`) is read as one too. Registered models (`ROOT/models/`), MLflow 3
-logged models (`<exp>/models/`, `<run>/outputs/`), model inputs and traces are not read (noted).
+a store (a stray `mlruns/mlruns/`) is read as one too. Traces (`<exp>/traces/`) are not read (noted).
+Registered models are read with the store root only; a run folder named alone takes the logged
+models it made.
 
 Mapping: each run keeps its id (`source_run_id`, import key `store_import_key(run_id)`), its
 original times, status, user and lifecycle, every param and tag byte for byte (no renaming, no
@@ -24,6 +38,12 @@ truncation: the store accepted them once), every metric point in file order; the
 `mlflow.parentRunId` becomes `parent_key`. Artifacts are taken from `<run>/artifacts/` only; an
 `artifact_uri` elsewhere (another machine, another disk) is never read, and a note says so. Nothing
 outside the folder read is followed, links included.
+
+Logged models and registered models become the records a bundle gives (logged_models.LoggedModel,
+bundle.BundleModel), written after the runs by the same code: a model's points keep their run (by
+source run id) and dataset, a version points at its run and logged model by their source ids. A
+problem in them (a broken meta.yaml, a bad metrics line) loses only that model, version or point:
+it goes to `skipped`, and the import writes the rest and reports it as failed.
 """
 
 from __future__ import annotations
@@ -38,15 +58,19 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import yaml
 
+from ..bundle import BundleLoggedModel, BundleModel, BundleModelMetric, BundleModelVersion
 from ..errors import Problem
 from ..experiments import ExperimentRecord
+from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
                      store_import_key)
-from .base import SourceOptions, SourceResult, metric_table
+from ..registry import artifact_path, logged_model_id
+from .base import SourceOptions, SourceResult, StoreReader, metric_table
 
 NAME = "mlruns"
 STATUSES = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 PARENT_TAG = "mlflow.parentRunId"
+DELETED_VERSION = "Deleted_Internal"  # the current_stage of a model version deleted in the store
 _HEAD = 8192  # meta.yaml files are a few hundred bytes; detect reads no more than this
 _DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")  # REST Dataset
 _NOT_RUNS = {"tags", "datasets", "models", "traces"}  # folders of an experiment that are not runs
@@ -107,6 +131,8 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         store.experiment(path)
     elif not store.root(path):
         result.problems.append(Problem(str(path), "", "no MLflow experiment or run meta.yaml found"))
+    # A run folder named alone takes only the models it made.
+    store.hand_over(lambda m: kind != "run" or m.doc.source_run_id in store.seen)
     keys = {r.import_key for r in result.records}
     for rec in result.records:
         if rec.parent_key is not None and rec.parent_key not in keys:
@@ -123,17 +149,12 @@ def _dirs(folder: Path) -> list[Path]:
         return []
 
 
-class _Store:
+class _Store(StoreReader):
     def __init__(self, path: Path, options: SourceOptions, result: SourceResult):
-        self.path, self.options, self.result = path, options, result
+        super().__init__(result)
+        self.path, self.options = path, options
         self.boundary = path.resolve()  # nothing outside it is read
         self.seen: dict[str, Path] = {}  # run id -> its folder
-
-    def problem(self, file: Path, where: str, message: str) -> None:
-        self.result.problems.append(Problem(str(file), where, message))
-
-    def note(self, message: str) -> None:
-        self.result.notes.append(message)
 
     def meta(self, file: Path) -> Optional[dict]:
         """A parsed meta.yaml, or None with a problem."""
@@ -167,7 +188,8 @@ class _Store:
                 found = True
                 self.experiment(child)  # a missing or broken meta.yaml is reported there
             elif child.name == "models":
-                self.note(f"{child}: registered models are not imported")
+                with self.aside():
+                    self.registered_models(child)
             elif ((child / ".trash").is_dir()
                   or any(_head_kind(g / "meta.yaml") == "experiment" for g in _dirs(child))):
                 found = self.root(child) or found  # a store inside the store (`mlruns/mlruns`)
@@ -189,10 +211,11 @@ class _Store:
         exp_tags = self.values(folder / "tags", "tag")
         if not self.options.experiment:  # else every run goes to the one experiment named
             self.result.experiments.append(ExperimentRecord(name, exp_tags, "deleted" if deleted else "active"))
-        for sub in ("models", "traces"):
-            if (folder / sub).is_dir():
-                self.note(f"{folder / sub}: MLflow 3 {'logged models' if sub == 'models' else 'traces'} "
-                          "are not imported")
+        if (folder / "traces").is_dir():
+            self.note(f"{folder / 'traces'}: MLflow 3 traces are not imported")
+        for model in _dirs(folder / "models"):
+            with self.aside():
+                self.logged_model(model, self.options.experiment or name)
         for run in [only] if only else _dirs(folder):
             if run.name in _NOT_RUNS and not only:
                 continue
@@ -232,10 +255,15 @@ class _Store:
         if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
         rec.artifacts = self.artifacts(folder, origin)
-        self.check_artifact_uri(folder, _text(meta.get("artifact_uri")), origin, len(rec.artifacts))
-        rec.inputs = self.inputs(folder, origin)
-        if (folder / "outputs").is_dir():
-            self.note(f"{origin}: MLflow 3 model outputs (outputs/) are not imported")
+        self.check_artifact_uri(folder, folder.parent, _text(meta.get("artifact_uri")), origin, len(rec.artifacts))
+        rec.inputs = self.inputs(folder, origin, run_id)
+        with self.aside():
+            for sub in _dirs(folder / "outputs"):  # MLflow 3: the models the run logged
+                link = self.meta(sub / "meta.yaml")
+                if link is not None and link.get("destination_type") == "MODEL_OUTPUT":
+                    step = link.get("step", 0)
+                    self.links.append((origin, str(link.get("source_id") or sub.name), run_id,
+                                       step if isinstance(step, int) and step >= 0 else 0))
         self.result.records.append(rec)
 
     # -- run fields ---------------------------------------------------------------------------
@@ -256,13 +284,13 @@ class _Store:
         self.problem(file, "status", f"unknown run status {value!r} (expected 1 to 5)")
         return "FINISHED"
 
-    def values(self, folder: Path, what: str) -> dict[str, str]:
+    def values(self, folder: Path, what: str, whose: str = "run") -> dict[str, str]:
         """Params or tags: key = path under `folder`, value = the whole file, exactly."""
         out: dict[str, str] = {}
         for file, key in self.files(folder):
             problem = key_problem(key, what)
             if problem:
-                self.problem(file, "", f"{problem}; the server will refuse this run")
+                self.problem(file, "", f"{problem}; the server will refuse this {whose}")
             try:
                 out[key] = file.read_bytes().decode("utf-8")
             except (OSError, UnicodeDecodeError) as e:
@@ -347,12 +375,13 @@ class _Store:
                       + ", ".join(p.relative_to(root).as_posix() for p in skipped))
         return out
 
-    def check_artifact_uri(self, folder: Path, uri: Optional[str], origin: str, count: int) -> None:
-        """A note when the run's artifact_uri is not its own artifacts/ folder here. A relative
-        URI (MLflow 1.x's `./mlruns/0/<run>/artifacts`) is relative to the folder holding the store."""
+    def check_artifact_uri(self, folder: Path, exp: Path, uri: Optional[str], origin: str, count: int) -> None:
+        """A note when a run's artifact_uri (a logged model's artifact_location) is not its own
+        artifacts/ folder here. A relative URI (MLflow 1.x's `./mlruns/0/<run>/artifacts`) is
+        relative to the folder holding the store (the one holding `exp`, or its `.trash`)."""
         if not uri:
             return
-        store = folder.absolute().parent.parent
+        store = exp.absolute().parent
         store = store.parent if store.name == ".trash" else store
         parsed = urllib.parse.urlparse(uri)
         if parsed.scheme in ("", "file") and not parsed.netloc:
@@ -365,13 +394,115 @@ class _Store:
         kept = f"the {count} files in its artifacts/ folder were" if count else "none were found here"
         self.note(f"{origin}: artifacts stored at {uri} (outside {self.path}) were not imported; {kept}")
 
-    def inputs(self, folder: Path, origin: str) -> list[dict]:
-        """Dataset inputs as runs/log-inputs takes them: {"dataset": {...}, "tags": [{key, value}]}."""
+    # -- MLflow 3 logged models and registered models -------------------------------------------
+
+    def logged_model(self, folder: Path, experiment: str) -> None:
+        """`<exp>/models/<id>/` as a logged_models.LoggedModel (the record a bundle gives too)."""
+        meta_file = folder / "meta.yaml"
+        meta = self.meta(meta_file)
+        if meta is None:
+            return
+        model_id = _text(meta.get("model_id"))
+        if model_id is None or "experiment_id" not in meta:
+            self.problem(meta_file, "model_id", "not a logged model's meta.yaml (no model_id or "
+                         "experiment_id); not imported")
+            return
+        if meta.get("lifecycle_stage") == "deleted":  # as from a server, whose search never lists them
+            self.note(f"{folder}: logged model {model_id} is deleted; not imported")
+            return
+        status = status_name(meta.get("status", 2))  # MLflow reads a missing status as READY
+        if status is None:
+            self.problem(meta_file, "status", f"unknown logged model status {meta.get('status')!r} "
+                         "(expected 0 to 3); not imported")
+            return
+        origin = f"{self.path}: logged model {model_id}"
+        doc = BundleLoggedModel(
+            model_id=model_id, experiment_id=str(meta["experiment_id"]),
+            name=_text(meta.get("name")) or model_id, model_type=_text(meta.get("model_type")),
+            status=status, status_message=_text(meta.get("status_message")),
+            source_run_id=_text(meta.get("source_run_id")),
+            creation_timestamp_ms=self.time(meta, "creation_timestamp", meta_file),
+            params=self.values(folder / "params", "param", "model"),
+            tags=self.values(folder / "tags", "tag", "model"), metrics=self.model_metrics(folder / "metrics"))
+        files = self.artifacts(folder, origin)
+        self.check_artifact_uri(folder, folder.parent.parent, _text(meta.get("artifact_location")),
+                                origin, len(files))
+        if model_id in self.logged:
+            self.problem(meta_file, "model_id", f"another folder holds logged model {model_id} too; read once")
+            return
+        self.logged[model_id] = LoggedModel(doc, experiment, files)
+
+    def model_metrics(self, folder: Path) -> list[BundleModelMetric]:
+        """Lines `timestamp value step run_id [dataset_name dataset_digest]`, in file order; values
+        as the server keeps them (logged_models.stored_value)."""
+        out = []
+        for file, key in self.files(folder):
+            if problem := key_problem(key, "metric"):
+                self.problem(file, "", f"{problem}; the server will refuse this model")
+            try:
+                lines = file.read_bytes().decode("utf-8").split("\n")
+            except (OSError, UnicodeDecodeError) as e:
+                self.problem(file, "", f"cannot read: {e}")
+                continue
+            for number, line in enumerate(lines, 1):
+                parts = line.strip().split(" ")
+                if parts == [""]:
+                    continue
+                try:
+                    if len(parts) not in (4, 6):
+                        raise ValueError
+                    dataset = parts[4:6] if len(parts) == 6 else (None, None)
+                    out.append(BundleModelMetric(
+                        key=key, value=stored_value(float(parts[1])), timestamp=int(parts[0]),
+                        step=int(parts[2]), run_id=parts[3], dataset_name=dataset[0], dataset_digest=dataset[1]))
+                except ValueError:
+                    self.problem(file, f"line {number}", "not `timestamp value step run_id "
+                                 f"[dataset_name dataset_digest]`: {line.strip()[:80]!r}; that point is not imported")
+        return out
+
+    def registered_models(self, folder: Path) -> None:
+        """`ROOT/models/<name>/`: registered models as registry.copy_models takes them (a bundle's
+        BundleModel). Deleted versions are left out: the writer keeps the numbers of the others."""
+        for model_dir in _dirs(folder):
+            meta = self.meta(model_dir / "meta.yaml")
+            if meta is None:
+                continue
+            versions = []
+            for sub in (d for d in _dirs(model_dir) if d.name.startswith("version-")):
+                v = self.meta(sub / "meta.yaml")
+                if v is None or v.get("current_stage") == DELETED_VERSION:
+                    continue
+                number = str(v.get("version") or sub.name.removeprefix("version-"))
+                if not number.isdigit():  # the server numbers versions 1, 2, ...
+                    self.problem(sub / "meta.yaml", "version", f"not a version number: {number!r}; "
+                                 "this version is not imported")
+                    continue
+                run_id, source = _text(v.get("run_id")), str(v.get("source") or "")
+                stage = _text(v.get("current_stage"))
+                versions.append(BundleModelVersion(
+                    version=number, run_id=run_id,
+                    source=source, model_id=logged_model_id({"model_id": v.get("model_id"), "source": source}),
+                    artifact_path=artifact_path(source, run_id), description=_text(v.get("description")),
+                    tags=self.values(sub / "tags", "tag", "model version"), stage=None if stage == "None" else stage,
+                    status=_text(v.get("status"))))
+            versions.sort(key=lambda v: int(v.version))
+            self.result.models.append(BundleModel(
+                name=_text(meta.get("name")) or model_dir.name, description=_text(meta.get("description")),
+                tags=self.values(model_dir / "tags", "tag", "model"),
+                aliases={a: v.strip() for a, v in self.values(model_dir / "aliases", "alias", "model").items()},
+                versions=versions))
+
+    def inputs(self, folder: Path, origin: str, run_id: str) -> list[dict]:
+        """Dataset inputs as runs/log-inputs takes them: {"dataset": {...}, "tags": [{key, value}]};
+        MLflow 3 model inputs go to `links`."""
         out = []
         datasets = folder.parent / "datasets"
         for sub in _dirs(folder / "inputs"):
             link = self.meta(sub / "meta.yaml")
             if link is None:
+                continue
+            if link.get("source_type") == "MODEL" and link.get("source_id"):
+                self.links.append((origin, str(link["source_id"]), run_id, None))
                 continue
             if link.get("source_type") != "DATASET":
                 self.note(f"{origin}: input {sub.name} ({link.get('source_type')}) is not imported")

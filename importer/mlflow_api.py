@@ -327,57 +327,61 @@ class MlflowApi:
         the same points in the same order, at about 1.3x the points per second of get-history,
         which builds protobuf messages and pretty-prints them where get-history-bulk dumps dicts.
         Most histories are one page, so that is most of a read."""
+        # A page is handed over by `pop`, so that this generator holds no reference to it while
+        # the caller works on it (or waits with it: 25,000 points as dicts are about 11 MB).
         token = None
-        first = await self._first_page(run_id, key)
+        first = await self._first_page(run_id, key)  # the get-history-bulk answer, or None
         if first is not None:
-            yield first
-            if len(first) < HISTORY_PAGE:
+            if len(first["metrics"]) == HISTORY_PAGE:
+                token = offset_token(HISTORY_PAGE)
+            yield first.pop("metrics")
+            if token is None:
                 return
-            token = offset_token(HISTORY_PAGE)
         while True:
             params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
             if token:
                 params["page_token"] = token
             page = _loads(await self.get_body(API + "metrics/get-history", params))
-            yield page.get("metrics", [])
             token = page.get("next_page_token")
+            yield page.pop("metrics", [])
             if not token:
                 return
 
-    async def _first_page(self, run_id: str, key: str) -> Optional[list[dict]]:
-        """The first page of a history from get-history-bulk (MLflow's web UI endpoint), or None
-        where get-history must be read instead. The first call finds out whether the server has
-        that endpoint (MLflow 1.x, or a proxy that passes only /api/, has not); the others wait
-        for it. It has no paging and cuts its answer at max_results, so a full page is used only
-        if get-history's page tokens are offsets as `offset_token` writes them (checked once
-        against a token of the server's own): the rest is then read from there."""
-        page = None
+    async def _first_page(self, run_id: str, key: str) -> Optional[dict]:
+        """The first page of a history from get-history-bulk (MLflow's web UI endpoint), as the
+        server answered ({"metrics": [...]}), or None where get-history must be read instead. The
+        first call finds out whether the server has that endpoint (MLflow 1.x, or a proxy that
+        passes only /api/, has not); the others wait for it. It has no paging and cuts its answer
+        at max_results, so a full page is used only if get-history's page tokens are offsets as
+        `offset_token` writes them (checked once against a token of the server's own): the rest
+        is then read from there."""
+        doc = None
         if self._bulk is None:
             async with self._bulk_probe:
                 if self._bulk is None:
                     try:
-                        page = await self._bulk_page(run_id, key, retry=False)
+                        doc = await self._bulk_page(run_id, key, retry=False)
                         self._bulk = True
                     except (ImporterError, ValueError):  # absent, refused, or not its JSON
                         self._bulk = False
         if not self._bulk:
             return None
-        if page is None:
-            page = await self._bulk_page(run_id, key)
-        if len(page) == HISTORY_PAGE:
+        if doc is None:
+            doc = await self._bulk_page(run_id, key)
+        if len(doc["metrics"]) == HISTORY_PAGE:
             if self._offsets is None:
                 self._offsets = await self._offsets_as_written(run_id, key)
             if not self._offsets:
                 self._bulk = False  # the whole history from get-history, this one included
                 return None
-        return page or None  # an empty answer for a metric the run lists: let get-history say
+        return doc if doc["metrics"] else None  # empty for a metric the run lists: ask get-history
 
-    async def _bulk_page(self, run_id: str, key: str, retry: bool = True) -> list[dict]:
+    async def _bulk_page(self, run_id: str, key: str, retry: bool = True) -> dict:
         params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
         doc = _loads(await self.get_body(UI_API + "metrics/get-history-bulk", params, retry))
-        if not isinstance(doc, dict) or not isinstance(doc.get("metrics", []), list):
+        if not isinstance(doc, dict) or not isinstance(doc.setdefault("metrics", []), list):
             raise ValueError("not a get-history-bulk answer")
-        return doc.get("metrics", [])
+        return doc
 
     async def _offsets_as_written(self, run_id: str, key: str) -> bool:
         """Whether the server's get-history page token after one point is `offset_token(1)`

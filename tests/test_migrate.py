@@ -593,9 +593,9 @@ def test_export_without_get_history_bulk_writes_the_same_bundle(source, populate
     bulk_page = mlflow_api.MlflowApi._bulk_page
 
     async def counted(self, run_id, key, retry=True):
-        page = await bulk_page(self, run_id, key, retry)
-        bulk_pages.append((key, len(page)))
-        return page
+        doc = await bulk_page(self, run_id, key, retry)
+        bulk_pages.append((key, len(doc["metrics"])))
+        return doc
 
     monkeypatch.setattr(mlflow_api.MlflowApi, "_bulk_page", counted)
     assert not moves.export(source.url, tmp_path / "bulk", Selection(experiments=(name,))).failed

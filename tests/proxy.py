@@ -67,15 +67,17 @@ def main() -> None:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
 
+        def _answer(self, status: int, content_type: str, data: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
         def _handle(self) -> None:
             body = self._body()
             if self.path == "/__proxy_stats":
-                data = json.dumps(stats).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return
+                return self._answer(200, "application/json", json.dumps(stats).encode())
             with lock:
                 stats["requests"] += 1
                 roll = rng.random()
@@ -85,23 +87,12 @@ def main() -> None:
             if args.refuse and self.path.startswith(args.refuse):
                 with lock:
                     stats["refused"] += 1
-                data = b"<!doctype html><title>404 Not Found</title>"
-                self.send_response(404)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return
+                return self._answer(404, "text/html", b"<!doctype html><title>404 Not Found</title>")
             if roll < args.fail:
                 with lock:
                     stats["fail"] += 1
-                data = b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected by proxy"}'
-                self.send_response(503)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                return
+                return self._answer(503, "application/json",
+                                    b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected by proxy"}')
             roll -= args.fail
             if roll < args.drop_before:
                 with lock:

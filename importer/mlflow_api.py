@@ -355,19 +355,17 @@ class MlflowApi:
         at max_results, so a full page is used only if get-history's page tokens are offsets as
         `offset_token` writes them (checked once against a token of the server's own): the rest
         is then read from there."""
-        doc = None
         if self._bulk is None:
             async with self._bulk_probe:
                 if self._bulk is None:
-                    try:
-                        doc = await self._bulk_page(run_id, key, retry=False)
+                    try:  # one point: the others wait for this answer, not for a whole page
+                        await self._bulk_page(run_id, key, retry=False, max_results=1)
                         self._bulk = True
                     except (ImporterError, ValueError):  # absent, refused, or not its JSON
                         self._bulk = False
         if not self._bulk:
             return None
-        if doc is None:
-            doc = await self._bulk_page(run_id, key)
+        doc = await self._bulk_page(run_id, key)
         if len(doc["metrics"]) == HISTORY_PAGE:
             if self._offsets is None:
                 self._offsets = await self._offsets_as_written(run_id, key)
@@ -376,8 +374,8 @@ class MlflowApi:
                 return None
         return doc if doc["metrics"] else None  # empty for a metric the run lists: ask get-history
 
-    async def _bulk_page(self, run_id: str, key: str, retry: bool = True) -> dict:
-        params = {"run_id": run_id, "metric_key": key, "max_results": HISTORY_PAGE}
+    async def _bulk_page(self, run_id: str, key: str, retry: bool = True, max_results: Optional[int] = None) -> dict:
+        params = {"run_id": run_id, "metric_key": key, "max_results": max_results or HISTORY_PAGE}
         doc = _loads(await self.get_body(UI_API + "metrics/get-history-bulk", params, retry))
         if not isinstance(doc, dict) or not isinstance(doc.setdefault("metrics", []), list):
             raise ValueError("not a get-history-bulk answer")

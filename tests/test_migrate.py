@@ -512,7 +512,7 @@ def test_a_read_history_page_leaves_no_body_behind(source, populated, monkeypatc
         kept = [r() for r in responses if r() is not None and _has_body(r())]
     finally:
         gc.enable()
-    assert len(responses) == 4 and kept == []  # get-history-bulk, the token check, two pages
+    assert len(responses) == 5 and kept == []  # bulk's probe and first page, the token check, two pages
 
 
 async def _remember(responses: list, resp: httpx.Response) -> None:
@@ -592,8 +592,8 @@ def test_export_without_get_history_bulk_writes_the_same_bundle(source, populate
     bulk_pages = []
     bulk_page = mlflow_api.MlflowApi._bulk_page
 
-    async def counted(self, run_id, key, retry=True):
-        doc = await bulk_page(self, run_id, key, retry)
+    async def counted(self, run_id, key, retry=True, max_results=None):
+        doc = await bulk_page(self, run_id, key, retry, max_results)
         bulk_pages.append((key, len(doc["metrics"])))
         return doc
 

@@ -188,7 +188,7 @@ def validate(
     from . import pipeline
 
     try:
-        inputs = pipeline.read_inputs(paths, experiment, fmt=fmt,
+        inputs = pipeline.read_inputs(paths, experiment, fmt=fmt, everything=True,
                                       options=_options(pattern, step_column, time_column, key_prefix))
     except ImporterError as e:
         raise _fail(e)

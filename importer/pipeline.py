@@ -128,9 +128,10 @@ class Inputs:
 
 def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
                 fmt: Optional[str] = None, options: Optional[SourceOptions] = None,
-                strict: bool = True) -> Inputs:
+                strict: bool = True, everything: bool = False) -> Inputs:
     """Read and validate every input; raise ValidationError listing all problems (unless not
-    `strict`: then they are in `problems`). A folder is walked and each file offered to every
+    `strict`: then they are in `problems`), with `everything` those too that lose only what they
+    name and an import gets past (`skipped`: a broken model of a store). A folder is walked and each file offered to every
     source (see importer.sources); `fmt` forces one. `-` reads a manifest from standard input.
     Nothing touches a server."""
     from .sources import discover, manifest  # every format: only commands that read inputs load them
@@ -157,8 +158,8 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
         _collect(module.NAME, str(unit), result, inputs, seen)
     inputs.unrecognised = [str(p) for p in unknown if p.resolve() not in artifacts]
-    if inputs.problems and strict:
-        raise ValidationError(inputs.problems)
+    if strict and (inputs.problems or everything and inputs.skipped):
+        raise ValidationError(inputs.problems + (inputs.skipped if everything else []))
     if not inputs.records and not inputs.problems:
         raise InputError("no runs found in " + ", ".join(map(str, paths)) +
                          (f" ({len(inputs.unrecognised)} files not recognised; name the format with "
@@ -192,8 +193,9 @@ def read_records(paths: Iterable[PathLike], experiment: Optional[str] = None, **
 
 
 def validate(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwargs) -> list[RunRecord]:
-    """Check inputs without a server. Returns the runs found; raises ValidationError."""
-    return read_records(paths, experiment, **kwargs)
+    """Check inputs without a server. Returns the runs found; raises ValidationError listing every
+    problem, those an import gets past (`Inputs.skipped`) included."""
+    return read_inputs(paths, experiment, everything=True, **kwargs).records
 
 
 def inspect(paths: Iterable[PathLike], experiment: Optional[str] = None, **kwargs) -> dict:

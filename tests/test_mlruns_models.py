@@ -283,6 +283,8 @@ def test_a_broken_model_fails_alone_and_the_runs_import(store, uri, tmp_path):
     assert sorted(p["step"] for p in copies[ids["model_id"]]["data"]["metrics"] if p["key"] == "acc") == [0, 2]
     inspect = json.loads(run_importer("inspect", str(copy), "--json").stdout)
     assert any(str(bare_meta) in p for p in inspect["problems"])
+    check = run_importer("validate", str(copy))  # every problem, those an import gets past too
+    assert check.returncode == 2 and str(bare_meta) in check.stderr.decode() and str(acc) in check.stderr.decode()
 
 
 def test_a_deleted_experiments_model_stays_out_with_it(uri, tmp_path):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Optional
@@ -47,7 +46,6 @@ _PAGE = 100  # logged-models/search's default and usual page
 STATUSES = {0: "LOGGED_MODEL_STATUS_UNSPECIFIED", 1: "LOGGED_MODEL_PENDING", 2: "LOGGED_MODEL_READY",
             3: "LOGGED_MODEL_UPLOAD_FAILED"}
 _ENUM = {"UNSPECIFIED": 0, "PENDING": 1, "READY": 2, "FAILED": 3}
-_MAX = 1.7976931348623157e308
 
 
 @dataclass
@@ -117,9 +115,13 @@ def status_name(value) -> Optional[str]:
 
 
 def stored_value(value: float) -> float:
-    """A model point's value as the server keeps it (NaN as 0.0, +-Infinity as +-1.797e308), so
-    that a point read from a store compares equal with its copy; the run keeps NaN (`_nan_back`)."""
-    return 0.0 if math.isnan(value) else max(-_MAX, min(_MAX, value))
+    """A model point's value as the server keeps it (NaN as 0.0, +-Infinity as +-1.797e308: the
+    run side's rule, sinks.mlflow._stored_value, but for NaN), so that a point read from a store
+    compares equal with its copy; the run keeps NaN (`_nan_back`)."""
+    from .sinks.mlflow import _stored_value
+
+    stored = _stored_value(value)
+    return 0.0 if stored == "NaN" else stored
 
 
 def goes_with(doc: BundleLoggedModel, run_ids: set[str], shard=None) -> bool:

@@ -36,15 +36,15 @@ class ExperimentRecord:
 
 
 async def prepare(dest: MlflowApi, exps: list[ExperimentRecord],
-                  kind_tags: dict[str, str]) -> tuple[list[str], set[str], list[str]]:
+                  kind_tags: dict[str, str]) -> tuple[list[str], dict[str, bool], list[str]]:
     """Create every experiment on the destination with its tags. One deleted at the source is
     restored there for the writing (if an earlier move deleted it) or created, and marked with
     DELETED_AT_SOURCE_TAG; the ids of those are returned, to be deleted again by `finish` once the
     runs are in. Never deleted: an active experiment of the same name without that mark (the
     destination's own), nor is one deleted on the destination but active at the source restored
-    (writing its runs then fails, saying so). Returns (ids to delete, names of the experiments
-    created just now, which hold no run yet, notes)."""
-    deleted, new, notes = [], set(), []
+    (writing its runs then fails, saying so). Returns (ids to delete, the experiments prepared
+    as name -> created just now (then it holds no run yet), notes)."""
+    deleted, prepared, notes = [], {}, []
     for exp in exps:
         gone = exp.lifecycle == "deleted"
         found = await dest.experiment_by_name(exp.name)
@@ -57,15 +57,13 @@ async def prepare(dest: MlflowApi, exps: list[ExperimentRecord],
             notes.append(f"experiment {exp.name!r} is deleted at the source but active on the "
                          "destination, which has it already: left active (its runs are deleted)")
             gone = False
-        exp_id, created = await dest.get_or_create_experiment(exp.name, kind_tags)
-        if created:
-            new.add(exp.name)
+        exp_id, prepared[exp.name] = await dest.get_or_create_experiment(exp.name, kind_tags)
         for k, v in (exp.tags | ({DELETED_AT_SOURCE_TAG: "true"} if gone else {})).items():
             if have.get(k) != v:
                 await dest.set_experiment_tag(exp_id, k, v)
         if gone:
             deleted.append(exp_id)
-    return deleted, new, notes
+    return deleted, prepared, notes
 
 
 async def finish(dest: MlflowApi, deleted: list[str], shard: Optional[tuple[int, int]] = None) -> list[str]:

@@ -157,11 +157,11 @@ async def _migrate(src, dst, selection, ledger, policy, with_models, config, src
         await api.call("experiments/search", {"max_results": 1})
         found = await server.experiments(api, selection)
         exps = [ExperimentRecord.from_rest(e) for e in found]
-        deleted, new, notes = await experiments.prepare(dest, exps, EXPERIMENT_TAGS)
+        deleted, prepared, notes = await experiments.prepare(dest, exps, EXPERIMENT_TAGS)
         notes += await experiments.not_carried(api, found)
         records = [rec async for _, rec in server.runs(api, selection)]
         summary = await import_async(records, dst, ledger, policy=policy, config=config,
-                                     progress=progress, env=dst_env, new_experiments=new)
+                                     progress=progress, env=dst_env, prepared=prepared)
         summary.title = f"Migrated from {api.url} to"
         logged = await logged_models.read(api, found, records, selection.shard)
         models = []

@@ -283,13 +283,13 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
             inputs.notes.append(f"{len(inputs.records) - len(records)} deleted runs left out "
                                 "(--include-deleted imports them, deleted)")
     deleted: list[str] = []
-    new: set[str] = set()
+    prepared: dict[str, bool] = {}
     if exps and not dry_run:
-        deleted, new, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
+        deleted, prepared, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
         inputs.notes += notes
     summary = import_records(records, uri, state=state, dry_run=dry_run,
                              on_param_conflict=on_param_conflict, config=config, progress=progress,
-                             new_experiments=new)
+                             prepared=prepared)
     # A model with no source run goes with its experiment: not when that is left out, deleted.
     logged = [m for m in inputs.logged_models if include_deleted or m.experiment not in gone]
     if not dry_run and (logged or inputs.models or deleted):
@@ -326,21 +326,22 @@ def import_records(records: list[RunRecord], tracking_uri: str, *, state: Option
                    dry_run: bool = False, on_param_conflict: str = "error",
                    config: ClientConfig = DEFAULT_CONFIG,
                    progress: Optional[Callable[[int, int], None]] = None,
-                   new_experiments: Iterable[str] = ()) -> Summary:
+                   prepared: Optional[dict[str, bool]] = None) -> Summary:
     ledger = Ledger(Path(state) if state else None)
     try:
         return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
                                         policy=on_param_conflict, config=config, progress=progress,
-                                        new_experiments=new_experiments))
+                                        prepared=prepared))
     finally:
         ledger.close()
 
 
 async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dry_run: bool = False,
                        policy: str = "error", config: ClientConfig = DEFAULT_CONFIG, progress=None,
-                       env: Optional[dict[str, str]] = None, new_experiments: Iterable[str] = ()) -> Summary:
-    """Write `records` with bounded concurrency. `new_experiments`: names of experiments created
-    just before (experiments.prepare), which hold no run: no run is looked for in them."""
+                       env: Optional[dict[str, str]] = None,
+                       prepared: Optional[dict[str, bool]] = None) -> Summary:
+    """Write `records` with bounded concurrency. `prepared`: the experiments experiments.prepare
+    has just written, as name -> created just now (see MlflowSink)."""
     started = time.monotonic()
     total = sum(r.point_count for r in records)
     done = 0
@@ -359,7 +360,7 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
             pass  # a deployment without /health: the next call tells
         await api.call("experiments/search", {"max_results": 1})  # credentials refused: exit code 3
         sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed,
-                          new_experiments=new_experiments)
+                          prepared=prepared)
         created: dict[tuple[str, str], asyncio.Future] = {}
         existing_parents: dict[str, asyncio.Task] = {}
         run_slots = asyncio.Semaphore(max(2, config.max_in_flight * 2))

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -95,7 +95,7 @@ def _stored_value(v: Any) -> Any:
 
 class MlflowSink:
     def __init__(self, api: MlflowApi, ledger: Ledger, *, on_param_conflict: str = "error",
-                 dry_run: bool = False, progress=None, new_experiments: Iterable[str] = ()):
+                 dry_run: bool = False, progress=None, prepared: Optional[dict[str, bool]] = None):
         if on_param_conflict not in CONFLICT_POLICIES:
             raise ValueError(f"on_param_conflict must be one of {CONFLICT_POLICIES}")
         self.api = api
@@ -105,15 +105,17 @@ class MlflowSink:
         self.dry_run = dry_run
         self.progress = progress  # called with the number of points that just landed
         self._experiments: dict[str, asyncio.Task] = {}
-        # Created just before by this move (experiments.prepare): empty, so no run is looked for
-        # in them. A search per run costs the server more the more runs the experiment holds.
-        self._new = set(new_experiments)
+        # Experiments this move has just written with their tags (experiments.prepare), as name ->
+        # created just now. Their tags are not set again; one created just now is empty, so no
+        # run is looked for in it: a search per run costs the server more the more runs it holds.
+        self._prepared = prepared or {}
 
     # -- experiments ---------------------------------------------------------------------------
 
     async def experiment(self, name: str, tags: Optional[dict[str, str]] = None) -> tuple[Optional[str], bool]:
         """(id, created by this import); one lookup per name however many runs ask at once. `tags`
-        (an experiment moved from another store: its tags and description) are set the first time."""
+        (an experiment moved from another store: its tags and description) are set the first time,
+        unless experiments.prepare did."""
         if name not in self._experiments:
             if self.dry_run:
                 async def lookup() -> tuple[Optional[str], bool]:
@@ -123,9 +125,10 @@ class MlflowSink:
             else:
                 async def get_or_create() -> tuple[str, bool]:
                     exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS)
-                    for k, v in (tags or {}).items():
-                        await self.api.set_experiment_tag(exp_id, k, v)
-                    return exp_id, new or name in self._new
+                    if name not in self._prepared:
+                        for k, v in (tags or {}).items():
+                            await self.api.set_experiment_tag(exp_id, k, v)
+                    return exp_id, new or self._prepared.get(name, False)
                 coro = get_or_create()
             self._experiments[name] = asyncio.ensure_future(coro)
         return await self._experiments[name]

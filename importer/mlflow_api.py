@@ -353,22 +353,28 @@ class MlflowApi:
         first call finds out whether the server has that endpoint (MLflow 1.x, or a proxy that
         passes only /api/, has not); the others wait for it. It has no paging and cuts its answer
         at max_results, so a full page is used only if get-history's page tokens are offsets as
-        `offset_token` writes them (checked once against a token of the server's own): the rest
-        is then read from there."""
+        `offset_token` writes them (checked by the first call too, against a token of the
+        server's own): the rest is then read from there."""
         if self._bulk is None:
             async with self._bulk_probe:
                 if self._bulk is None:
-                    try:  # one point: the others wait for this answer, not for a whole page
-                        await self._bulk_page(run_id, key, retry=False, max_results=1)
+                    # A point or two: the others wait for these answers, not for whole pages.
+                    try:
+                        probe = await self._bulk_page(run_id, key, retry=False, max_results=2)
                         self._bulk = True
                     except (ImporterError, ValueError):  # absent, refused, or not its JSON
                         self._bulk = False
+                    # The token check now, before the pages: asked behind them, it held every
+                    # long history's second page back. It needs a history of two points or more.
+                    if self._bulk and len(probe["metrics"]) == 2:
+                        self._offsets = await self._offsets_as_written(run_id, key)
         if not self._bulk:
             return None
         doc = await self._bulk_page(run_id, key)
         if len(doc["metrics"]) == HISTORY_PAGE:
-            if self._offsets is None:
-                self._offsets = await self._offsets_as_written(run_id, key)
+            async with self._bulk_probe:  # once, however many full pages arrive at once
+                if self._offsets is None:
+                    self._offsets = await self._offsets_as_written(run_id, key)
             if not self._offsets:
                 self._bulk = False  # the whole history from get-history, this one included
                 return None

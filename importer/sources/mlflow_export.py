@@ -23,20 +23,21 @@ at step 0 with the run's start time), and `inputs` (a list of dataset inputs, or
 Registered models (export-model, export-models, export-all; read from the tool's
 model/export_model.py): MODEL/model.json holds `registered_model`, MLflow's registered model as
 the REST API gives it (name, description, tags and aliases as lists of {key, value} and {alias,
-version}) with `versions` (`latest_versions` until January 2023), each the Python client's ModelVersion
-(version, run_id, source, current_stage, description, status, tags as an object, `aliases`, MLflow
-3 `model_id`, null in mlflow-migration's even for `models:/m-...` sources) plus the tool's
-`_run_artifact_uri` and `_experiment_name`. They become bundle.BundleModel records, written after
-the runs by registry.copy_models as an `mlruns/` folder's are: a version points at the migrated
-copy of its run (by the source run id; its model at the same path in that run's artifacts) and
-of its logged model; deleted versions are not exported (and left out if they are); the versions'
-numbers are kept. A version whose run (or logged model) is in none of the folders imported
-together is left out with a note naming the model, the version and the run: import the folder
-holding that run with this one (`importer import experiments/ model/`). The same run exported
-with its experiment and beside its model is read once, from the experiment (which names its
-experiment and tags); a run only beside its model is in the experiment its version names. A
-problem in model.json (not JSON, no name, a version without a number or source) or a model
-listed in models.json without its folder loses only that model or version: SourceResult.skipped.
+version}) with `versions` (`latest_versions` until January 2023), each the Python client's
+ModelVersion (version, run_id, source, current_stage, description, status, tags as an object,
+`aliases`, MLflow 3 `model_id`: null in mlflow-migration's even for `models:/m-...` sources) plus
+the tool's `_run_artifact_uri` and `_experiment_name`. They become bundle.BundleModel records,
+written after the runs by registry.copy_models as an `mlruns/` folder's are: a version points at
+the migrated copy of its run (by the source run id; its model at the same path in that run's
+artifacts) and of its logged model; deleted versions are not exported (and left out if they
+are); the versions' numbers are kept. A version whose run (or logged model) is in none of the
+folders imported together is left out with a note naming the model, the version and the run
+(registry.write_models): name the folder holding that run in the same command (`importer import
+exp_export/ model_export/`). The same run exported with its experiment and beside its model is
+read once, from the experiment (which names its experiment and tags); a run only beside its
+model is in the experiment its version names. A problem in model.json (not JSON, no name, a
+version without a number or source) or a model listed in models.json without its folder loses
+only that model or version: SourceResult.skipped.
 
 Unit: the folder of the file recognised. A folder is walked top-down and an export's own files
 sit above its runs, so an export's root claims the whole export: `importer import out/` reads it

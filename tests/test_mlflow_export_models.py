@@ -256,3 +256,28 @@ def test_a_run_beside_its_model_is_a_copy_whatever_its_folder_is_called(tmp_path
     assert not result.problems and not result.skipped
     assert sorted(r.source_run_id for r in result.records) == sorted([A, B])
     assert all("/experiments/" in r.origin for r in result.records)
+
+
+def test_an_mlflow_3_version_takes_its_logged_model_from_beside_it(tmp_path):
+    """Since late 2025 export-model writes the logged model of a `models:/m-...` version to
+    MODEL/<model id>/ (logged_model.json + artifacts/): read as a logged model of the experiment
+    the version names, and the version is of it."""
+    folder = tmp_path / "m3"
+    model_id = "m-" + "0f" * 16
+    _run(folder / A, A, "trained")
+    _model(folder, "m3", [_version("m3", 1, A, "exp3", source=f"models:/{model_id}")])
+    _write(folder / model_id, "logged_model.json", {
+        "model_id": model_id, "experiment_id": "1", "name": "echo", "status": "READY", "source_run_id": A,
+        "params": {"alpha": "0.5"}, "tags": {}, "metrics": []}, "export_logged_model.py")
+    (folder / model_id / "artifacts").mkdir()
+    (folder / model_id / "artifacts" / "MLmodel").write_text("flavors: {}\n")
+    (folder / "version_models").mkdir()
+    found = importer.read_inputs([folder])
+    [model] = found.models
+    [v1] = model.versions
+    assert (v1.model_id, v1.run_id, v1.artifact_path) == (model_id, A, None)
+    [logged] = found.logged_models
+    assert (logged.doc.model_id, logged.doc.source_run_id, logged.experiment) == (model_id, A, "exp3")
+    assert [f.dest for f in logged.files] == ["MLmodel"]
+    assert [r.experiment for r in found.records] == ["exp3"]
+    assert any(n.endswith("version_models not read") for n in found.notes), found.notes

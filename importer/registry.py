@@ -23,6 +23,8 @@ from .mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs as _pairs
 
 SOURCE_VERSION_TAG = "importer.source_version"
 PLACEHOLDER_TAG = "importer.placeholder"  # a version made only to use up a number, then deleted
+# The current_stage MLflow's stores give a deleted model version (a file store keeps its folder).
+DELETED_VERSION = "Deleted_Internal"
 
 
 async def _paged(api: MlflowApi, endpoint: str, body: dict, field: str):

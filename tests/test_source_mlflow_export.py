@@ -4,8 +4,9 @@ The corpus samples (the tool's own sample exports) are read in place from ../sha
 expected.json holds facts computed independently. The fixtures under fixtures/mlflow_export are
 written for these tests in the shapes the tool writes: a single-run export, an experiment export
 (runs/<id>/ layout) with a nested child and a deleted run, a pre-1.2 experiment (manifest.json,
-payload at the top, the oldest run with last values only), a bulk export-all root with registered
-models, and an experiment with one corrupt run.json.
+payload at the top, the oldest run with last values only), a bulk export-all root with a registered
+model, and an experiment with one corrupt run.json. Registered models imported into a server:
+tests/test_mlflow_export_models.py.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def test_no_cross_detection():
             if path.is_file() and not mine:
                 assert not mlflow_export.detect(path), path
             if path.is_file() and mine and path.name in ("run.json", "experiment.json", "manifest.json",
-                                                          "experiments.json"):
+                                                          "experiments.json", "model.json", "models.json"):
                 assert sources.recognise(path) is mlflow_export, path
 
 
@@ -248,14 +249,16 @@ def test_pre_1_2_experiment_export():
     assert any("failed for 1 run" in n and "0c" * 16 in n for n in found.notes)
 
 
-def test_bulk_export_is_one_unit_and_models_are_noted():
+def test_bulk_export_is_one_unit_with_its_models():
     found = importer.read_inputs([FIXTURES], strict=False)  # every fixture folder, each export once
     units = {Path(u[1]).name: u for u in found.units if u[0] == "mlflow-export"}
     assert units["bulk"][2] == 1 and len(found.units) == 5
     [rec] = [r for r in found.records if r.source_run_id == "b" * 32]
     assert rec.experiment == "bulk-exp"
-    assert any("bulk/models" in n and "registered models not imported" in n for n in found.notes)
-    assert found.unrecognised == []
+    [model] = found.models  # bulk/models/clf/model.json: a model without versions
+    assert (model.name, model.versions, model.tags) == ("clf", [], {})
+    assert not any(str(FIXTURES / "bulk") in n for n in found.notes)
+    assert found.skipped == [] and found.unrecognised == []
 
 
 def test_bulk_listing_names_the_experiment(tmp_path):
@@ -333,7 +336,7 @@ def test_detect_leaves_importer_manifests_alone(tmp_path):
     docs = [{"format_version": 1, "runs": []},
             {"experiment": "e", "id": "r", "metrics": {"loss": 1}},
             {"metrics": {"loss": [{"step": 0, "value": 1}]}, "params": {"a": 1}, "experiment": "e"}]
-    for name in ("run.json", "experiment.json", "experiments.json", "manifest.json"):
+    for name in ("run.json", "experiment.json", "experiments.json", "manifest.json", "model.json", "models.json"):
         for doc in docs:
             path = tmp_path / name
             path.write_text(json.dumps(doc, indent=2))

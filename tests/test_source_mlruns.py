@@ -266,7 +266,7 @@ def test_models_are_read_not_runs():
     assert (model.name, model.description, model.aliases) == ("my-model", None, {})
     assert (version.version, version.run_id, version.artifact_path, version.model_id, version.stage,
             version.status) == ("1", A, "model", None, None, "READY")
-    assert not any("models" in n for n in result.notes)
+    assert not any("models" in n.replace(str(STORE), "") for n in result.notes)  # the path may say "models"
     assert not mlruns.detect(STORE / "models" / "my-model" / "meta.yaml")
     assert not mlruns.detect(STORE / "models" / "my-model" / "version-1" / "meta.yaml")
     assert not mlruns.detect(STORE / "1" / "models" / "m-0a1b2c3d4e5f" / "meta.yaml")

@@ -8,7 +8,11 @@ Layouts, as the tool has written them over its versions (RUN = a run folder: `ru
                   EXP/experiment.json + EXP/<run id>/          (1.2; mlflow-migration)
                   EXP/manifest.json   + EXP/<run id>/          (before 1.2: {"experiment", "export_info"})
     bulk          ROOT/experiments.json + ROOT/<experiment id>/EXP...  (before 1.2: manifest.json)
-    all, models   ROOT/manifest.json + ROOT/experiments/... + ROOT/models/...
+    model         MODEL/model.json + MODEL/<run id>/RUN (each version's run; before October 2023
+                  not in export-models) + MODEL/<model id>/ (MLflow 3, late 2025: the version's
+                  logged model) + MODEL/version_models/ (--export-version-model; not read)
+    all, models   ROOT/manifest.json + ROOT/experiments/<experiment id>/EXP...
+                  + ROOT/models/models.json (before December 2022: manifest.json) + ROOT/models/<name>/MODEL
 
 Since 1.2 every file is {"system": ..., "info": ..., "mlflow": PAYLOAD}; before, the payload was
 the document itself. A run's payload has `info` (the REST RunInfo), `params`, `tags`, `metrics`
@@ -16,13 +20,32 @@ the document itself. A run's payload has `info` (the REST RunInfo), `params`, `t
 at step 0 with the run's start time), and `inputs` (a list of dataset inputs, or
 {"dataset_inputs": [...], "model_inputs": [...]}).
 
+Registered models (export-model, export-models, export-all; read from the tool's
+model/export_model.py): MODEL/model.json holds `registered_model`, MLflow's registered model as
+the REST API gives it (name, description, tags and aliases as lists of {key, value} and {alias,
+version}) with `versions` (`latest_versions` until January 2023), each the Python client's
+ModelVersion (version, run_id, source, current_stage, description, status, tags as an object,
+`aliases`, MLflow 3 `model_id`: null in mlflow-migration's even for `models:/m-...` sources) plus
+the tool's `_run_artifact_uri` and `_experiment_name`. They become bundle.BundleModel records,
+written after the runs by registry.copy_models as an `mlruns/` folder's are: a version points at
+the migrated copy of its run (by the source run id; its model at the same path in that run's
+artifacts) and of its logged model; deleted versions are not exported (and left out if they
+are); the versions' numbers are kept. A version whose run (or logged model) is in none of the
+folders imported together is left out with a note naming the model, the version and the run
+(registry.write_models): name the folder holding that run in the same command (`importer import
+exp_export/ model_export/`). The same run exported with its experiment and beside its model is
+read once, from the experiment (which names its experiment and tags); a run only beside its
+model is in the experiment its version names. A problem in model.json (not JSON, no name, a
+version without a number or source) or a model listed in models.json without its folder loses
+only that model or version: SourceResult.skipped.
+
 Unit: the folder of the file recognised. A folder is walked top-down and an export's own files
 sit above its runs, so an export's root claims the whole export: `importer import out/` reads it
 once. `read` takes any folder and reads every run folder below it.
 
 Mapping: experiment = --experiment, else the name in the experiment's file, else the run's tag
-`mlflow_export_import.metadata.experiment_name`, else the bulk listing, else the experiment
-folder's name. Import key `store_import_key(<original run id>)`. Params and tags exactly as
+`mlflow_export_import.metadata.experiment_name`, else the `_experiment_name` of a model version
+made from it, else the bulk listing, else the experiment folder's name. Import key `store_import_key(<original run id>)`. Params and tags exactly as
 exported (the tool's own `mlflow_export_import.*` / `mlflow_exim.*` tags too), except
 `mlflow.parentRunId`, which becomes `parent_key`. `user` is the `mlflow.user` tag (what the UI
 shows; the sink writes one user for both) else `info.user_id`. Metric points in order, NaN and
@@ -37,9 +60,9 @@ dataset) and artifacts/. The runs' links to them are run.json's `inputs.model_in
 `outputs.model_outputs`. They become logged_models.LoggedModel records, as a bundle's; a problem
 in one loses only that model (SourceResult.skipped).
 
-Not read (each noted): registered models (`models/`, `model.json`), traces, prompts and
-evaluation datasets. A file that is not valid JSON is a problem naming its line and
-column; the runs of an experiment whose experiment.json is broken are still read (named from
+Not read (each noted): an export-model-version folder's `version.json` (its run is read),
+version_models/, traces, prompts and evaluation datasets. A file that is not valid JSON is a
+problem naming its line and column; the runs of an experiment whose experiment.json is broken are still read (named from
 their tags or the bulk listing), so `inspect` shows them, but the experiment's tags would be lost,
 so the import stops until the file is fixed.
 """
@@ -56,32 +79,33 @@ from typing import Any, Optional
 import pyarrow as pa
 import pydantic
 
-from ..bundle import BundleLoggedModel, BundleModelMetric
+from ..bundle import BundleLoggedModel, BundleModel, BundleModelMetric, BundleModelVersion
 from ..experiments import ExperimentRecord
 from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INT64_MAX, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, ArtifactFile, RunRecord,
                      key_problem, param_string, store_import_key)
+from ..registry import DELETED_VERSION, artifact_path, logged_model_id
 from .base import Metrics, SourceOptions, SourceResult, StoreReader
 
 NAME = "mlflow-export"
 EXPERIMENT_NAME_TAG = "mlflow_export_import.metadata.experiment_name"
 
-_FILES = ("run.json", "experiment.json", "experiments.json", "manifest.json")
+_FILES = ("run.json", "experiment.json", "experiments.json", "manifest.json", "model.json", "models.json")
 _WRAPPED = re.compile(rb'^\s*\{\s*"system"\s*:\s*\{')  # 1.2 and later
+_OLD_MODEL = re.compile(rb'^\s*\{\s*"registered_model"\s*:\s*\{')  # model.json before December 2022
 _OLD_RUN = re.compile(rb'^\s*\{\s*"(export_info|info)"\s*:\s*\{')
 _OLD_MANIFEST = re.compile(rb'^\s*\{\s*("experiment"\s*:\s*\{\s*"experiment_id"|"info"\s*:\s*\{\s*"mlflow_version")')
 _STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 _SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-# What the tool exports besides runs: the summary file that marks it -> what it is.
-_NOT_RUNS = {"models.json": "registered models", "model.json": "a registered model",
-             "traces.json": "traces",
+# What the tool exports besides runs and models: the summary file that marks it -> what it is.
+_NOT_RUNS = {"traces.json": "traces",
              "prompts_summary.json": "prompts", "evaluation_datasets_summary.json": "evaluation datasets"}
 
 
 def detect(path: Path) -> bool:
-    """One of the tool's four file names, with the tool's shape in its first 4 KiB: `system` as
-    first key (1.2 and later), or an old run (`info` with `run_uuid`) or old manifest. Importer's
-    own manifests never start like this."""
+    """One of the tool's file names, with the tool's shape in its first 4 KiB: `system` as first
+    key (1.2 and later), or an old run (`info` with `run_uuid`), model (`registered_model`) or
+    manifest. Importer's own manifests never start like this."""
     if path.name not in _FILES or not path.is_file():
         return False
     try:
@@ -93,6 +117,8 @@ def detect(path: Path) -> bool:
         return True
     if path.name == "run.json":
         return bool(_OLD_RUN.match(head)) and b'"run_uuid"' in head
+    if path.name == "model.json":
+        return bool(_OLD_MODEL.match(head))
     return path.name == "manifest.json" and bool(_OLD_MANIFEST.match(head))
 
 
@@ -151,6 +177,10 @@ class _Export(StoreReader):
         self.root, self.options = root, options
         self.docs: dict[Path, Optional[dict]] = {}
         self.experiments: dict[Path, Optional[dict]] = {}
+        self.model_dirs: list[Path] = []  # export-model folders (model.json), read after the walk
+        # Run or logged model id -> the experiment model.json names for it (`_experiment_name`):
+        # a version's run exported beside its model has no experiment file of its own.
+        self.version_experiments: dict[str, str] = {}
 
     def doc(self, file: Path) -> Optional[dict]:
         """The parsed JSON object, once per file; None (and a problem) when it is not one."""
@@ -175,15 +205,26 @@ class _Export(StoreReader):
 
     def read(self) -> SourceResult:
         records: dict[str, RunRecord] = {}
-        for run_dir in self.run_folders():
+
+        def add(run_dir: Path, copy: bool = False) -> None:
             rec = self.run(run_dir)
             if rec is None:
-                continue
+                return
             if rec.import_key in records:
-                self.problem(run_dir / "run.json", "", f"run {rec.source_run_id} is also exported in "
-                             f"{records[rec.import_key].origin}")
-                continue
+                if not copy:
+                    self.problem(run_dir / "run.json", "", f"run {rec.source_run_id} is also exported in "
+                                 f"{records[rec.import_key].origin}")
+                return
             records[rec.import_key] = rec
+
+        for run_dir in self.run_folders():
+            add(run_dir)
+        # After the walk: export-models and export-all write each version's run twice, with its
+        # experiment and beside its model; the experiment's copy (with experiment.json) is read.
+        for model_dir in self.model_dirs:
+            for run_dir in self.model_export(model_dir):
+                if store_import_key(run_dir.name) not in records:  # the tool names the folder by the run id
+                    add(run_dir, copy=True)
         for rec in records.values():
             if rec.parent_key is not None and rec.parent_key not in records:
                 self.note(f"{rec.origin}: its parent run ({rec.parent_key}) is not in this export; "
@@ -216,11 +257,21 @@ class _Export(StoreReader):
                 self.logged_models(here)
                 dirs[:] = []
                 continue
+            if "model.json" in files and detect(here / "model.json"):
+                if "experiment.json" not in files:  # export-model: read once every other run is
+                    self.model_dirs.append(here)
+                    dirs[:] = []
+                    continue
+                if "version.json" in files:  # export-model-version: its run is in run/
+                    self.note(f"{here}: a registered model version (version.json) is not imported, "
+                              "only its run")
+            if "models.json" in files:
+                self.models_listing(here / "models.json")
             skipped = [name for name in _NOT_RUNS if name in files]
-            if skipped and "experiment.json" not in files:  # a model version export holds a run
-                if dirs or skipped[0] in ("models.json", "model.json"):
-                    self.note(f"{here}: {_NOT_RUNS[skipped[0]]} not imported (only runs and "
-                              "experiments are)")
+            if skipped and "experiment.json" not in files:
+                if dirs:
+                    self.note(f"{here}: {_NOT_RUNS[skipped[0]]} not imported (only runs, experiments "
+                              "and models are)")
                 dirs[:] = []
 
     # -- one run -------------------------------------------------------------------------------
@@ -241,12 +292,8 @@ class _Export(StoreReader):
             self.problem(file, _at(*pre, "info", "run_id"), "required field is missing")
             return None
 
-        params, tags = _pairs(data.get("params")), _pairs(data.get("tags"))
-        for kind, values in (("param", params), ("tag", tags)):
-            for k in list(values):
-                if msg := key_problem(k, kind):
-                    self.problem(file, _at(*pre, kind + "s", k), msg)
-                    del values[k]
+        params = self.checked(file, (*pre, "params"), "param", data.get("params"))
+        tags = self.checked(file, (*pre, "tags"), "tag", data.get("tags"))
         parent = tags.pop("mlflow.parentRunId", None)
 
         status = info.get("status", "FINISHED")
@@ -265,7 +312,7 @@ class _Export(StoreReader):
                 value = None
             times[name] = value
 
-        experiment, experiment_tags = self.experiment_of(run_dir, tags)
+        experiment, experiment_tags = self.experiment_of(run_dir, run_id, tags)
         rec = RunRecord(
             experiment=experiment, import_key=store_import_key(run_id), origin=str(file),
             name=info.get("run_name") or tags.get("mlflow.runName"), status=str(status),
@@ -288,6 +335,15 @@ class _Export(StoreReader):
         if others:
             self.note(f"{run_dir}: {', '.join(others)} not read")
         return rec
+
+    def checked(self, file: Path, at: tuple, kind: str, raw: Any) -> dict[str, str]:
+        """Params or tags (`_pairs`), without the keys the server rejects (each a problem)."""
+        values = _pairs(raw)
+        for k in list(values):
+            if msg := key_problem(k, kind):
+                self.problem(file, _at(*at, k), msg)
+                del values[k]
+        return values
 
     def metrics(self, file: Path, pre: tuple, raw: Any, out: Metrics) -> None:
         if not isinstance(raw, dict):
@@ -430,18 +486,119 @@ class _Export(StoreReader):
             params=_pairs(data.get("params")), tags=_pairs(data.get("tags")), metrics=metrics)
         self.logged[model_id] = LoggedModel(model, experiment, self.artifacts(folder, file))
 
+    # -- registered models ---------------------------------------------------------------------
+
+    def model_export(self, folder: Path) -> list[Path]:
+        """An export-model folder: model.json, and beside it each version's run (<run id>/) and,
+        for an MLflow 3 version, its logged model (<model id>/). Returns the run folders. A
+        problem in the model or its logged models loses only them (`aside`)."""
+        with self.aside():
+            self.registered_model(folder / "model.json")
+        runs, others = [], []
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if (sub / "run.json").is_file():
+                runs.append(sub)
+            elif (sub / "logged_model.json").is_file():
+                with self.aside():
+                    self.logged_model(sub, self.options.experiment or self.version_experiments.get(sub.name))
+            else:  # version_models/ (--export-version-model): copies of what the runs hold
+                others.append(sub.name)
+        if others:
+            self.note(f"{folder}: {', '.join(others)} not read")
+        return runs
+
+    def registered_model(self, file: Path) -> None:
+        """model.json: MLflow's registered model as the REST API gives it (tags and aliases as
+        lists), its versions as the Python client's ModelVersion (tags as an object), each with
+        the tool's `_experiment_name` of its run -> a bundle.BundleModel, as registry.copy_models
+        takes it. Deleted versions are left out: the writer keeps the numbers of the others."""
+        doc = self.doc(file)
+        if doc is None:
+            return
+        pre = ("mlflow",) if "system" in doc else ()
+        model = _payload(doc).get("registered_model")
+        name = model.get("name") if isinstance(model, dict) else None
+        if not isinstance(name, str) or not name:
+            self.problem(file, _at(*pre, "registered_model", "name"), "required field is missing; this "
+                         "registered model is not imported")
+            return
+        # Until January 2023 the versions were under `latest_versions` (all of them, despite the name).
+        key = "latest_versions" if "latest_versions" in model and "versions" not in model else "versions"
+        raw = model.get(key) or []
+        if not isinstance(raw, list):
+            self.problem(file, _at(*pre, "registered_model", key), "must be a list of model versions")
+            raw = []
+        aliases = {str(a["alias"]): str(a.get("version")) for a in model.get("aliases") or []
+                   if isinstance(a, dict) and a.get("alias")}
+        versions = []
+        for i, v in enumerate(raw):
+            version = self.model_version(file, (*pre, "registered_model", key, i), v)
+            if version is not None:
+                versions.append(version)
+                for alias in v["aliases"] if isinstance(v.get("aliases"), list) else []:  # since late 2023
+                    aliases.setdefault(str(alias), version.version)
+        if failed := _get(doc, "info", "failed_versions"):
+            self.note(f"{file}: the export failed for {len(failed)} version(s) of model {name!r}, which "
+                      "are not in it")
+        versions.sort(key=lambda v: int(v.version))
+        self.result.models.append(BundleModel(
+            name=name, description=_text(model.get("description")),
+            tags=self.checked(file, (*pre, "registered_model", "tags"), "tag", model.get("tags")),
+            aliases=aliases, versions=versions))
+
+    def model_version(self, file: Path, at: tuple, v: Any) -> Optional[BundleModelVersion]:
+        """One entry of model.json's versions; None for a deleted one, or (a problem) a broken one."""
+        if not isinstance(v, dict):
+            self.problem(file, _at(*at), "a model version must be an object; it is not imported")
+            return None
+        if v.get("current_stage") == DELETED_VERSION:
+            return None
+        number, source, run_id = v.get("version"), v.get("source"), v.get("run_id") or None
+        numbered = type(number) is int and number > 0 or isinstance(number, str) and number.isdigit()
+        for field, ok in (("version", numbered), ("source", isinstance(source, str) and source != ""),
+                          ("run_id", run_id is None or isinstance(run_id, str))):
+            if not ok:
+                self.problem(file, _at(*at, field), f"missing or not valid ({v.get(field)!r}); this version "
+                             "is not imported")
+                return None
+        model_id = logged_model_id({"model_id": v.get("model_id"), "source": source})
+        if isinstance(v.get("_experiment_name"), str):
+            for run_or_model in (run_id, model_id):
+                if run_or_model:
+                    self.version_experiments.setdefault(run_or_model, v["_experiment_name"])
+        stage = _text(v.get("current_stage"))
+        return BundleModelVersion(
+            version=str(number), run_id=run_id, source=source, model_id=model_id,
+            artifact_path=artifact_path(source, run_id), description=_text(v.get("description")),
+            tags=self.checked(file, (*at, "tags"), "tag", v.get("tags")),
+            stage=None if stage == "None" else stage, status=_text(v.get("status")))
+
+    def models_listing(self, file: Path) -> None:
+        """ROOT/models/models.json: the models exported (each must have its folder) and those
+        the export failed (noted)."""
+        with self.aside():
+            doc = self.doc(file) if detect(file) else None
+            if failed := _get(doc, "info", "failed_models"):
+                self.note(f"{file}: the export failed for {len(failed)} registered model(s), which are "
+                          "not in it: " + ", ".join(map(str, failed)))
+            for name in _payload(doc or {}).get("models") or []:
+                if isinstance(name, str) and not (file.parent / name / "model.json").is_file():
+                    self.problem(file, "mlflow.models", f"model {name!r} is listed, but its folder or "
+                                 "its model.json is missing")
+
     # -- experiments ---------------------------------------------------------------------------
 
-    def experiment_of(self, run_dir: Path, tags: dict[str, str]) -> tuple[str, dict[str, str]]:
+    def experiment_of(self, run_dir: Path, run_id: str, tags: dict[str, str]) -> tuple[str, dict[str, str]]:
         """(experiment name, experiment tags) for a run folder. Its experiment folder is the
         folder above it, or above `runs/`; read even when outside the folder named (a run
-        folder named on its own still finds its experiment)."""
+        folder named on its own still finds its experiment). A run exported beside its model
+        takes the experiment model.json names."""
         exp_dir = _up(run_dir, 2 if _abs(run_dir).parent.name == "runs" else 1)
         exp = self.experiment(exp_dir)
         exp_tags = _experiment_tags(exp) if exp else {}
         folder = _abs(exp_dir) if self.inside(exp_dir) else _abs(run_dir)
         name = (self.options.experiment or (exp or {}).get("name") or tags.get(EXPERIMENT_NAME_TAG)
-                or self.listed(exp_dir) or folder.name)
+                or self.version_experiments.get(run_id) or self.listed(exp_dir) or folder.name)
         return str(name), exp_tags
 
     def inside(self, path: Path) -> bool:
@@ -495,6 +652,10 @@ class _Export(StoreReader):
                     if isinstance(entry, dict) and str(entry.get("id")) == _abs(exp_dir).name:
                         return entry.get("name")
         return None
+
+
+def _text(value: Any) -> Optional[str]:
+    return None if value is None or value == "" else str(value)
 
 
 def _abs(path: Path) -> Path:

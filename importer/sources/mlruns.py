@@ -64,13 +64,12 @@ from ..experiments import ExperimentRecord
 from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
                      store_import_key)
-from ..registry import artifact_path, logged_model_id
+from ..registry import DELETED_VERSION, artifact_path, logged_model_id
 from .base import SourceOptions, SourceResult, StoreReader, metric_table
 
 NAME = "mlruns"
 STATUSES = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 PARENT_TAG = "mlflow.parentRunId"
-DELETED_VERSION = "Deleted_Internal"  # the current_stage of a model version deleted in the store
 _HEAD = 8192  # meta.yaml files are a few hundred bytes; detect reads no more than this
 _DATASET_FIELDS = ("name", "digest", "source_type", "source", "schema", "profile")  # REST Dataset
 _NOT_RUNS = {"tags", "datasets", "models", "traces"}  # folders of an experiment that are not runs

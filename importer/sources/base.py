@@ -98,6 +98,11 @@ class StoreReader:
         self.result.logged_models += [m for m in self.logged.values() if keep(m)]
 
 
+def text_or_none(value) -> Optional[str]:
+    """A store's optional text field: None when absent or empty."""
+    return None if value is None or value == "" else str(value)
+
+
 def import_key(fmt: str, source_identity: str, run_identity: str = "") -> str:
     """`<format>-` + 24 hex digits of SHA-256 over the source's identity (its resolved path) and
     the run's identity within it. Not over content: a log that grows keeps its key."""

@@ -45,8 +45,9 @@ once. `read` takes any folder and reads every run folder below it.
 
 Mapping: experiment = --experiment, else the name in the experiment's file, else the run's tag
 `mlflow_export_import.metadata.experiment_name`, else the `_experiment_name` of a model version
-made from it, else the bulk listing, else the experiment folder's name. Import key `store_import_key(<original run id>)`. Params and tags exactly as
-exported (the tool's own `mlflow_export_import.*` / `mlflow_exim.*` tags too), except
+made from it, else the bulk listing, else the experiment folder's name. Import key
+`store_import_key(<original run id>)`. Params and tags exactly as exported (the tool's own
+`mlflow_export_import.*` / `mlflow_exim.*` tags too), except
 `mlflow.parentRunId`, which becomes `parent_key`. `user` is the `mlflow.user` tag (what the UI
 shows; the sink writes one user for both) else `info.user_id`. Metric points in order, NaN and
 +-inf as floats; MLflow 3 point fields (model_id, dataset_name, dataset_digest) as extra string
@@ -62,9 +63,9 @@ in one loses only that model (SourceResult.skipped).
 
 Not read (each noted): an export-model-version folder's `version.json` (its run is read),
 version_models/, traces, prompts and evaluation datasets. A file that is not valid JSON is a
-problem naming its line and column; the runs of an experiment whose experiment.json is broken are still read (named from
-their tags or the bulk listing), so `inspect` shows them, but the experiment's tags would be lost,
-so the import stops until the file is fixed.
+problem naming its line and column; the runs of an experiment whose experiment.json is broken
+are still read (named from their tags or the bulk listing), so `inspect` shows them, but the
+experiment's tags would be lost, so the import stops until the file is fixed.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INT64_MAX, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, ArtifactFile, RunRecord,
                      key_problem, param_string, store_import_key)
 from ..registry import DELETED_VERSION, artifact_path, logged_model_id
-from .base import Metrics, SourceOptions, SourceResult, StoreReader
+from .base import Metrics, SourceOptions, SourceResult, StoreReader, text_or_none
 
 NAME = "mlflow-export"
 EXPERIMENT_NAME_TAG = "mlflow_export_import.metadata.experiment_name"
@@ -542,7 +543,7 @@ class _Export(StoreReader):
                       "are not in it")
         versions.sort(key=lambda v: int(v.version))
         self.result.models.append(BundleModel(
-            name=name, description=_text(model.get("description")),
+            name=name, description=text_or_none(model.get("description")),
             tags=self.checked(file, (*pre, "registered_model", "tags"), "tag", model.get("tags")),
             aliases=aliases, versions=versions))
 
@@ -566,12 +567,12 @@ class _Export(StoreReader):
             for run_or_model in (run_id, model_id):
                 if run_or_model:
                     self.version_experiments.setdefault(run_or_model, v["_experiment_name"])
-        stage = _text(v.get("current_stage"))
+        stage = text_or_none(v.get("current_stage"))
         return BundleModelVersion(
             version=str(number), run_id=run_id, source=source, model_id=model_id,
-            artifact_path=artifact_path(source, run_id), description=_text(v.get("description")),
+            artifact_path=artifact_path(source, run_id), description=text_or_none(v.get("description")),
             tags=self.checked(file, (*at, "tags"), "tag", v.get("tags")),
-            stage=None if stage == "None" else stage, status=_text(v.get("status")))
+            stage=None if stage == "None" else stage, status=text_or_none(v.get("status")))
 
     def models_listing(self, file: Path) -> None:
         """ROOT/models/models.json: the models exported (each must have its folder) and those
@@ -652,10 +653,6 @@ class _Export(StoreReader):
                     if isinstance(entry, dict) and str(entry.get("id")) == _abs(exp_dir).name:
                         return entry.get("name")
         return None
-
-
-def _text(value: Any) -> Optional[str]:
-    return None if value is None or value == "" else str(value)
 
 
 def _abs(path: Path) -> Path:

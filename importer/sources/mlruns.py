@@ -65,7 +65,7 @@ from ..logged_models import LoggedModel, status_name, stored_value
 from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
                      store_import_key)
 from ..registry import DELETED_VERSION, artifact_path, logged_model_id
-from .base import SourceOptions, SourceResult, StoreReader, metric_table
+from .base import SourceOptions, SourceResult, StoreReader, metric_table, text_or_none
 
 NAME = "mlruns"
 STATUSES = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
@@ -241,10 +241,10 @@ class _Store(StoreReader):
         parent = tags.pop(PARENT_TAG, None)
         rec = RunRecord(
             experiment=experiment, import_key=store_import_key(run_id), origin=origin,
-            name=_text(meta.get("run_name")) or tags.get("mlflow.runName") or _text(meta.get("name")),
+            name=text_or_none(meta.get("run_name")) or tags.get("mlflow.runName") or text_or_none(meta.get("name")),
             start_time=self.time(meta, "start_time", meta_file),
             end_time=self.time(meta, "end_time", meta_file),
-            status=self.status(meta, meta_file), user=_text(meta.get("user_id")),
+            status=self.status(meta, meta_file), user=text_or_none(meta.get("user_id")),
             params=self.values(folder / "params", "param"), tags=tags,
             parent_key=store_import_key(parent.strip()) if parent else None, source_run_id=run_id,
             lifecycle="deleted" if deleted or meta.get("lifecycle_stage") == "deleted" else "active",
@@ -254,7 +254,7 @@ class _Store(StoreReader):
         if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
         rec.artifacts = self.artifacts(folder, origin)
-        self.check_artifact_uri(folder, folder.parent, _text(meta.get("artifact_uri")), origin, len(rec.artifacts))
+        self.check_artifact_uri(folder, folder.parent, text_or_none(meta.get("artifact_uri")), origin, len(rec.artifacts))
         rec.inputs = self.inputs(folder, origin, run_id)
         with self.aside():
             for sub in _dirs(folder / "outputs"):  # MLflow 3: the models the run logged
@@ -401,7 +401,7 @@ class _Store(StoreReader):
         meta = self.meta(meta_file)
         if meta is None:
             return
-        model_id = _text(meta.get("model_id"))
+        model_id = text_or_none(meta.get("model_id"))
         if model_id is None or "experiment_id" not in meta:
             self.problem(meta_file, "model_id", "not a logged model's meta.yaml (no model_id or "
                          "experiment_id); not imported")
@@ -417,14 +417,14 @@ class _Store(StoreReader):
         origin = f"{self.path}: logged model {model_id}"
         doc = BundleLoggedModel(
             model_id=model_id, experiment_id=str(meta["experiment_id"]),
-            name=_text(meta.get("name")) or model_id, model_type=_text(meta.get("model_type")),
-            status=status, status_message=_text(meta.get("status_message")),
-            source_run_id=_text(meta.get("source_run_id")),
+            name=text_or_none(meta.get("name")) or model_id, model_type=text_or_none(meta.get("model_type")),
+            status=status, status_message=text_or_none(meta.get("status_message")),
+            source_run_id=text_or_none(meta.get("source_run_id")),
             creation_timestamp_ms=self.time(meta, "creation_timestamp", meta_file),
             params=self.values(folder / "params", "param", "model"),
             tags=self.values(folder / "tags", "tag", "model"), metrics=self.model_metrics(folder / "metrics"))
         files = self.artifacts(folder, origin)
-        self.check_artifact_uri(folder, folder.parent.parent, _text(meta.get("artifact_location")),
+        self.check_artifact_uri(folder, folder.parent.parent, text_or_none(meta.get("artifact_location")),
                                 origin, len(files))
         if model_id in self.logged:
             self.problem(meta_file, "model_id", f"another folder holds logged model {model_id} too; read once")
@@ -476,17 +476,17 @@ class _Store(StoreReader):
                     self.problem(sub / "meta.yaml", "version", f"not a version number: {number!r}; "
                                  "this version is not imported")
                     continue
-                run_id, source = _text(v.get("run_id")), str(v.get("source") or "")
-                stage = _text(v.get("current_stage"))
+                run_id, source = text_or_none(v.get("run_id")), str(v.get("source") or "")
+                stage = text_or_none(v.get("current_stage"))
                 versions.append(BundleModelVersion(
                     version=number, run_id=run_id,
                     source=source, model_id=logged_model_id({"model_id": v.get("model_id"), "source": source}),
-                    artifact_path=artifact_path(source, run_id), description=_text(v.get("description")),
+                    artifact_path=artifact_path(source, run_id), description=text_or_none(v.get("description")),
                     tags=self.values(sub / "tags", "tag", "model version"), stage=None if stage == "None" else stage,
-                    status=_text(v.get("status"))))
+                    status=text_or_none(v.get("status"))))
             versions.sort(key=lambda v: int(v.version))
             self.result.models.append(BundleModel(
-                name=_text(meta.get("name")) or model_dir.name, description=_text(meta.get("description")),
+                name=text_or_none(meta.get("name")) or model_dir.name, description=text_or_none(meta.get("description")),
                 tags=self.values(model_dir / "tags", "tag", "model"),
                 aliases={a: v.strip() for a, v in self.values(model_dir / "aliases", "alias", "model").items()},
                 versions=versions))
@@ -516,10 +516,6 @@ class _Store(StoreReader):
             tags = [{"key": str(k), "value": str(v)} for k, v in (link.get("tags") or {}).items()]
             out.append({"dataset": fields, "tags": tags})
         return out
-
-
-def _text(value) -> Optional[str]:
-    return None if value is None or value == "" else str(value)
 
 
 def _has_inf(table: pa.Table) -> bool:

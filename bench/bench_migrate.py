@@ -475,7 +475,7 @@ class Figures:
         if role and (role not in self.best or row.rate > self.best[role].rate):
             self.best[role] = row
         mb = f"{row.peak / 2**20:7,.0f} MB" if row.peak is not None else " " * 10
-        print(f"  {row.what:46} {row.rate:9,.0f} points/s {row.seconds:6.1f} s {mb}  others {row.other:4.0%}  "
+        print(f"  {row.what:58} {row.rate:9,.0f} points/s {row.seconds:6.1f} s {mb}  others {row.other:4.0%}  "
               f"{row.note}", flush=True)
         return row
 

@@ -131,9 +131,9 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
                 strict: bool = True, everything: bool = False) -> Inputs:
     """Read and validate every input; raise ValidationError listing all problems (unless not
     `strict`: then they are in `problems`), with `everything` those too that lose only what they
-    name and an import gets past (`skipped`: a broken model of a store). A folder is walked and each file offered to every
-    source (see importer.sources); `fmt` forces one. `-` reads a manifest from standard input.
-    Nothing touches a server."""
+    name and an import gets past (`skipped`: a broken model of a store). A folder is walked and
+    each file offered to every source (see importer.sources); `fmt` forces one. `-` reads a
+    manifest from standard input. Nothing touches a server."""
     from .sources import discover, manifest  # every format: only commands that read inputs load them
 
     paths = list(paths)

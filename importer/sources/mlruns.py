@@ -241,7 +241,8 @@ class _Store(StoreReader):
         parent = tags.pop(PARENT_TAG, None)
         rec = RunRecord(
             experiment=experiment, import_key=store_import_key(run_id), origin=origin,
-            name=text_or_none(meta.get("run_name")) or tags.get("mlflow.runName") or text_or_none(meta.get("name")),
+            name=(text_or_none(meta.get("run_name")) or tags.get("mlflow.runName")
+                  or text_or_none(meta.get("name"))),
             start_time=self.time(meta, "start_time", meta_file),
             end_time=self.time(meta, "end_time", meta_file),
             status=self.status(meta, meta_file), user=text_or_none(meta.get("user_id")),
@@ -254,7 +255,8 @@ class _Store(StoreReader):
         if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
         rec.artifacts = self.artifacts(folder, origin)
-        self.check_artifact_uri(folder, folder.parent, text_or_none(meta.get("artifact_uri")), origin, len(rec.artifacts))
+        self.check_artifact_uri(folder, folder.parent, text_or_none(meta.get("artifact_uri")), origin,
+                                len(rec.artifacts))
         rec.inputs = self.inputs(folder, origin, run_id)
         with self.aside():
             for sub in _dirs(folder / "outputs"):  # MLflow 3: the models the run logged
@@ -486,7 +488,8 @@ class _Store(StoreReader):
                     status=text_or_none(v.get("status"))))
             versions.sort(key=lambda v: int(v.version))
             self.result.models.append(BundleModel(
-                name=text_or_none(meta.get("name")) or model_dir.name, description=text_or_none(meta.get("description")),
+                name=text_or_none(meta.get("name")) or model_dir.name,
+                description=text_or_none(meta.get("description")),
                 tags=self.values(model_dir / "tags", "tag", "model"),
                 aliases={a: v.strip() for a, v in self.values(model_dir / "aliases", "alias", "model").items()},
                 versions=versions))

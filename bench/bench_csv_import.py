@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_import import measure  # noqa: E402
 from bench_parse import write_csv  # noqa: E402
-from importer.server import LocalServer  # noqa: E402
+from importer.local_server import LocalServer  # noqa: E402
 
 API = "/api/2.0/mlflow/"
 

@@ -35,7 +35,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from importer.server import LocalServer  # noqa: E402
+from importer.local_server import LocalServer  # noqa: E402
 
 API = "/api/2.0/mlflow/"
 

@@ -79,7 +79,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_import import API, raw_replay, wait_idle  # noqa: E402
 from importer.mlflow_api import offset_token  # noqa: E402
-from importer.server import LocalServer  # noqa: E402
+from importer.local_server import LocalServer  # noqa: E402
 
 COMMON_SPEC = "mlflow-migration==1.2.2"
 T0 = 1_600_000_000_000
@@ -627,16 +627,17 @@ def bench_workload(name: str, title: str, runs: list[dict], folder: Path, source
 
 def write_bundle(folder: Path, points: int, keys: int = 5) -> Path:
     """A bundle of one run of `points` (`keys` keys, values and times as make_runs(noisy=True)
-    gives them, 25,000-point pages), written by BundleWriter as `importer export` writes it, but
+    gives them, 25,000-point pages), written by BundleSink as `importer export` writes it, but
     without filling a server first: minutes instead of a quarter of an hour at 5M points."""
     import asyncio
     import numpy as np
     import pyarrow as pa
-    from importer.bundle import BundleExperiment, BundleWriter
+    from importer.model.bundle import BundleExperiment
+    from importer.sinks.bundle import BundleSink
     from importer.model import RunRecord
 
     steps = points // keys
-    writer = BundleWriter(folder, "bench_migrate --direct")
+    writer = BundleSink(folder, "bench_migrate --direct")
     writer.experiment(BundleExperiment(experiment_id="1", name=f"bench-direct-{uuid.uuid4().hex[:6]}"))
     rec = RunRecord(experiment="", import_key="", origin="", name="big", start_time=T0, status="FINISHED",
                     params={f"p{i}": str(i * 0.5) for i in range(20)}, tags={f"t{i}": f"v{i}" for i in range(5)},
@@ -653,7 +654,7 @@ def write_bundle(folder: Path, points: int, keys: int = 5) -> Path:
                 values = k + (1 + 0.1 * rng.standard_normal(len(s))) / (1 + s / 1000)
                 yield f"m{k}", pa.table({"step": s, "timestamp": times, "value": values})
 
-    asyncio.run(writer.write_run(rec, "1", None, pages()))
+    asyncio.run(writer.write(rec, "1", None, pages()))
     writer.finish()
     return folder
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -44,7 +45,7 @@ if "httpx" not in sys.modules:
     sys.meta_path.insert(0, _Absent("httpx._main"))
 
 from .errors import ConnectionFailed, ImporterError, InputError  # noqa: E402
-from .mlflow_api import ClientConfig  # noqa: E402
+from .mlflow_api import ClientConfig, side_env  # noqa: E402
 
 # The commands import what they use when they run (`export` reads no log format), so that the
 # start of every command costs a tenth of a second, not half a second.
@@ -67,6 +68,12 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on
         # pyarrow (at its first array) and sqlite-utils import pandas whenever it is installed,
         # as it is next to mlflow: about 40 MB and 0.3 s for every command.
         sys.meta_path.insert(0, _Absent("pandas"))
+    # The two changes to this process below are made here, in the command's own process, and not
+    # by the package: a library does not change its host's environment or allocator.
+    # Arrow's jemalloc (the CSV reader allocates from it) returns freed pages at once instead of
+    # after a second: about 20 MB less at the peak of a 10-million-point CSV (bench/bench_parse.py).
+    # It is read when pyarrow loads, which no command has done yet.
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
     # Arrow's default pool here (mimalloc) kept ~33 MB more at the peak of a 5-million-point
     # import than the system allocator, at the same speed (bench/).
     import pyarrow as pa
@@ -314,7 +321,7 @@ def export(
     try:
         summary = moves.export(source, out, _selection(experiment, include_deleted, since, shard),
                                models=not no_models, config=ClientConfig(max_in_flight=in_flight),
-                               env=moves.side_env(from_token_env, from_username_env, from_password_env))
+                               env=side_env(from_token_env, from_username_env, from_password_env))
     except ImporterError as e:
         raise _fail(e)
     _finish(summary, as_json)
@@ -353,8 +360,8 @@ def migrate(
             source, dest, _selection(experiment, include_deleted, shard=shard), state=state,
             on_param_conflict=on_param_conflict, models=not no_models,
             config=ClientConfig(max_in_flight=in_flight),
-            source_env=moves.side_env(from_token_env, from_username_env, from_password_env),
-            dest_env=moves.side_env(to_token_env, to_username_env, to_password_env), progress=bar)
+            source_env=side_env(from_token_env, from_username_env, from_password_env),
+            dest_env=side_env(to_token_env, to_username_env, to_password_env), progress=bar)
     except ImporterError as e:
         raise _fail(e)
     finally:
@@ -382,14 +389,14 @@ def verify(
 ) -> None:
     """Compare source and destination run by run: params, tags, times, status, every metric
     point, artifacts by size and hash, registered models. Exits 1 on any difference."""
-    from . import moves
+    from .verification import verify as verify_stores
 
     try:
-        report = moves.verify(
+        report = verify_stores(
             source, dest, _selection(experiment, include_deleted, shard=shard), models=not no_models,
             config=ClientConfig(max_in_flight=in_flight),
-            source_env=moves.side_env(from_token_env, from_username_env, from_password_env),
-            dest_env=moves.side_env(to_token_env, to_username_env, to_password_env))
+            source_env=side_env(from_token_env, from_username_env, from_password_env),
+            dest_env=side_env(to_token_env, to_username_env, to_password_env))
     except ImporterError as e:
         raise _fail(e)
     typer.echo(report.text(show_map))
@@ -400,7 +407,7 @@ def verify(
 def schema(bundle: Annotated[bool, typer.Option("--bundle", help="The export bundle's schema instead.")] = False) -> None:
     """Print the run-manifest JSON Schema (or the export bundle's)."""
     if bundle:
-        from .bundle import bundle_json_schema
+        from .model.bundle import bundle_json_schema
         typer.echo(json.dumps(bundle_json_schema(), indent=2))
     else:
         from . import pipeline
@@ -418,7 +425,7 @@ def demo(
     import httpx
 
     from . import pipeline
-    from .server import LocalServer
+    from .local_server import LocalServer
 
     url, pid = f"http://127.0.0.1:{port}", None
     try:

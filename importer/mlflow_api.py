@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import orjson
 
-from .errors import ConnectionFailed, ImporterError, RetryableError, ServerError
+from .errors import ConnectionFailed, ImporterError, InputError, RetryableError, ServerError
 
 API = "/api/2.0/mlflow/"
 UI_API = "/ajax-api/2.0/mlflow/"  # what MLflow's own web UI calls (get-history-bulk)
@@ -54,6 +54,24 @@ class ClientConfig:
 
 
 DEFAULT_CONFIG = ClientConfig()
+
+
+def side_env(token_env: Optional[str] = None, username_env: Optional[str] = None,
+             password_env: Optional[str] = None) -> dict[str, str]:
+    """The credentials of one side (--from-token-env VAR and friends): MLflow's variable names
+    with values taken from the variables the user named. MLflow's own variables are not used for
+    a side, so one server's secret never goes to the other."""
+    env = {}
+    for target, var in (("MLFLOW_TRACKING_TOKEN", token_env), ("MLFLOW_TRACKING_USERNAME", username_env),
+                        ("MLFLOW_TRACKING_PASSWORD", password_env)):
+        if var:
+            if var not in os.environ:
+                raise InputError(f"environment variable {var} is not set")
+            env[target] = os.environ[var]
+    for var in ("MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    return env
 
 
 def safe_url(url: str) -> str:
@@ -187,8 +205,13 @@ class MlflowApi:
                     raise self._error(resp, retryable=resp.status_code in _RETRY_STATUS)
             tries += 1
             self.retried += 1
-            delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (tries - 1))
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            await asyncio.sleep(self.backoff(tries))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (1, 2, ...): doubling up to a cap, with
+        jitter, so that requests that failed together do not all come back together."""
+        delay = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
+        return delay * (0.5 + random.random() / 2)
 
     def _error(self, resp: httpx.Response, retryable: bool = False) -> ServerError:
         try:
@@ -226,6 +249,17 @@ class MlflowApi:
         else:
             resp = await self.request("POST", API + endpoint, json=body or {}, **kwargs)
         return resp.json() if resp.content else {}
+
+    async def paged(self, endpoint: str, body: dict, field: str, *, get: bool = False) -> AsyncIterator[dict]:
+        """Every item of the list `field` of a search or list endpoint, page after page."""
+        token = None
+        while True:
+            page = await self.call(endpoint, {**body, "page_token": token} if token else body, get=get)
+            for item in page.get(field, []):
+                yield item
+            token = page.get("next_page_token")
+            if not token:
+                return
 
     # -- endpoints -----------------------------------------------------------------------------
 
@@ -269,18 +303,10 @@ class MlflowApi:
 
     async def search_runs(self, experiment_ids: list[str], filter_string: str = "",
                           include_deleted: bool = False) -> AsyncIterator[dict]:
-        token = None
-        while True:
-            body = {"experiment_ids": experiment_ids, "filter": filter_string, "max_results": 1000,
-                    "run_view_type": "ALL" if include_deleted else "ACTIVE_ONLY"}
-            if token:
-                body["page_token"] = token
-            page = await self.call("runs/search", body)
-            for run in page.get("runs", []):
-                yield run
-            token = page.get("next_page_token")
-            if not token:
-                return
+        body = {"experiment_ids": experiment_ids, "filter": filter_string, "max_results": 1000,
+                "run_view_type": "ALL" if include_deleted else "ACTIVE_ONLY"}
+        async for run in self.paged("runs/search", body, "runs"):
+            yield run
 
     async def create_once(self, endpoint: str, body: dict, field: str, find) -> dict:
         """A create that must not happen twice (a run, a model version): a failed attempt may have
@@ -289,7 +315,7 @@ class MlflowApi:
         failure: Optional[Exception] = None
         for attempt in range(self.config.retries + 1):
             if attempt:
-                await asyncio.sleep(min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1)))
+                await asyncio.sleep(self.backoff(attempt))
                 found = await find()
                 if found is not None:
                     return found
@@ -395,17 +421,25 @@ class MlflowApi:
         return page.get("next_page_token") == offset_token(1)
 
     async def experiments(self, include_deleted: bool = False) -> AsyncIterator[dict]:
-        token = None
-        while True:
-            body = {"max_results": 1000, "view_type": "ALL" if include_deleted else "ACTIVE_ONLY"}
-            if token:
-                body["page_token"] = token
-            page = await self.call("experiments/search", body)
-            for exp in page.get("experiments", []):
-                yield exp
-            token = page.get("next_page_token")
-            if not token:
-                return
+        body = {"max_results": 1000, "view_type": "ALL" if include_deleted else "ACTIVE_ONLY"}
+        async for exp in self.paged("experiments/search", body, "experiments"):
+            yield exp
+
+    async def search_logged_models(self, experiment_id: str) -> AsyncIterator[dict]:
+        """An experiment's (active) MLflow 3 logged models. An MLflow 2 server has none (nor the
+        endpoint)."""
+        body = {"experiment_ids": [experiment_id], "max_results": 100}  # the server's usual page
+        try:
+            async for m in self.paged("logged-models/search", body, "models"):
+                yield m
+        except ServerError as e:
+            if e.status != 404:
+                raise
+
+    async def model_versions(self, name: str) -> list[dict]:
+        """A registered model's versions (deleted ones are not listed)."""
+        body = {"filter": "name='{}'".format(name.replace("'", "\\'")), "max_results": 10000}
+        return [v async for v in self.paged("model-versions/search", body, "model_versions", get=True)]
 
     async def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
         await self.call("experiments/set-experiment-tag",
@@ -436,22 +470,12 @@ class MlflowApi:
         folders = [path]
         while folders:
             folder = folders.pop()
-            token = None
-            while True:
-                params = {"run_id": run_id}
-                if folder:
-                    params["path"] = folder
-                if token:
-                    params["page_token"] = token
-                page = await self.call("artifacts/list", params, get=True)
-                for f in page.get("files", []):
-                    if f.get("is_dir"):
-                        folders.append(f["path"])
-                    else:
-                        yield {"path": f["path"], "file_size": int(f.get("file_size") or 0)}
-                token = page.get("next_page_token")
-                if not token:
-                    break
+            params = {"run_id": run_id, **({"path": folder} if folder else {})}
+            async for f in self.paged("artifacts/list", params, "files", get=True):
+                if f.get("is_dir"):
+                    folders.append(f["path"])
+                else:
+                    yield {"path": f["path"], "file_size": int(f.get("file_size") or 0)}
 
     # -- artifacts through the server's proxy ---------------------------------------------------
 

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
-from .model import RunRecord, manifest_json_schema
-from . import experiments
+from .model import ExperimentRecord, RunRecord, manifest_json_schema
+from .sinks import experiments, logged_models, registry
 from .sinks.mlflow import EXPERIMENT_TAGS, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
 
@@ -121,9 +121,9 @@ class Inputs:
     unrecognised: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     models: list = field(default_factory=list)  # registered models from bundles (bundle.BundleModel)
-    logged_models: list = field(default_factory=list)  # from bundles (logged_models.LoggedModel)
+    logged_models: list = field(default_factory=list)  # from bundles (model.LoggedModel)
     skipped: list[Problem] = field(default_factory=list)  # lose only what they name (SourceResult)
-    experiments: list = field(default_factory=list)  # of other stores (experiments.ExperimentRecord)
+    experiments: list = field(default_factory=list)  # of other stores (model.ExperimentRecord)
 
 
 def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
@@ -270,7 +270,7 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
     is written. Runs deleted in the store they come from are left out unless `include_deleted`."""
     uri = tracking_uri_or_env(tracking_uri)
     inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
-    named: dict[str, experiments.ExperimentRecord] = {}
+    named: dict[str, ExperimentRecord] = {}
     for exp in inputs.experiments:
         named.setdefault(exp.name, exp)
     exps = list(named.values())
@@ -307,8 +307,6 @@ async def after_runs(dest: MlflowApi, summary: Summary, records: list[RunRecord]
     go into the runs), registered models (a version may be of a logged model), the logged models'
     version tags again (the server rewrote them), then deleting again the experiments deleted at the
     source (`deleted`, from experiments.prepare). Failures go into summary.outcomes; returns notes."""
-    from . import logged_models, registry
-
     ids, notes, failed = await logged_models.copy(dest, logged, summary.outcomes, records)
     summary.outcomes += failed
     if models:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from importer.server import LocalServer
+from importer.local_server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "corpus"

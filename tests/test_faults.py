@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import importer
-from importer.server import LocalServer, free_port
+from importer.local_server import LocalServer, free_port
 from conftest import ROOT, View, run_importer, tags_of, write_json
 
 PROXY = Path(__file__).parent / "proxy.py"

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from importer import mlflow_api
-from importer.server import LocalServer
+from importer.local_server import LocalServer
 
 from conftest import View, params_of, run_importer, tags_of
 
@@ -530,7 +530,7 @@ def test_export_reads_several_metrics_of_a_run_at_once_and_writes_them_in_order(
     """The metrics of one run are read several at once (one long run would otherwise keep a
     single server worker busy), and written metric after metric in name order, so that the
     bundle's bytes do not depend on which answer came first."""
-    from importer import bundle as bundle_mod
+    from importer.sources import bundle as bundle_mod
     from importer import moves
     from importer.sources.server import Selection
 

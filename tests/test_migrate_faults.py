@@ -38,9 +38,11 @@ import httpx
 import pytest
 
 import importer
-from importer import moves, registry
+from importer import moves
+from importer.sinks import registry
+from importer.sources import server as server_source
 from importer.mlflow_api import MlflowApi
-from importer.server import LocalServer
+from importer.local_server import LocalServer
 from importer.sources.server import Selection
 
 from conftest import ROOT, View, run_importer, tags_of
@@ -379,7 +381,7 @@ def small(servers, tmp_path_factory):
 
 async def _source_models(url: str, run_ids: set[str]) -> list:
     async with MlflowApi(url) as api:
-        return await registry.read_models(api, run_ids)
+        return await server_source.registered_models(api, run_ids)
 
 
 async def _copy_models(url: str, models: list, outcomes: list) -> None:

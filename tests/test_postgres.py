@@ -48,7 +48,7 @@ import httpx
 import pytest
 from conftest import View, params_of, run_importer, tags_of, write_json
 
-from importer.server import LocalServer, free_port
+from importer.local_server import LocalServer, free_port
 
 MAX_DOUBLE = sys.float_info.max  # what MLflow stores for +-Infinity
 INSTALL_HINT = ("install PostgreSQL's server binaries: `apt-get install postgresql` (Debian/Ubuntu; "

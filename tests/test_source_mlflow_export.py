@@ -22,7 +22,7 @@ import importer
 from importer import sources
 from importer.model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, METRIC_SCHEMA,
                             store_import_key)
-from importer.experiments import ExperimentRecord
+from importer.model import ExperimentRecord
 from importer.sources import mlflow_export
 from importer.sources.base import SourceOptions
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,15 +27,15 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..bundle import sha256_file
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
+from ..files import sha256_file
 from ..ledger import Ledger
 from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, pairs, tag_filter
-from ..model import IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, RunRecord, spill_long_params
+from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES, RunRecord,
+                     spill_long_params, stored_value)
 
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # classic runs view in the UI
+EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
-_MAX_DOUBLE = sys.float_info.max  # what the server stores for +-Infinity
 _CHUNK = 1 << 20
 
 
@@ -69,10 +68,9 @@ def metric_entries(key: str, table: pa.Table, start_time: int) -> pa.Array:
     values = table.column("value").combine_chunks()
     text = values.cast(pa.string())
     text = pc.if_else(pc.equal(text, "-0"), pa.scalar("-0.0"), text)  # "-0" would be read as integer 0
-    # JSON has no NaN/Infinity literals; the server takes these strings.
-    text = pc.if_else(pc.is_nan(values), pa.scalar('"NaN"'), text)
-    text = pc.if_else(pc.equal(values, math.inf), pa.scalar('"Infinity"'), text)
-    text = pc.if_else(pc.equal(values, -math.inf), pa.scalar('"-Infinity"'), text)
+    for word, special in SPECIAL_VALUES.items():  # JSON has no NaN/Infinity: the server takes words
+        hit = pc.is_nan(values) if math.isnan(special) else pc.equal(values, special)
+        text = pc.if_else(hit, pa.scalar(f'"{word}"'), text)
     stamps = pc.fill_null(table.column("timestamp").combine_chunks(), start_time).cast(pa.string())
     steps = table.column("step").combine_chunks().cast(pa.string())
     head = '{"key":"' + key + '","value":'  # keys were validated: no character needs escaping
@@ -83,14 +81,6 @@ def batch_body(run_id: str, parts: list[pa.Array]) -> bytes:
     entries = pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
     joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(entries)], pa.int32()), entries), ",")
     return f'{{"run_id":"{run_id}","metrics":[{joined[0].as_py()}]}}'.encode()
-
-
-def _stored_value(v: Any) -> Any:
-    """A point's value as the server returns it, for comparing: NaN as a marker, +-inf clamped."""
-    if v == "NaN" or (isinstance(v, float) and math.isnan(v)):
-        return "NaN"
-    v = float(v)
-    return math.copysign(_MAX_DOUBLE, v) if math.isinf(v) else v
 
 
 class MlflowSink:
@@ -383,11 +373,11 @@ class MlflowSink:
         stored = await self.api.metric_history(run_id, key)
         if not stored:
             return table
-        have = {(int(m["step"]), int(m["timestamp"]), _stored_value(m["value"])) for m in stored}
+        have = {(int(m["step"]), int(m["timestamp"]), stored_value(m["value"])) for m in stored}
         steps = table.column("step").to_pylist()
         stamps = table.column("timestamp").to_pylist()
         values = table.column("value").to_pylist()
-        keep = [(s, start_time if t is None else t, _stored_value(v)) not in have
+        keep = [(s, start_time if t is None else t, stored_value(v)) not in have
                 for s, t, v in zip(steps, stamps, values)]
         return table.filter(pa.array(keep))
 

@@ -6,7 +6,7 @@ A source is a module with
     def detect(path: Path) -> bool             # by content, cheap: a file or a folder
     def read(path: Path, options: SourceOptions) -> SourceResult
 
-`read` never touches a server. It yields RunRecords (see importer/model.py) whose metrics are
+`read` never touches a server. It yields RunRecords (see importer/model/) whose metrics are
 METRIC_SCHEMA tables, and Problems for what it cannot use (file, line or row, column, rule).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -23,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import Problem
-from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, MAX_PARAM_VALUE_LENGTH, METRIC_SCHEMA,
-                     RunRecord, flatten_params, key_problem, value_problem)
+from ..model import (DERIVED_TIMESTAMPS_NOTE, DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, MAX_KEY_LENGTH,
+                     MAX_PARAM_VALUE_LENGTH, METRIC_SCHEMA, ModelOutput, RunRecord, flatten_params,
+                     key_problem, replace_invalid_key_chars, value_problem)
 
 DERIVED_STEPS_TAG = "importer.derived_steps"
 RENAMED_METRICS_TAG = "importer.renamed_metrics"
-_BAD_CHARS = re.compile(r"[^/\w.\- :]")
 
 
 @dataclass
@@ -84,8 +83,6 @@ class StoreReader:
 
     def hand_over(self, keep=lambda model: True) -> None:
         """Give the models the runs' links to them, then to the result (those `keep` takes)."""
-        from ..bundle import BundleModelOutput
-
         for origin, model_id, run_id, step in self.links:
             m = self.logged.get(model_id)
             if m is None:
@@ -94,7 +91,7 @@ class StoreReader:
             elif step is None:
                 m.doc.inputs.append(run_id)
             else:
-                m.doc.outputs.append(BundleModelOutput(run_id=run_id, step=step))
+                m.doc.outputs.append(ModelOutput(run_id=run_id, step=step))
         self.result.logged_models += [m for m in self.logged.values() if keep(m)]
 
 
@@ -116,9 +113,9 @@ def safe_metric_key(key: str) -> str:
     (`val/AR@100` -> `val/AR_100`). Valid names are returned unchanged."""
     if key_problem(key, "metric") is None:
         return key
-    mapped = _BAD_CHARS.sub("_", key)
+    mapped = replace_invalid_key_chars(key)
     mapped = "/".join(p for p in mapped.split("/") if p not in ("", ".", "..")) or "_"
-    return mapped[:250]
+    return mapped[:MAX_KEY_LENGTH]
 
 
 @dataclass
@@ -190,7 +187,7 @@ class Metrics:
             missing = any(t.column("timestamp").null_count for t in self.tables.values())
             infinite = [k for k, t in self.tables.items() if pc.any(pc.is_inf(t.column("value"))).as_py()]
         if missing:
-            rec.tags[DERIVED_TIMESTAMPS_TAG] = "points without a timestamp have the run's start_time"
+            rec.tags[DERIVED_TIMESTAMPS_TAG] = DERIVED_TIMESTAMPS_NOTE
         if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
         if self.renamed:

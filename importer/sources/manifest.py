@@ -17,7 +17,7 @@ from . import jsondoc
 from .base import SourceOptions, SourceResult
 from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, INT64_MAX,
                      INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID,
-                     _FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
+                     FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
                      flatten_params, key_problem, metric_value, to_ms, value_problem)
 
 _METRIC_SHAPES = {"scalar", "points", "columns"}
@@ -213,8 +213,8 @@ class ManifestReader:
         for k, v in run.tags.items():
             if msg := key_problem(k, "tag"):
                 self._problem(at("tags", k), msg)
-            elif k in _FIELD_TAGS:
-                self._problem(at("tags", k), f"set the run's `{_FIELD_TAGS[k]}` field instead")
+            elif k in FIELD_TAGS:
+                self._problem(at("tags", k), f"set the run's `{FIELD_TAGS[k]}` field instead")
             elif k.startswith("importer."):
                 self._problem(at("tags", k), "tags under `importer.` are reserved for importer")
             elif msg := value_problem(v, MAX_TAG_VALUE_LENGTH):

@@ -80,12 +80,11 @@ from typing import Any, Optional
 import pyarrow as pa
 import pydantic
 
-from ..bundle import BundleLoggedModel, BundleModel, BundleModelMetric, BundleModelVersion
-from ..experiments import ExperimentRecord
-from ..logged_models import LoggedModel, status_name, stored_value
-from ..model import (INT64_MAX, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, ArtifactFile, RunRecord,
-                     key_problem, param_string, store_import_key)
-from ..registry import DELETED_VERSION, artifact_path, logged_model_id
+from ..files import within
+from ..model import (DELETED_VERSION, INT64_MAX, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, SPECIAL_VALUES,
+                     ArtifactFile, ExperimentRecord, LoggedModel, LoggedModelRecord, ModelMetric,
+                     ModelVersion, RegisteredModel, RunRecord, artifact_path, key_problem,
+                     logged_model_id, model_stored_value, param_string, status_name, store_import_key)
 from .base import Metrics, SourceOptions, SourceResult, StoreReader, text_or_none
 
 NAME = "mlflow-export"
@@ -97,7 +96,6 @@ _OLD_MODEL = re.compile(rb'^\s*\{\s*"registered_model"\s*:\s*\{')  # model.json 
 _OLD_RUN = re.compile(rb'^\s*\{\s*"(export_info|info)"\s*:\s*\{')
 _OLD_MANIFEST = re.compile(rb'^\s*\{\s*("experiment"\s*:\s*\{\s*"experiment_id"|"info"\s*:\s*\{\s*"mlflow_version")')
 _STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
-_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 # What the tool exports besides runs and models: the summary file that marks it -> what it is.
 _NOT_RUNS = {"traces.json": "traces",
              "prompts_summary.json": "prompts", "evaluation_datasets_summary.json": "evaluation datasets"}
@@ -366,7 +364,7 @@ class _Export(StoreReader):
         steps, stamps, values = [], [], []
         for i, p in enumerate(points):
             v = p.get("value") if isinstance(p, dict) else None
-            value = _SPECIAL.get(v) if isinstance(v, str) else float(v) if type(v) in (int, float) else None
+            value = SPECIAL_VALUES.get(v) if isinstance(v, str) else float(v) if type(v) in (int, float) else None
             step, ts = (p.get("step", 0), p.get("timestamp")) if isinstance(p, dict) else (None, None)
             if value is None or type(step) is not int or not (ts is None or type(ts) is int):
                 self.problem(file, f"{where}[{i}]", "a point must be {value: number, step: integer, "
@@ -419,14 +417,13 @@ class _Export(StoreReader):
         if base.is_symlink():
             self.problem(file, "artifacts", "the artifacts folder is a link; links are not followed")
             return []
-        real = base.resolve()
         out = []
         for folder, dirs, files in os.walk(base):
             dirs.sort()
             for name in sorted(files) + [d for d in dirs if (Path(folder) / d).is_symlink()]:
                 path = Path(folder) / name
                 rel = path.relative_to(base).as_posix()
-                if path.is_symlink() and not (path.resolve().is_relative_to(real) and path.is_file()):
+                if path.is_symlink() and not (within(path, base) and path.is_file()):
                     self.problem(file, f"artifacts/{rel}", "a link to a folder, outside the run's artifacts "
                                  "or to nothing; links are not followed")
                 elif path.is_file():
@@ -471,15 +468,15 @@ class _Export(StoreReader):
         for i, p in enumerate(data.get("metrics") or []):
             try:
                 v = p["value"]
-                metrics.append(BundleModelMetric(
-                    key=p["key"], value=stored_value(_SPECIAL[v] if isinstance(v, str) else float(v)),
+                metrics.append(ModelMetric(
+                    key=p["key"], value=model_stored_value(SPECIAL_VALUES[v] if isinstance(v, str) else float(v)),
                     timestamp=p["timestamp"], step=p.get("step") or 0, run_id=p["run_id"],
                     dataset_name=p.get("dataset_name"), dataset_digest=p.get("dataset_digest")))
             except (TypeError, KeyError, ValueError, pydantic.ValidationError):
                 self.problem(file, _at(*pre, "metrics", i), "a point must be {key, value, timestamp, step, "
                              f"run_id[, dataset_name, dataset_digest]}}, got {p!r}; it is not imported")
         created = data.get("creation_time", data.get("creation_timestamp"))
-        model = BundleLoggedModel(
+        model = LoggedModelRecord(
             model_id=model_id, experiment_id=str(exp_id), name=str(data.get("name") or model_id),
             model_type=data.get("model_type") or None, status=status,
             status_message=data.get("status_message") or None, source_run_id=data.get("source_run_id") or None,
@@ -511,7 +508,7 @@ class _Export(StoreReader):
     def registered_model(self, file: Path) -> None:
         """model.json: MLflow's registered model as the REST API gives it (tags and aliases as
         lists), its versions as the Python client's ModelVersion (tags as an object), each with
-        the tool's `_experiment_name` of its run -> a bundle.BundleModel, as registry.copy_models
+        the tool's `_experiment_name` of its run -> a model.RegisteredModel, as sinks/registry.copy_models
         takes it. Deleted versions are left out: the writer keeps the numbers of the others."""
         doc = self.doc(file)
         if doc is None:
@@ -542,12 +539,12 @@ class _Export(StoreReader):
             self.note(f"{file}: the export failed for {len(failed)} version(s) of model {name!r}, which "
                       "are not in it")
         versions.sort(key=lambda v: int(v.version))
-        self.result.models.append(BundleModel(
+        self.result.models.append(RegisteredModel(
             name=name, description=text_or_none(model.get("description")),
             tags=self.checked(file, (*pre, "registered_model", "tags"), "tag", model.get("tags")),
             aliases=aliases, versions=versions))
 
-    def model_version(self, file: Path, at: tuple, v: Any) -> Optional[BundleModelVersion]:
+    def model_version(self, file: Path, at: tuple, v: Any) -> Optional[ModelVersion]:
         """One entry of model.json's versions; None for a deleted one, or (a problem) a broken one."""
         if not isinstance(v, dict):
             self.problem(file, _at(*at), "a model version must be an object; it is not imported")
@@ -568,7 +565,7 @@ class _Export(StoreReader):
                 if run_or_model:
                     self.version_experiments.setdefault(run_or_model, v["_experiment_name"])
         stage = text_or_none(v.get("current_stage"))
-        return BundleModelVersion(
+        return ModelVersion(
             version=str(number), run_id=run_id, source=source, model_id=model_id,
             artifact_path=artifact_path(source, run_id), description=text_or_none(v.get("description")),
             tags=self.checked(file, (*at, "tags"), "tag", v.get("tags")),

@@ -58,13 +58,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import yaml
 
-from ..bundle import BundleLoggedModel, BundleModel, BundleModelMetric, BundleModelVersion
 from ..errors import Problem
-from ..experiments import ExperimentRecord
-from ..logged_models import LoggedModel, status_name, stored_value
-from ..model import (INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, RunRecord, key_problem,
+from ..files import within
+from ..model import (DELETED_VERSION, INFINITE_VALUES_TAG, METRIC_SCHEMA, ArtifactFile, ExperimentRecord,
+                     LoggedModel, LoggedModelRecord, ModelMetric, ModelVersion, RegisteredModel, RunRecord,
+                     artifact_path, key_problem, logged_model_id, model_stored_value, status_name,
                      store_import_key)
-from ..registry import DELETED_VERSION, artifact_path, logged_model_id
 from .base import SourceOptions, SourceResult, StoreReader, metric_table, text_or_none
 
 NAME = "mlruns"
@@ -366,7 +365,7 @@ class _Store(StoreReader):
             for name in sorted(names):
                 file = Path(top) / name
                 target = file.resolve()
-                if file.is_symlink() and not (target.is_relative_to(self.boundary) and target.is_file()):
+                if file.is_symlink() and not (within(file, self.boundary) and target.is_file()):
                     skipped.append(file)
                 elif target.is_file():
                     out.append(ArtifactFile(source=target if file.is_symlink() else file,
@@ -398,7 +397,7 @@ class _Store(StoreReader):
     # -- MLflow 3 logged models and registered models -------------------------------------------
 
     def logged_model(self, folder: Path, experiment: str) -> None:
-        """`<exp>/models/<id>/` as a logged_models.LoggedModel (the record a bundle gives too)."""
+        """`<exp>/models/<id>/` as a model.LoggedModel (the record a bundle gives too)."""
         meta_file = folder / "meta.yaml"
         meta = self.meta(meta_file)
         if meta is None:
@@ -417,7 +416,7 @@ class _Store(StoreReader):
                          "(expected 0 to 3); not imported")
             return
         origin = f"{self.path}: logged model {model_id}"
-        doc = BundleLoggedModel(
+        doc = LoggedModelRecord(
             model_id=model_id, experiment_id=str(meta["experiment_id"]),
             name=text_or_none(meta.get("name")) or model_id, model_type=text_or_none(meta.get("model_type")),
             status=status, status_message=text_or_none(meta.get("status_message")),
@@ -433,9 +432,9 @@ class _Store(StoreReader):
             return
         self.logged[model_id] = LoggedModel(doc, experiment, files)
 
-    def model_metrics(self, folder: Path) -> list[BundleModelMetric]:
+    def model_metrics(self, folder: Path) -> list[ModelMetric]:
         """Lines `timestamp value step run_id [dataset_name dataset_digest]`, in file order; values
-        as the server keeps them (logged_models.stored_value)."""
+        as the server keeps them (model.model_stored_value)."""
         out = []
         for file, key in self.files(folder):
             if problem := key_problem(key, "metric"):
@@ -453,8 +452,8 @@ class _Store(StoreReader):
                     if len(parts) not in (4, 6):
                         raise ValueError
                     dataset = parts[4:6] if len(parts) == 6 else (None, None)
-                    out.append(BundleModelMetric(
-                        key=key, value=stored_value(float(parts[1])), timestamp=int(parts[0]),
+                    out.append(ModelMetric(
+                        key=key, value=model_stored_value(float(parts[1])), timestamp=int(parts[0]),
                         step=int(parts[2]), run_id=parts[3], dataset_name=dataset[0], dataset_digest=dataset[1]))
                 except ValueError:
                     self.problem(file, f"line {number}", "not `timestamp value step run_id "
@@ -462,8 +461,8 @@ class _Store(StoreReader):
         return out
 
     def registered_models(self, folder: Path) -> None:
-        """`ROOT/models/<name>/`: registered models as registry.copy_models takes them (a bundle's
-        BundleModel). Deleted versions are left out: the writer keeps the numbers of the others."""
+        """`ROOT/models/<name>/`: registered models as sinks/registry.copy_models takes them (a bundle's
+        RegisteredModel). Deleted versions are left out: the writer keeps the numbers of the others."""
         for model_dir in _dirs(folder):
             meta = self.meta(model_dir / "meta.yaml")
             if meta is None:
@@ -480,14 +479,14 @@ class _Store(StoreReader):
                     continue
                 run_id, source = text_or_none(v.get("run_id")), str(v.get("source") or "")
                 stage = text_or_none(v.get("current_stage"))
-                versions.append(BundleModelVersion(
+                versions.append(ModelVersion(
                     version=number, run_id=run_id,
                     source=source, model_id=logged_model_id({"model_id": v.get("model_id"), "source": source}),
                     artifact_path=artifact_path(source, run_id), description=text_or_none(v.get("description")),
                     tags=self.values(sub / "tags", "tag", "model version"), stage=None if stage == "None" else stage,
                     status=text_or_none(v.get("status"))))
             versions.sort(key=lambda v: int(v.version))
-            self.result.models.append(BundleModel(
+            self.result.models.append(RegisteredModel(
                 name=text_or_none(meta.get("name")) or model_dir.name,
                 description=text_or_none(meta.get("description")),
                 tags=self.values(model_dir / "tags", "tag", "model"),

@@ -1,5 +1,6 @@
-"""An MLflow tracking server as a source: experiments, runs and everything in them, read through
-the REST API. Used by `export`, `migrate` and `verify`.
+"""An MLflow tracking server as a source: experiments, runs and everything in them, MLflow 3
+logged models and registered models, read through the REST API. Used by `export`, `migrate` and
+`verify`. Everything here is a read-only operation.
 
 Runs come out in two steps, so that a rerun skips unchanged runs cheaply: `runs()` yields a
 RunRecord skeleton per run from `runs/search` (info, params, tags, inputs, and a `signature` of
@@ -13,18 +14,19 @@ import asyncio
 import hashlib
 import itertools
 import json
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 import pyarrow as pa
 
-from ..errors import InputError
+from ..errors import InputError, ServerError
 from ..mlflow_api import MlflowApi, optional_int, pairs
-from ..model import METRIC_SCHEMA, ArtifactFile, OPTIONAL_METRIC_FIELDS, RunRecord, store_import_key
+from ..model import (EXPERIMENT_KIND_TAG, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, SPECIAL_VALUES,
+                     ArtifactFile, ExperimentRecord, LoggedModel, LoggedModelRecord, ModelMetric,
+                     ModelOutput, ModelVersion, RegisteredModel, RunRecord, artifact_path, goes_with,
+                     logged_model_id, store_import_key, store_run_id)
 
-_VALUES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 KEYS_AT_ONCE = 8  # metrics of one run read at once (within the client's limit of requests in flight)
 PAGES_AHEAD = 4  # pages of up to 25,000 points (about 0.6 MB each) held per metric read ahead: at most
 # 32 pages (about 20 MB) per run, whatever its size
@@ -80,6 +82,27 @@ async def experiments(api: MlflowApi, selection: Selection) -> list[dict]:
     return [by_name[n] for n in selection.experiments]
 
 
+def experiment_record(exp: dict) -> ExperimentRecord:
+    """An experiment as `experiments/search` gives it; its kind tag is each server's own."""
+    tags = {k: v for k, v in pairs(exp.get("tags")).items() if k != EXPERIMENT_KIND_TAG}
+    return ExperimentRecord(exp["name"], tags, exp.get("lifecycle_stage", "active"))
+
+
+async def not_carried(api: MlflowApi, exps: list[dict]) -> list[str]:
+    """Notes naming the selected experiments that hold traces, which no move carries. An MLflow 2
+    server has none (nor the endpoint)."""
+    notes = []
+    for exp in exps:
+        try:
+            if (await api.call("traces", {"experiment_ids": exp["experiment_id"], "max_results": 1},
+                               get=True)).get("traces"):
+                notes.append(f"experiment {exp['name']!r} holds traces, which are not carried")
+        except ServerError as e:
+            if e.status != 404:
+                raise
+    return notes
+
+
 def signature(run: dict) -> str:
     """A hash of what `runs/search` says about a run: info, params, tags, inputs, and each metric's
     latest point. A run that gained points, tags or a new status gets another signature."""
@@ -97,8 +120,7 @@ def skeleton(api: MlflowApi, run: dict, experiment: dict) -> RunRecord:
     tags = pairs(data.get("tags"))
     parent = tags.pop("mlflow.parentRunId", None)
     run_id = info["run_id"]
-    exp_tags = pairs(experiment.get("tags"))
-    exp_tags.pop("mlflow.experimentKind", None)  # the destination sets its own
+    exp_tags = experiment_record(experiment).tags
     rec = RunRecord(
         experiment=experiment["name"], import_key=store_import_key(run_id),
         origin=f"run {run_id}", name=info.get("run_name") or tags.get("mlflow.runName"),
@@ -133,7 +155,7 @@ def _root(rec: RunRecord, parents: dict[str, Optional[str]]) -> str:
         if parent is None or run_id in seen:
             return run_id
         seen.add(run_id)
-        run_id = parent.removeprefix("mlflow-run-")
+        run_id = store_run_id(parent)
 
 
 @dataclass
@@ -231,4 +253,82 @@ def _doubles(values: list) -> pa.Array:
     try:
         return pa.array(values, pa.float64())
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # "NaN", "Infinity", "-Infinity"
-        return pa.array([_VALUES.get(v, v) if isinstance(v, str) else float(v) for v in values], pa.float64())
+        return pa.array([SPECIAL_VALUES.get(v, v) if isinstance(v, str) else float(v) for v in values], pa.float64())
+
+
+# -- MLflow 3 logged models ---------------------------------------------------------------------
+
+def logged_model_record(m: dict) -> LoggedModelRecord:
+    """A logged model as the REST API gives it (`logged-models/{id}`, `logged-models/search`)."""
+    info, data = m["info"], m.get("data", {})
+    return LoggedModelRecord(
+        model_id=info["model_id"], experiment_id=info["experiment_id"], name=info.get("name", ""),
+        model_type=info.get("model_type") or None, status=info.get("status", "LOGGED_MODEL_READY"),
+        status_message=info.get("status_message") or None, source_run_id=info.get("source_run_id") or None,
+        creation_timestamp_ms=info.get("creation_timestamp_ms"), params=pairs(data.get("params")),
+        tags=pairs(info.get("tags")),
+        metrics=[ModelMetric(key=p["key"], value=float(p.get("value", 0.0)), timestamp=int(p["timestamp"]),
+                             step=int(p.get("step", 0)), run_id=p["run_id"],
+                             dataset_name=p.get("dataset_name"), dataset_digest=p.get("dataset_digest"))
+                 for p in data.get("metrics", []) if p.get("run_id")])
+
+
+async def logged_models(api: MlflowApi, exps: list[dict], records: list[RunRecord], shard=None) -> list[LoggedModel]:
+    """The logged models of the experiments `exps` that go with the runs `records` (see
+    model.goes_with), with the runs' links to them and their artifact listing."""
+    run_ids = {r.source_run_id for r in records}
+    in_shard = Selection(shard=shard).in_shard
+    out = []
+    for exp in exps:
+        found = [m async for m in api.search_logged_models(exp["experiment_id"])]
+        uris = {m["info"]["model_id"]: m["info"]["artifact_uri"] for m in found}
+        docs = {d.model_id: d for d in map(logged_model_record, found) if goes_with(d, run_ids, in_shard)}
+        if not docs:
+            continue
+        # Outputs come with runs/search too, model inputs only with runs/get.
+        for rec in records:
+            if rec.experiment != exp["name"]:
+                continue
+            run = await api.get_run(rec.source_run_id) or {}
+            for o in run.get("outputs", {}).get("model_outputs", []):
+                if o["model_id"] in docs:
+                    docs[o["model_id"]].outputs.append(ModelOutput(run_id=rec.source_run_id,
+                                                                   step=int(o.get("step", 0))))
+            for i in run.get("inputs", {}).get("model_inputs", []):
+                if i["model_id"] in docs:
+                    docs[i["model_id"]].inputs.append(rec.source_run_id)
+        for doc in docs.values():
+            uri = uris[doc.model_id]
+            files = [ArtifactFile(RemoteArtifact(api, api.artifact_path(uri, f["path"]), f["file_size"]), f["path"])
+                     async for f in api.list_artifact_tree(uri)]
+            listing = sorted((f.dest, f.source.size) for f in files)
+            doc.signature = "sig-" + hashlib.sha256(json.dumps(
+                [doc.model_dump(mode="json", exclude={"signature"}), listing], sort_keys=True).encode()).hexdigest()
+            out.append(LoggedModel(doc, exp["name"], files))
+    return out
+
+
+# -- registered models --------------------------------------------------------------------------
+
+
+async def registered_models(api: MlflowApi, run_ids: Optional[set[str]] = None) -> list[RegisteredModel]:
+    """Every registered model, or (with `run_ids`) those with a version from one of these runs."""
+    models = []
+    async for found in api.paged("registered-models/search", {"max_results": 1000}, "registered_models", get=True):
+        # `get` has the aliases, which search results may lack
+        m = (await api.call("registered-models/get", {"name": found["name"]}, get=True))["registered_model"]
+        versions = await api.model_versions(m["name"])
+        if run_ids is not None and not any(v.get("run_id") in run_ids for v in versions):
+            continue
+        versions.sort(key=lambda v: int(v["version"]))
+        models.append(RegisteredModel(
+            name=m["name"], description=m.get("description") or None, tags=pairs(m.get("tags")),
+            aliases={a["alias"]: a["version"] for a in m.get("aliases", [])},
+            versions=[ModelVersion(
+                version=v["version"], run_id=v.get("run_id") or None, source=v.get("source", ""),
+                model_id=logged_model_id(v),
+                artifact_path=artifact_path(v.get("source", ""), v.get("run_id")),
+                description=v.get("description") or None, tags=pairs(v.get("tags")),
+                stage=v.get("current_stage") if v.get("current_stage") not in (None, "None") else None,
+                status=v.get("status")) for v in versions]))
+    return models

@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import yaml
 
-from ..bundle import sha256_file
+from ..files import sha256_file
 from ..errors import InputError, Problem
 from ..model import METRIC_SCHEMA, RunRecord
 from .base import (DERIVED_STEPS_TAG, Metrics, SeriesFacts, SourceOptions, SourceResult, import_key,

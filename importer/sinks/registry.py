@@ -1,5 +1,5 @@
-"""Registered models: read from one server, written to another with each version pointing at the
-migrated run.
+"""Registered models written to a server, each version pointing at the migrated run (read from
+a server by sources/server.py, from files by the store sources).
 
 A version is matched on the destination by its tag `importer.source_version`, so a rerun creates
 no second copy. The server numbers versions itself, one more than the last it made, and never
@@ -17,69 +17,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .bundle import BundleModel, BundleModelVersion
-from .errors import ImporterError, ServerError
-from .mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs as _pairs
-
-SOURCE_VERSION_TAG = "importer.source_version"
-PLACEHOLDER_TAG = "importer.placeholder"  # a version made only to use up a number, then deleted
-# The current_stage MLflow's stores give a deleted model version (a file store keeps its folder).
-DELETED_VERSION = "Deleted_Internal"
-
-
-async def _paged(api: MlflowApi, endpoint: str, body: dict, field: str):
-    token = None
-    while True:
-        page = await api.call(endpoint, {**body, **({"page_token": token} if token else {})}, get=True)
-        for item in page.get(field, []):
-            yield item
-        token = page.get("next_page_token")
-        if not token:
-            return
-
-
-def logged_model_id(version: dict) -> Optional[str]:
-    """The MLflow 3 logged model a version is of: its `model_id`, else its source
-    `models:/m-...` (the REST answer of MLflow 3.17 leaves the field out)."""
-    if version.get("model_id"):
-        return version["model_id"]
-    rest = version.get("source", "").removeprefix("models:/")
-    return rest if rest.startswith("m-") and "/" not in rest and rest != version.get("source") else None
-
-
-def artifact_path(source: str, run_id: Optional[str]) -> Optional[str]:
-    """Where in its run's artifacts a version's model lives, from the version's source URI."""
-    if not run_id:
-        return None
-    if source.startswith(f"runs:/{run_id}/"):
-        return source[len(f"runs:/{run_id}/"):]
-    marker = f"/{run_id}/artifacts/"
-    return source.split(marker, 1)[1] if marker in source else None
-
-
-async def read_models(api: MlflowApi, run_ids: Optional[set[str]] = None) -> list[BundleModel]:
-    """Every registered model, or (with `run_ids`) those with a version from one of these runs."""
-    models = []
-    async for found in _paged(api, "registered-models/search", {"max_results": 1000}, "registered_models"):
-        # `get` has the aliases, which search results may lack
-        m = (await api.call("registered-models/get", {"name": found["name"]}, get=True))["registered_model"]
-        versions = [v async for v in _paged(api, "model-versions/search",
-                                            {"filter": f"name='{_quote(m['name'])}'", "max_results": 10000},
-                                            "model_versions")]
-        if run_ids is not None and not any(v.get("run_id") in run_ids for v in versions):
-            continue
-        versions.sort(key=lambda v: int(v["version"]))
-        models.append(BundleModel(
-            name=m["name"], description=m.get("description") or None, tags=_pairs(m.get("tags")),
-            aliases={a["alias"]: a["version"] for a in m.get("aliases", [])},
-            versions=[BundleModelVersion(
-                version=v["version"], run_id=v.get("run_id") or None, source=v.get("source", ""),
-                model_id=logged_model_id(v),
-                artifact_path=artifact_path(v.get("source", ""), v.get("run_id")),
-                description=v.get("description") or None, tags=_pairs(v.get("tags")),
-                stage=v.get("current_stage") if v.get("current_stage") not in (None, "None") else None,
-                status=v.get("status")) for v in versions]))
-    return models
+from ..errors import ImporterError, ServerError
+from ..mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs
+from ..model import (PLACEHOLDER_TAG, SOURCE_VERSION_TAG, RegisteredModel, first_version,
+                     store_run_id)
+from .mlflow import Outcome
 
 
 async def _get_model(api: MlflowApi, name: str) -> Optional[dict]:
@@ -91,27 +33,19 @@ async def _get_model(api: MlflowApi, name: str) -> Optional[dict]:
         raise
 
 
-async def _live_versions(api: MlflowApi, name: str) -> list[dict]:
-    """A model's versions on the server (deleted ones are not listed)."""
-    return [v async for v in _paged(api, "model-versions/search",
-                                    {"filter": f"name='{_quote(name)}'", "max_results": 10000},
-                                    "model_versions")]
-
-
 def _by_tag(versions: list[dict], tag: str = SOURCE_VERSION_TAG) -> dict[str, dict]:
     """{source version: version dict} of the versions importer made, by their `tag`
     (SOURCE_VERSION_TAG: copies; PLACEHOLDER_TAG: placeholders not yet deleted)."""
-    found: dict[str, dict] = {}
+    found: dict[str, list[dict]] = {}
     for v in versions:
-        src = _pairs(v.get("tags")).get(tag)
-        if src is not None and (src not in found or int(v["version"]) < int(found[src]["version"])):
-            found[src] = v  # the first copy, should a race ever have made two
-    return found
+        if (src := pairs(v.get("tags")).get(tag)) is not None:
+            found.setdefault(src, []).append(v)
+    return {src: first_version(copies) for src, copies in found.items()}
 
 
 async def _made_for(api: MlflowApi, name: str, version: str, tag: str = SOURCE_VERSION_TAG) -> Optional[dict]:
     """The version importer made for source `version`, if any (create_once looks before retrying)."""
-    return _by_tag(await _live_versions(api, name), tag).get(version)
+    return _by_tag(await api.model_versions(name), tag).get(version)
 
 
 async def _delete_version(api: MlflowApi, name: str, version: str) -> None:
@@ -123,11 +57,7 @@ async def _delete_version(api: MlflowApi, name: str, version: str) -> None:
             raise
 
 
-def _quote(name: str) -> str:
-    return name.replace("'", "\\'")
-
-
-async def write_models(api: MlflowApi, models: list[BundleModel], runs: dict[str, dict],
+async def write_models(api: MlflowApi, models: list[RegisteredModel], runs: dict[str, dict],
                        logged: Optional[dict[str, str]] = None) -> list[str]:
     """Create or complete each model on the destination. `runs` maps a source run id to the
     destination run (its `info`), `logged` a source logged model id to the destination's.
@@ -151,9 +81,9 @@ async def write_models(api: MlflowApi, models: list[BundleModel], runs: dict[str
             await api.request("PATCH", "/api/2.0/mlflow/registered-models/update",
                               json={"name": model.name, "description": model.description or ""})
         for k, v in model.tags.items():
-            if _pairs(current.get("tags")).get(k) != v:
+            if pairs(current.get("tags")).get(k) != v:
                 await api.call("registered-models/set-tag", {"name": model.name, "key": k, "value": v})
-        live = await _live_versions(api, model.name)
+        live = await api.model_versions(model.name)
         existing = {src: v["version"] for src, v in _by_tag(live).items()}
         for hole in _by_tag(live, PLACEHOLDER_TAG).values():
             await _delete_version(api, model.name, hole["version"])  # left by an interrupted move
@@ -210,21 +140,19 @@ async def write_models(api: MlflowApi, models: list[BundleModel], runs: dict[str
     return notes
 
 
-async def copy_models(api: MlflowApi, models: list[BundleModel], outcomes: list,
+async def copy_models(api: MlflowApi, models: list[RegisteredModel], outcomes: list,
                       logged: Optional[dict[str, str]] = None) -> list[str]:
     """Write registered models to a server, their versions pointing at the runs an import wrote
-    (`outcomes`: sinks.mlflow.Outcome) and at the logged models it wrote (`logged`: source id ->
-    destination id). A failure is added to `outcomes`."""
-    from .sinks.mlflow import Outcome
-
+    (`outcomes`) and at the logged models it wrote (`logged`: source id -> destination id). A
+    failure is added to `outcomes`."""
     if not models:
         return []
     runs = {}
     for o in outcomes:
-        if o.run_id and o.import_key.startswith("mlflow-run-") and o.action != "failed":
+        if o.run_id and store_run_id(o.import_key) and o.action != "failed":
             run = await api.get_run(o.run_id)
             if run:
-                runs[o.import_key.removeprefix("mlflow-run-")] = run["info"]
+                runs[store_run_id(o.import_key)] = run["info"]
     try:
         return await write_models(api, models, runs, logged)
     except ImporterError as e:

@@ -12,27 +12,14 @@ deletes it. A rerun restores it for its writing and deletes it again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import ServerError
-from .mlflow_api import MlflowApi, pairs
+from ..errors import ServerError
+from ..mlflow_api import MlflowApi, pairs
+from ..model import ExperimentRecord
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the destination sets its own (the UI's view)
 SHARD_DONE_TAG = "importer.shard_done.{n}.{i}"
 DELETED_AT_SOURCE_TAG = "importer.deleted_at_source"  # this move made or restored it: ours to delete
-
-
-@dataclass
-class ExperimentRecord:
-    name: str
-    tags: dict[str, str] = field(default_factory=dict)  # the description is `mlflow.note.content`
-    lifecycle: str = "active"  # or "deleted"
-
-    @classmethod
-    def from_rest(cls, exp: dict) -> "ExperimentRecord":
-        tags = {k: v for k, v in pairs(exp.get("tags")).items() if k != EXPERIMENT_KIND_TAG}
-        return cls(exp["name"], tags, exp.get("lifecycle_stage", "active"))
 
 
 async def prepare(dest: MlflowApi, exps: list[ExperimentRecord],
@@ -90,18 +77,3 @@ async def finish(dest: MlflowApi, deleted: list[str], shard: Optional[tuple[int,
 
 async def _get(dest: MlflowApi, exp_id: str) -> dict:
     return (await dest.call("experiments/get", {"experiment_id": exp_id}, get=True))["experiment"]
-
-
-async def not_carried(api: MlflowApi, exps: list[dict]) -> list[str]:
-    """Notes naming the selected experiments of a source server that hold traces, which no move
-    carries. An MLflow 2 server has none (nor the endpoint)."""
-    notes = []
-    for exp in exps:
-        try:
-            if (await api.call("traces", {"experiment_ids": exp["experiment_id"], "max_results": 1},
-                               get=True)).get("traces"):
-                notes.append(f"experiment {exp['name']!r} holds traces, which are not carried")
-        except ServerError as e:
-            if e.status != 404:
-                raise
-    return notes

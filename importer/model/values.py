@@ -1,0 +1,126 @@
+"""Value rules: what the MLflow server accepts and what it keeps, each written once.
+
+Key characters and lengths, value lengths, int64 steps and times, NaN and +-Infinity (how they
+are sent, and what the server gives back), and the canonical text of a param value. Sources check
+records against these rules; sinks and `verify` compare with what the server stored through them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
+
+# Limits the MLflow server enforces (mlflow/utils/validation.py; tests/test_server_rules.py sends
+# them to a real server).
+MAX_KEY_LENGTH = 250
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_VALID_NAME = re.compile(r"^[/\w.\- :]*$")
+_INVALID_NAME_CHAR = re.compile(r"[^/\w.\- :]")
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+# JSON has no NaN nor Infinity: the server takes (and gives back) these strings.
+SPECIAL_VALUES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+MAX_DOUBLE = sys.float_info.max  # what the server stores for +-Infinity
+
+_MS = timedelta(milliseconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def key_problem(key: str, what: str) -> Optional[str]:
+    """Why the MLflow server would reject `key` as a metric, param or tag name, or None."""
+    if not key:
+        return f"{what} name is empty"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"{what} name is {len(key)} characters long; the server allows {MAX_KEY_LENGTH}"
+    if not _VALID_NAME.match(key):
+        bad = "".join(sorted(set(_INVALID_NAME_CHAR.findall(key))))
+        return (f"{what} name {key!r} has characters the server rejects ({bad!r}); allowed are "
+                "letters, digits, '_', '-', '.', '/', ':' and space")
+    norm = posixpath.normpath(key)
+    if norm != key or norm == "." or norm.startswith("..") or norm.startswith("/"):
+        return f"{what} name {key!r} is not a plain relative path (the server rejects it)"
+    return None
+
+
+def replace_invalid_key_chars(key: str, by: str = "_") -> str:
+    """`key` with every character the server rejects in a name replaced by `by`."""
+    return _INVALID_NAME_CHAR.sub(by, key)
+
+
+def value_problem(value: str, limit: int) -> Optional[str]:
+    """Why a param or tag value cannot be written as it is, or None: longer than the server keeps
+    (it would cut it silently), or holding a NUL character (PostgreSQL-backed servers refuse the
+    write half-way through a run; no log or manifest holds one on purpose)."""
+    if len(value) > limit:
+        return f"value is {len(value)} characters long; the server allows {limit}"
+    if "\0" in value:
+        return (f"value holds a NUL character (\\x00) at position {value.index(chr(0))}; "
+                "PostgreSQL-backed servers refuse it")
+    return None
+
+
+def to_ms(ts: int | datetime) -> int:
+    """Milliseconds since the epoch; an aware datetime is converted exactly (no float rounding)."""
+    if isinstance(ts, datetime):
+        return (ts - _EPOCH) // _MS
+    return ts
+
+
+def param_string(value: Any) -> str:
+    """The canonical string of a param value: strings as they are, anything else as JSON writes it
+    (`true`, `null`, `0.1`, `1e-05`, `[]`, `{}`)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, allow_nan=True)
+
+
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested objects and lists to dotted keys: {"model": {"layers": [{"units": 8}]}} gives
+    `model.layers.0.units = "8"`. Empty objects and lists keep their key with value `{}` / `[]`.
+    Raises ValueError when two paths flatten to the same key."""
+    out: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        items = (value.items() if isinstance(value, dict)
+                 else enumerate(value) if isinstance(value, list) else None)
+        if items is None or not value:
+            if key in out:
+                raise ValueError(f"param {key!r} is given twice once nested keys are flattened")
+            out[key] = param_string(value)
+            return
+        for k, v in items:
+            walk(v, f"{key}.{k}" if key else str(k))
+
+    for k, v in params.items():
+        walk(v, f"{prefix}{k}")
+    return out
+
+
+def metric_value(v: Any) -> float:
+    """A number, or one of the strings of SPECIAL_VALUES, as a float (KeyError for other text)."""
+    if isinstance(v, str):
+        return SPECIAL_VALUES[v]
+    return float(v)
+
+
+def stored_value(v: Any) -> Any:
+    """A run's metric value as the server gives it back, for comparing: NaN as the marker "NaN"
+    (NaN equals nothing), +-Infinity clamped to +-MAX_DOUBLE."""
+    if v == "NaN" or (isinstance(v, float) and math.isnan(v)):
+        return "NaN"
+    v = float(v)
+    return math.copysign(MAX_DOUBLE, v) if math.isinf(v) else v
+
+
+def model_stored_value(value: float) -> float:
+    """A logged model's metric value as the server keeps it: the run's rule (stored_value), but NaN
+    becomes 0.0 on the model side (the run keeps NaN)."""
+    stored = stored_value(value)
+    return 0.0 if stored == "NaN" else stored

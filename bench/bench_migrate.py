@@ -42,7 +42,7 @@ Targets: import >= 0.9x the write limit, export >= 3x mlflow-migration's export,
 5M points, metrics.parquet <= 20 bytes a point.
 
 `--direct POINTS` (repeatable) measures only `importer import` of a bundle of one run like C
-written straight to disk by BundleWriter (no source to fill, no export): the import's peak RSS at
+written straight to disk by BundleSink (no source to fill, no export): the import's peak RSS at
 1M or 5M points without the quarter of an hour that filling and exporting 5M points takes.
 `--repeat N` measures every contender N times, in turns (best of each; the replay's sweep of
 concurrencies runs once). Before any clock starts, each server has answered the kind of request

@@ -120,7 +120,7 @@ class Inputs:
     notes: list[str] = field(default_factory=list)
     unrecognised: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    models: list = field(default_factory=list)  # registered models from bundles (bundle.BundleModel)
+    models: list = field(default_factory=list)  # registered models of stores (model.RegisteredModel)
     logged_models: list = field(default_factory=list)  # from bundles (model.LoggedModel)
     skipped: list[Problem] = field(default_factory=list)  # lose only what they name (SourceResult)
     experiments: list = field(default_factory=list)  # of other stores (model.ExperimentRecord)

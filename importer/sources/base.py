@@ -44,25 +44,25 @@ class SourceResult:
     records: list[RunRecord] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. renamed metric keys, for the report
-    models: list = field(default_factory=list)  # registered models (bundle.BundleModel) to copy
-    logged_models: list = field(default_factory=list)  # MLflow 3 (logged_models.LoggedModel)
+    models: list = field(default_factory=list)  # registered models (model.RegisteredModel) to copy
+    logged_models: list = field(default_factory=list)  # MLflow 3 (model.LoggedModel)
     # Problems that lose only what they name (a broken logged model, a bad line of its metrics),
     # not the runs: the import writes the rest and reports each as failed.
     skipped: list[Problem] = field(default_factory=list)
-    # Experiments of another MLflow store (experiments.ExperimentRecord): created with their tags
+    # Experiments of another MLflow store (model.ExperimentRecord): created with their tags
     # even when empty, and deleted again when deleted there.
     experiments: list = field(default_factory=list)
 
 
 class StoreReader:
     """What the readers of another MLflow store's files (`mlruns/`, mlflow-export-import) share:
-    problems and notes, and the logged models read (logged_models.LoggedModel by source id) with
+    problems and notes, and the logged models read (model.LoggedModel by source id) with
     the runs' links to them, given to the models once every run is read (`hand_over`)."""
 
     def __init__(self, result: SourceResult):
         self.result = result
         self.problems = result.problems  # where `problem` puts them (see `aside`)
-        self.logged: dict = {}  # source model id -> logged_models.LoggedModel
+        self.logged: dict = {}  # source model id -> model.LoggedModel
         self.links: list[tuple[str, str, str, Optional[int]]] = []  # (origin, model id, run id, step; None: input)
 
     def problem(self, file, where: str, message: str) -> None:

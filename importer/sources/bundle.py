@@ -1,4 +1,5 @@
-"""Export bundles (their layout: model/bundle.py) -> RunRecords, every file checked against its hash first.
+"""Export bundles (their layout: model/bundle.py) -> RunRecords, every file checked against its
+hash first.
 
 A run's metrics are read from its metrics.parquet only when the run is written (`RunRecord.load`)
 and let go after, so importing a bundle takes the memory of its largest run, not of the bundle.

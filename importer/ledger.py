@@ -1,7 +1,22 @@
 """The ledger: a small SQLite file saying what went where and how far each run got.
 
-It is a cache of the truth on the server, never the only copy: a run is always findable by its
-import-key tag, so a lost or stale ledger costs time, not correctness.
+It records what this importer wrote to each server (keyed by the server's URL), and only after
+the server took it: a run's progress once a batch landed, an artifact once its copy was verified,
+a row `complete` once the run's status was set. A run is also findable by its import-key tag, so
+a lost ledger costs time, not correctness. The sink (sinks/mlflow.py, `ledger_trust`) checks a
+row's run on the server before writing to it, but believes the ledger without asking for:
+
+- a row complete with the record's very fingerprint (and conflict policy) in the same experiment
+  id: the run is reported `unchanged`, and not even looked up;
+- once its run is found: the per-metric counts of points sent; the points they cover are not
+  compared. A log is taken to grow only at its end, so this holds after it changed too (one
+  rewritten in place keeps the points first sent); a run moved from another store, only when
+  its fingerprint is the recorded one;
+- an artifact whose recorded hash matches the file: not downloaded to compare.
+
+So a stale ledger, one ahead of its server (a server restored from a backup, or replaced by
+another under the same URL), can leave runs, points or artifacts missing without a word. Delete
+the ledger, or point `--state` at a new one, to have every run compared with the server again.
 
     runs       (server, experiment, import_key) -> run_id, experiment_id, fingerprint, complete
     progress   (run_id, metric) -> points of the source's series already stored, in source order

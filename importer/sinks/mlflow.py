@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -143,119 +143,164 @@ class MlflowSink:
 
     async def _write(self, rec: RunRecord, parent_run_id: Optional[str], out: Outcome,
                      created: asyncio.Future) -> None:
+        found = await self._locate(rec, out)
+        if found is None:  # written completely in this very state, by the ledger's word
+            return
+        plan = await self._plan(rec, parent_run_id, found, out, created)
+        if not self.dry_run:
+            await self._send(rec, found, plan, out, created)
+
+    async def _locate(self, rec: RunRecord, out: Outcome) -> Optional[Located]:
+        """The record's run on the server, if any: the ledger's (checked there), else the one holding
+        its import key. None when the ledger says it is complete in this very state (asking nothing)."""
         exp_id, exp_new = await self.experiment(rec.experiment, rec.experiment_tags)
         out.experiment_id = exp_id
         fingerprint = f"{rec.fingerprint()}:{self.policy}"  # another policy may want other writes
         row = self.ledger.run(self.server, rec.experiment, rec.import_key) if exp_id else None
-        if row and row["complete"] and row["fingerprint"] == fingerprint and row["experiment_id"] == exp_id:
-            out.action, out.run_id = "unchanged", row["run_id"]
-            return
+        trust = ledger_trust(row, fingerprint=fingerprint, experiment_id=exp_id,
+                             moved=rec.source_run_id is not None)
+        if trust.unchanged:
+            out.action, out.run_id = "unchanged", trust.run_id
+            return None
         # A run deleted at the source is written, then deleted; so a deleted run on the
         # destination is the one to go on with.
         lifecycles = ("active", "deleted") if rec.lifecycle == "deleted" else ("active",)
         run: Optional[dict] = None
-        if row:
-            run = await self.api.get_run(row["run_id"])
+        if trust.run_id is not None:
+            run = await self.api.get_run(trust.run_id)
             if (run is None or run["info"].get("lifecycle_stage") not in lifecycles
                     or run["info"]["experiment_id"] != exp_id):
                 if not self.dry_run:
-                    self.ledger.forget_run(self.server, rec.experiment, rec.import_key, row["run_id"])
-                row, run = None, None
+                    self.ledger.forget_run(self.server, rec.experiment, rec.import_key, trust.run_id)
+                trust, run = LedgerTrust(), None  # what it knew was about a run that is gone
         if run is None and exp_id and not exp_new:
             run = await self.find(exp_id, rec.import_key, include_deleted=rec.lifecycle == "deleted")
         if run is not None and run["info"].get("lifecycle_stage") == "deleted" and not self.dry_run:
             await self.api.restore_run(run["info"]["run_id"])  # written to, then deleted again
+        progress = self.ledger.progress(run["info"]["run_id"]) if trust.counts else {}
+        return Located(exp_id, fingerprint, run, trust, progress)
 
-        # Where the ledger's count of points sent per metric can be trusted: logs only grow at
-        # their end; a run from another store may have changed anywhere, unless it is the very
-        # state the ledger recorded (a resumed import).
-        trust_ledger = row is not None and (rec.source_run_id is None or row["fingerprint"] == fingerprint)
+    async def _plan(self, rec: RunRecord, parent_run_id: Optional[str], found: Located, out: Outcome,
+                    created: asyncio.Future) -> WritePlan:
+        """What the run lacks, from the source compared with the server's copy. Nothing is written
+        to the server; a param conflict (policy `error`) is raised here, before anything is."""
+        run = found.run
+        stream = await self._read_source(rec, found)
+        tags, own_id_tags = self._tags_to_send(rec, parent_run_id, run)
+        params = self._resolve_params(rec, pairs(run["data"].get("params")) if run else {}, out)
+        out.params = len(params)
+        if run is None:
+            out.action = "would-create" if self.dry_run else "created"
+            start = self._start_time(rec)
+        else:
+            out.action = "would-append" if self.dry_run else "appended"
+            start = int(run["info"]["start_time"])
+            self._claim(rec, found, run["info"]["run_id"], out, created)
+        pieces, lengths, out.points = await self._points_to_send(rec, found, start, stream)
+        artifacts = rec.artifacts if run is None else await self._artifacts_to_send(run, rec)
+        out.artifacts = len(artifacts)
+        set_status = _status_differs(run["info"] if run else _CREATED_RUN_INFO, rec)
+        has_inputs = run is not None and run.get("inputs", {}).get("dataset_inputs")
+        inputs = rec.inputs if rec.inputs and not has_inputs else []
+        lifecycle_changed = run is not None and run["info"].get("lifecycle_stage") != rec.lifecycle
+        only_points = not (params or tags or inputs or artifacts or set_status or lifecycle_changed)
+        if out.action == "would-append" and only_points and not out.points:
+            out.action = "unchanged"
+        return WritePlan(create=run is None, start_time=start, params=params, tags=tags,
+                         own_id_tags=own_id_tags, inputs=inputs, pieces=pieces, lengths=lengths,
+                         artifacts=artifacts, set_status=set_status, delete=rec.lifecycle == "deleted",
+                         only_points=only_points)
+
+    async def _read_source(self, rec: RunRecord, found: Located) -> bool:
+        """Load the record's points and artifacts, unless they are to be streamed: then only its
+        artifacts (a source checks itself there, before the run is created). Returns whether streamed."""
         # A run read on demand (a server, a bundle) is streamed straight from its source, page by
         # page, when no comparison with the server's copy is needed: memory stays flat.
-        pages = getattr(rec.load, "pages", None)
-        stream = (pages is not None and not self.dry_run and _start_known(rec)
-                  and (run is None or (trust_ledger
-                                       and not _shrunk(rec, self.ledger.progress(run["info"]["run_id"])))))
+        stream = (getattr(rec.load, "pages", None) is not None and not self.dry_run and _start_known(rec)
+                  and (found.run is None or found.trust.streamable(found.progress, _series_lengths(rec))))
         if stream:
             rec.artifacts = await rec.load.artifacts()
         elif rec.load is not None:
             await rec.load()
         spill_long_params(rec)
+        return stream
 
-        desired_tags = self._tags(rec, parent_run_id)
+    def _tags_to_send(self, rec: RunRecord, parent_run_id: Optional[str],
+                      run: Optional[dict]) -> tuple[dict[str, str], dict[str, str]]:
+        """(tags the run lacks, tags naming the source run that a new run gets once it has an id).
+        A new run gets all its other tags with runs/create."""
+        tags = self._tags(rec, parent_run_id)
         # Tags holding the source run's own id (e.g. mlflow.log-model.history) get the new id,
         # which exists only once the run does.
-        own_id_tags = {k: v for k, v in desired_tags.items()
+        own_id_tags = {k: v for k, v in tags.items()
                        if rec.source_run_id and rec.source_run_id in v and not k.startswith("importer.")}
         for k in own_id_tags:
-            del desired_tags[k]
-        stored_params = pairs(run["data"].get("params")) if run else {}
-        stored_tags = pairs(run["data"].get("tags")) if run else {}
-        params = self._resolve_params(rec, stored_params, out)
-        tags = {k: v for k, v in desired_tags.items() if stored_tags.get(k) != v}
-
+            del tags[k]
         if run is None:
-            out.action = "would-create" if self.dry_run else "created"
-            start = self._start_time(rec)
-            if not self.dry_run:
-                run = await self.create(exp_id, rec, desired_tags, start)
-                tags = {}
-        else:
-            out.action = "would-append" if self.dry_run else "appended"
-            start = int(run["info"]["start_time"])
-        run_id = run["info"]["run_id"] if run else None
-        out.run_id = run_id
-        if run_id:
-            tags.update({k: v.replace(rec.source_run_id, run_id) for k, v in own_id_tags.items()
-                         if stored_tags.get(k) != v.replace(rec.source_run_id, run_id)})
-        if run_id and not created.done():
-            created.set_result(run_id)
-        if run_id and not self.dry_run and not row:  # the fingerprint says which state it began
-            self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
-                                 experiment_id=exp_id, origin=rec.origin, fingerprint=fingerprint)
+            return tags, own_id_tags
+        stored = pairs(run["data"].get("tags"))
+        tags.update({k: v.replace(rec.source_run_id, run["info"]["run_id"]) for k, v in own_id_tags.items()})
+        return {k: v for k, v in tags.items() if stored.get(k) != v}, {}
 
-        # Which points are missing: all for a new run; else the ledger knows when it recorded this
-        # run; else ask the server.
-        new = out.action in ("created", "would-create")
+    async def _points_to_send(self, rec: RunRecord, found: Located, start_time: int,
+                              stream: bool) -> tuple[Any, dict[str, int], int]:
+        """(pieces of (metric, points, source index of the first one or None), each series' length
+        to record as sent once they all landed, points to send: 0 when streamed, unknown). Missing
+        are all points of a new run; else those the ledger does not count, where it is trusted;
+        else those the server does not hold."""
         if stream:
-            done = {} if new else self.ledger.progress(run_id)
-            pieces, plan = _unsent(_read_ahead(pages()), done), None
+            pieces = _unsent(_read_ahead(rec.load.pages()), found.progress)
+            return pieces, pieces.totals, 0  # totals: filled as the stream is read
+        if found.run is None:
+            missing = {k: (t, 0, t.num_rows) for k, t in rec.metrics.items() if t.num_rows}
         else:
-            plan = await self._missing_points(rec, None if new else run_id, start, trust_ledger)
-            pieces = _aiter((k, t, base) for k, (t, base, _) in plan.items())
-            out.points = sum(t.num_rows for t, _, _ in plan.values())
-        out.params = len(params)
+            series = {k: t.num_rows for k, t in rec.metrics.items()}
+            known = found.trust.points_on_server(found.progress, series)
+            missing = await self._missing_points(rec, found.run["info"]["run_id"], start_time, known)
+        pieces = _aiter((k, t, base) for k, (t, base, _) in missing.items())
+        # Series sent as a filtered set (after a diff with the server) are complete only once sent.
+        lengths = {k: n for k, (_, _, n) in missing.items()}
+        return pieces, lengths, sum(t.num_rows for t, _, _ in missing.values())
 
-        artifacts = rec.artifacts if new else await self._artifacts_to_send(run, rec)
-        out.artifacts = len(artifacts)
-        status_changed = (run is None or run["info"].get("status") != rec.status
-                          or (rec.end_time is not None and int(run["info"].get("end_time") or 0) != rec.end_time))
-        inputs = rec.inputs if rec.inputs and (new or not run.get("inputs", {}).get("dataset_inputs")) else []
-        lifecycle_changed = run is not None and run["info"].get("lifecycle_stage") != rec.lifecycle
-        nothing_else = not (params or tags or inputs or artifacts or status_changed or lifecycle_changed)
-        if out.action == "would-append" and nothing_else and not out.points:
-            out.action = "unchanged"
-        if self.dry_run:
-            return
+    def _claim(self, rec: RunRecord, found: Located, run_id: str, out: Outcome,
+               created: asyncio.Future) -> None:
+        """The record's run is settled: its children may go on, and the ledger learns of it."""
+        out.run_id = run_id
+        if not created.done():
+            created.set_result(run_id)
+        if not self.dry_run and found.trust.run_id is None:  # the fingerprint says which state it began
+            self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
+                                 experiment_id=found.experiment_id, origin=rec.origin,
+                                 fingerprint=found.fingerprint)
 
-        await self._log_params_tags(run_id, params, tags)
-        if inputs:
-            await self.api.log_inputs(run_id, inputs)
-        out.points = await self._send_metrics(run_id, pieces, start)
-        # Series sent as a filtered set (after a diff with the server) are complete only now.
-        self.ledger.save_progress(run_id, pieces.totals if stream else
-                                  {k: n for k, (_, _, n) in plan.items()})
-        if out.action == "appended" and nothing_else and not out.points:
+    async def _send(self, rec: RunRecord, found: Located, plan: WritePlan, out: Outcome,
+                    created: asyncio.Future) -> None:
+        """Write the plan, in an order that survives a crash anywhere: the run is created with its
+        import key (found again by it), params before any metric, the end time, status and
+        lifecycle last, and only then is the ledger's row complete."""
+        run, tags = found.run, plan.tags
+        if plan.create:
+            run = await self.create(found.experiment_id, rec, plan.tags, plan.start_time)
+            run_id = run["info"]["run_id"]
+            self._claim(rec, found, run_id, out, created)
+            tags = {k: v.replace(rec.source_run_id, run_id) for k, v in plan.own_id_tags.items()}
+        run_id = run["info"]["run_id"]
+        await self._log_params_tags(run_id, plan.params, tags)
+        if plan.inputs:
+            await self.api.log_inputs(run_id, plan.inputs)
+        out.points = await self._send_metrics(run_id, plan.pieces, plan.start_time)
+        self.ledger.save_progress(run_id, plan.lengths)
+        if out.action == "appended" and plan.only_points and not out.points:
             out.action = "unchanged"
-        for art in artifacts:
+        for art in plan.artifacts:
             await self._upload(run, art)
-        if status_changed:
+        if plan.set_status:
             await self.api.update_run(run_id, rec.status, rec.end_time)
-        if rec.lifecycle == "deleted":
+        if plan.delete:
             await self.api.delete_run(run_id)
         self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
-                             experiment_id=exp_id, origin=rec.origin, fingerprint=fingerprint,
-                             complete=True)
+                             experiment_id=found.experiment_id, origin=rec.origin,
+                             fingerprint=found.fingerprint, complete=True)
 
     async def find(self, exp_id: str, key: str, include_deleted: bool = False) -> Optional[dict]:
         """The active (or also deleted) run holding `key` in its import-key tag. Should a race ever
@@ -347,26 +392,21 @@ class MlflowSink:
                 body[kind].append({"key": k, "value": v})
             await self.api.log_batch(body)
 
-    async def _missing_points(self, rec: RunRecord, run_id: Optional[str], start_time: int,
-                              trust_ledger: bool) -> dict[str, tuple[pa.Table, Optional[int], int]]:
+    async def _missing_points(self, rec: RunRecord, run_id: str, start_time: int,
+                              known: dict[str, Optional[int]]
+                              ) -> dict[str, tuple[pa.Table, Optional[int], int]]:
         """metric -> (points to send, index in the source series of the first one or None when the
-        points are not a suffix, length of the source series)."""
-        plan: dict[str, tuple[pa.Table, Optional[int], int]] = {}
-        if run_id is None:  # a new run: everything
-            return {k: (t, 0, t.num_rows) for k, t in rec.metrics.items() if t.num_rows}
-        sent = self.ledger.progress(run_id) if trust_ledger else {}
+        points are not a suffix, length of the source series). `known`: LedgerTrust.points_on_server."""
+        missing: dict[str, tuple[pa.Table, Optional[int], int]] = {}
         for key, table in rec.metrics.items():
-            done = sent.get(key)
-            if trust_ledger and done is None:
-                done = 0
-            if done is not None and done <= table.num_rows:
-                if done < table.num_rows:
-                    plan[key] = (table.slice(done), done, table.num_rows)
-                continue
-            missing = await self._diff_with_server(run_id, key, table, start_time)
-            if missing.num_rows:
-                plan[key] = (missing, None, table.num_rows)
-        return plan
+            done = known[key]
+            if done is None:
+                diff = await self._diff_with_server(run_id, key, table, start_time)
+                if diff.num_rows:
+                    missing[key] = (diff, None, table.num_rows)
+            elif done < table.num_rows:
+                missing[key] = (table.slice(done), done, table.num_rows)
+        return missing
 
     async def _diff_with_server(self, run_id: str, key: str, table: pa.Table, start_time: int) -> pa.Table:
         """The points of `table` the server does not hold (exact on step, timestamp and value)."""
@@ -497,17 +537,96 @@ async def upload_verified(api: MlflowApi, artifact_uri: str, art) -> str:
     return stored
 
 
+@dataclass(frozen=True)
+class LedgerTrust:
+    """What the ledger lets the sink take as being on the server for one record, without asking
+    the server (see `ledger_trust`)."""
+
+    unchanged: bool = False  # written completely in this very state: no request at all
+    run_id: Optional[str] = None  # its run; the server is asked whether it is still there
+    counts: bool = False  # once it is: the ledger's count of points sent per series holds
+
+    def points_on_server(self, sent: Mapping[str, int],
+                         lengths: Mapping[str, int]) -> dict[str, Optional[int]]:
+        """Per series of the record (`lengths`: its points now; `sent`: the ledger's progress), how
+        many of its first points the server holds, 0 for a series the ledger never counted; None
+        where the server must be asked: counts not trusted, or the ledger counts more points than
+        the series has now (rewritten, not grown)."""
+        if not self.counts:
+            return {key: None for key in lengths}
+        return {key: sent.get(key, 0) if sent.get(key, 0) <= n else None for key, n in lengths.items()}
+
+    def streamable(self, sent: Mapping[str, int], lengths: Optional[Mapping[str, int]]) -> bool:
+        """Whether points can be sent to the existing run straight from a stream of the source,
+        with no comparison: the counts hold and no series is shorter than the ledger counts as sent,
+        including one the source no longer has (`lengths` None: unknown before reading)."""
+        return self.counts and (lengths is None or all(n <= lengths.get(k, 0) for k, n in sent.items()))
+
+
+def ledger_trust(row: Optional[Mapping[str, Any]], *, fingerprint: str, experiment_id: Optional[str],
+                 moved: bool) -> LedgerTrust:
+    """The ledger-trust rule. `row`: the ledger's runs row for the record; `fingerprint`: the
+    record's, with the conflict policy; `moved`: read from another MLflow store.
+
+    A complete row with this very fingerprint, in this experiment, is believed outright. Otherwise
+    its run is to be checked on the server, and once there, its counts of points sent hold for
+    a log (logs only grow at their end) and for a moved run only in the very state the ledger
+    recorded (a resumed import): elsewhere it may have changed anywhere."""
+    if row is None or experiment_id is None:
+        return LedgerTrust()
+    if row["complete"] and row["fingerprint"] == fingerprint and row["experiment_id"] == experiment_id:
+        return LedgerTrust(unchanged=True, run_id=row["run_id"], counts=True)
+    return LedgerTrust(run_id=row["run_id"], counts=not moved or row["fingerprint"] == fingerprint)
+
+
+@dataclass
+class Located:
+    """Where a record's run is on the server, and what the ledger knows of it."""
+
+    experiment_id: Optional[str]
+    fingerprint: str  # the record's as it was read, with the conflict policy
+    run: Optional[dict]  # the run as the server gave it; None: none yet
+    trust: LedgerTrust  # nothing, if the ledger's run was gone
+    progress: dict[str, int]  # the ledger's points sent per series, where its counts hold
+
+
+@dataclass
+class WritePlan:
+    """What one run still needs on the server, decided before anything is written to it."""
+
+    create: bool  # no run yet: runs/create, carrying `tags`
+    start_time: int
+    params: dict[str, str]  # after the conflict policy
+    tags: dict[str, str]  # those the run lacks
+    own_id_tags: dict[str, str]  # of a new run, naming the source run: logged with the new id
+    inputs: list[dict]
+    pieces: Any  # async iterable of (metric, points, index in the source series of the first or None)
+    lengths: dict[str, int]  # series -> its length, recorded as sent once every piece landed
+    artifacts: list
+    set_status: bool  # end time and status, sent last
+    delete: bool  # deleted at the source: deleted after all is written
+    only_points: bool  # nothing but points to send: an append that sends none is `unchanged`
+
+
 def _start_known(rec: RunRecord) -> bool:
     """Whether `_start_time` can tell without the run's points: a start time, or a source that
     knows its earliest point's time (a streamed log)."""
     return rec.start_time is not None or hasattr(rec.load, "min_timestamp")
 
 
-def _shrunk(rec: RunRecord, sent: dict[str, int]) -> bool:
-    """A streamed log holding fewer points of a series than the ledger counts as sent was rewritten,
-    not grown: it is compared with the server's copy instead."""
+def _series_lengths(rec: RunRecord) -> Optional[dict[str, int]]:
+    """Each series' number of points, for a streamed log that knows them before it is read."""
     series = getattr(rec.load, "series", None)
-    return series is not None and any(n > (series[k].points if k in series else 0) for k, n in sent.items())
+    return None if series is None else {k: f.points for k, f in series.items()}
+
+
+_CREATED_RUN_INFO = {"status": "RUNNING"}  # what runs/create makes: no end time yet
+
+
+def _status_differs(info: dict, rec: RunRecord) -> bool:
+    """Whether the run's status or end time (runs/update) differs from the record's."""
+    return info.get("status") != rec.status or (
+        rec.end_time is not None and int(info.get("end_time") or 0) != rec.end_time)
 
 
 async def _aiter(items):

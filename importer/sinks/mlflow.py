@@ -32,7 +32,7 @@ from ..files import sha256_file
 from ..ledger import Ledger
 from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, pairs, tag_filter
 from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES, RunRecord,
-                     spill_long_params, stored_value)
+                     oldest_run, spill_long_params, stored_value)
 
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
@@ -309,9 +309,7 @@ class MlflowSink:
                                                       include_deleted=include_deleted)]
         runs = [r for r in runs if any(t["key"] == IMPORT_KEY_TAG and t["value"] == key
                                        for t in r["data"].get("tags", []))]
-        if not runs:
-            return None
-        return min(runs, key=lambda r: (int(r["info"]["start_time"]), r["info"]["run_id"]))
+        return oldest_run(runs) if runs else None
 
     async def create(self, exp_id: str, rec: RunRecord, tags: dict[str, str], start: int) -> dict:
         body: dict[str, Any] = {"experiment_id": exp_id, "start_time": start,
@@ -698,7 +696,7 @@ async def _digest(source) -> str:
 
 
 def _sha256(path) -> str:
-    """bundle.sha256_file, remembered per state of the file (path, size, mtime) while the
+    """files.sha256_file, remembered per state of the file (path, size, mtime) while the
     process lives."""
     st = path.stat()
     cache_key = (str(path), st.st_size, st.st_mtime_ns)

@@ -99,7 +99,7 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
         for src_id, runs in copies.items():
             if len(runs) > 1:
                 diff(Difference(src_id, "copies on the destination", "1", str(len(runs))))
-        dest_runs = {src_id: oldest_run(runs) for src_id, runs in copies.items()}  # as the writer keeps
+        dest_runs = {src_id: oldest_run(runs) for src_id, runs in copies.items()}  # the writer's pick
         sem = asyncio.Semaphore(config.max_in_flight)
         jobs, records = [], []
         async for _, rec in server.runs(a, selection):
@@ -237,12 +237,12 @@ async def _compare_models(src_models, dst_models, report: Report, logged: dict[s
 
 
 async def _compare_logged_models(a: MlflowApi, b: MlflowApi, exps: list[dict], records: list[RunRecord],
-                  id_map: dict[str, str], diff, counted, shard=None) -> dict[str, str]:
+                                 id_map: dict[str, str], diff, counted, shard=None) -> dict[str, str]:
     """Compare the logged models of the source `a` with their copies on `b`, through the tag
     SOURCE_MODEL_TAG and the run id map `id_map`; each difference goes to `diff(where, what,
-    source, destination)`, their number to `counted`. Returns source model id -> destination model id. Points and links of
-    runs that are not in `id_map` (not part of the move) are not compared. This is a read-only
-    operation on both servers."""
+    source, destination)`, their number to `counted`. Returns source model id -> destination
+    model id. Points and links of runs that are not in `id_map` (not part of the move) are not
+    compared."""
     mapped: dict[str, str] = {}
     models = await server.logged_models(a, exps, records, shard)
     counted(len(models))

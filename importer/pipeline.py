@@ -159,8 +159,11 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
         if unit.resolve() in artifacts:
             continue
         result = module.read(unit, options)
-        if module is manifest or module.NAME == "mlruns":
+        if module is manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
+        elif module.NAME == "mlruns":  # those inside the store are its own already
+            artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts
+                             if not Path(a.source).is_relative_to(unit))
         _collect(module.NAME, str(unit), result, inputs, seen)
     inputs.unrecognised = [str(p) for p in unknown if p.resolve() not in artifacts]
     if strict and (inputs.problems or everything and inputs.skipped):

@@ -125,11 +125,14 @@ TimeColumn = Annotated[Optional[str], typer.Option(help="Generic tables: the col
 KeyPrefix = Annotated[str, typer.Option(help="Generic tables: a prefix for every metric key.")]
 
 
-def _options(pattern, step_column, time_column, key_prefix):
+def _options(pattern, step_column, time_column, key_prefix, artifact_root=()):
     from .sources.base import SourceOptions
 
+    if bad := [m for m in artifact_root or () if "=" not in m]:
+        raise _fail(InputError(f"--artifact-root {bad[0]!r}: expected OLD=NEW"))
     return SourceOptions(step_column=step_column, time_column=time_column, key_prefix=key_prefix,
-                         patterns=list(pattern or []))
+                         patterns=list(pattern or []),
+                         artifact_roots=[tuple(m.split("=", 1)) for m in artifact_root or ()])
 
 
 @app.command("import")
@@ -149,6 +152,7 @@ def import_(
     as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     include_deleted: Annotated[bool, typer.Option("--include-deleted", help="mlruns folders, bundles and exports: also import deleted runs (deleted again on the destination).")] = False,
+    artifact_root: Annotated[Optional[list[str]], typer.Option("--artifact-root", help="mlruns folders: OLD=NEW, artifacts stored under OLD (e.g. file:///C:/Users/me/project) are read from the folder NEW. Repeatable.")] = None,
 ) -> None:
     """Register the runs of manifests, training logs, mlruns/ folders and export bundles in an
     MLflow server."""
@@ -161,7 +165,7 @@ def import_(
     try:
         summary = pipeline.import_paths(
             paths, tracking_uri, experiment=experiment, fmt=fmt,
-            options=_options(pattern, step_column, time_column, key_prefix), state=state,
+            options=_options(pattern, step_column, time_column, key_prefix, artifact_root), state=state,
             dry_run=dry_run, on_param_conflict=on_param_conflict, include_deleted=include_deleted,
             config=ClientConfig(max_in_flight=in_flight), progress=bar)
     except ImporterError as e:

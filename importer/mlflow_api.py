@@ -52,6 +52,13 @@ class ClientConfig:
     # the default; False opens a fresh connection per request.
     keepalive: bool = True
 
+    def __post_init__(self) -> None:
+        # Refused at once, not halfway through writing (0 in flight would send no metric at all).
+        if not (self.max_in_flight >= 1 and self.retries >= 0 and self.connect_timeout > 0
+                and self.read_timeout > 0 and 0 <= self.backoff_base <= self.backoff_max):
+            raise InputError(f"invalid client configuration {self}: max_in_flight must be at least 1, "
+                             "retries at least 0, timeouts above 0, 0 <= backoff_base <= backoff_max")
+
 
 DEFAULT_CONFIG = ClientConfig()
 

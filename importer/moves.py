@@ -18,17 +18,26 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import ImporterError
-from .ledger import Ledger
+from .errors import ImporterError, InputError
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi
 from .model import RunRecord, store_run_id
 from .model.bundle import BundleExperiment
-from .pipeline import Summary, after_runs, import_async
+from .pipeline import Summary, after_runs, check_policy, import_async, open_ledger
 from .sinks import experiments
 from .sinks.bundle import BundleSink
 from .sinks.mlflow import EXPERIMENT_TAGS, Outcome
 from .sources import server
 from .sources.server import Selection
+
+
+def check_selection(selection: Selection) -> None:
+    """A selection a library caller built by hand is checked as the command line checks its own."""
+    if selection.shard is not None:
+        i, n = selection.shard
+        if not 1 <= i <= n:
+            raise InputError(f"shard {i}/{n}: I counts from 1 to N")
+    if isinstance(selection.experiments, str):  # ("name") for ("name",): one experiment per letter
+        raise InputError(f"experiments {selection.experiments!r}: expected a tuple of names")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,6 +50,9 @@ def export(source_uri: str, out: Path, selection: Selection = Selection(), *,
            env: Optional[dict[str, str]] = None, progress=None) -> Summary:
     """Write the selected runs of a server into a bundle folder; a rerun resumes, skipping runs
     already exported in their current state and rewriting those that changed."""
+    check_selection(selection)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
     return asyncio.run(_export(source_uri, Path(out), selection, models, config, env or {}, progress))
 
 
@@ -118,8 +130,10 @@ def migrate(source_uri: str, dest_uri: str, selection: Selection = Selection(), 
             config: ClientConfig = DEFAULT_CONFIG, source_env: Optional[dict] = None,
             dest_env: Optional[dict] = None, progress=None) -> Summary:
     """Copy the selected runs (and registered models) from one server to another. A rerun
-    copies only what is new or grew."""
-    ledger = Ledger(Path(state) if state else None)
+    copies only what is new or grew. Every argument is checked before anything is written."""
+    check_policy(on_param_conflict)
+    check_selection(selection)
+    ledger = open_ledger(state)
     try:
         return asyncio.run(_migrate(source_uri, dest_uri, selection, ledger, on_param_conflict,
                                     models, config, source_env or {}, dest_env or {}, progress))

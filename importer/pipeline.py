@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -16,12 +17,12 @@ from typing import Callable, Iterable, Optional, Union
 
 import pyarrow.compute as pc
 
-from .errors import InputError, Problem, ServerError, ValidationError
+from .errors import ConnectionFailed, ImporterError, InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import ExperimentRecord, RunRecord, manifest_json_schema
 from .sinks import experiments, logged_models, registry
-from .sinks.mlflow import EXPERIMENT_TAGS, MlflowSink, Outcome
+from .sinks.mlflow import CONFLICT_POLICIES, EXPERIMENT_TAGS, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
 
 PathLike = Union[str, Path]
@@ -138,6 +139,9 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
 
     paths = list(paths)
     options = replace(options or SourceOptions(), **({"experiment": experiment} if experiment else {}))
+    for old, new in options.artifact_roots:
+        if not old or not Path(new).is_dir():
+            raise InputError(f"--artifact-root {old}={new}: expected OLD=NEW, NEW an existing folder")
     inputs = Inputs()
     seen: dict[tuple[str, str], int] = {}  # (experiment, key) -> unit index
     for raw in paths:
@@ -147,8 +151,9 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
         elif not Path(raw).exists():
             raise InputError(f"{raw}: no such file or folder")
     units, unknown = discover([Path(p) for p in paths if str(p) != "-"], fmt)
-    # Manifests first: files they name as artifacts are not runs of their own.
-    units.sort(key=lambda unit: unit[0] is not manifest)
+    # Manifests and stores first: files they name as artifacts (a store's may lie beside it) are
+    # not runs of their own.
+    units.sort(key=lambda unit: (unit[0] is not manifest, unit[0].NAME != "mlruns"))
     artifacts: set[Path] = set()
     for module, unit in units:
         if unit.resolve() in artifacts:
@@ -156,6 +161,9 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
         result = module.read(unit, options)
         if module is manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
+        elif module.NAME == "mlruns":  # those inside the store are its own already
+            artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts
+                             if not Path(a.source).is_relative_to(unit))
         _collect(module.NAME, str(unit), result, inputs, seen)
     inputs.unrecognised = [str(p) for p in unknown if p.resolve() not in artifacts]
     if strict and (inputs.problems or everything and inputs.skipped):
@@ -252,6 +260,22 @@ def schema() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_policy(on_param_conflict: str) -> None:
+    """An unknown conflict policy is an InputError, raised before anything is written."""
+    if on_param_conflict not in CONFLICT_POLICIES:
+        raise InputError(f"--on-param-conflict {on_param_conflict!r}: expected one of "
+                         + ", ".join(CONFLICT_POLICIES))
+
+
+def open_ledger(state: Optional[PathLike]) -> Ledger:
+    """The ledger at `state` (default: Ledger's), opened before anything is written: a path that
+    cannot hold it is an InputError, not a failure halfway."""
+    try:
+        return Ledger(Path(state) if state else None)
+    except (OSError, sqlite3.Error) as e:
+        raise InputError(f"--state {state or '(default)'}: cannot open the ledger there: {e}") from None
+
+
 def tracking_uri_or_env(tracking_uri: Optional[str]) -> str:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -267,8 +291,10 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
                  progress: Optional[Callable[[int, int], None]] = None) -> Summary:
     """Import manifests, training logs, `mlruns/` folders and bundles into an MLflow server.
     Validation of every input comes first: on any problem a ValidationError is raised and nothing
-    is written. Runs deleted in the store they come from are left out unless `include_deleted`."""
+    is written. Runs deleted in the store they come from are left out unless `include_deleted`.
+    A run of a store that cannot be read fails alone: in the summary, not an error."""
     uri = tracking_uri_or_env(tracking_uri)
+    check_policy(on_param_conflict)
     inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
     named: dict[str, ExperimentRecord] = {}
     for exp in inputs.experiments:
@@ -284,12 +310,16 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
                                 "(--include-deleted imports them, deleted)")
     deleted: list[str] = []
     prepared: dict[str, bool] = {}
-    if exps and not dry_run:
-        deleted, prepared, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps, EXPERIMENT_TAGS))
-        inputs.notes += notes
-    summary = import_records(records, uri, state=state, dry_run=dry_run,
-                             on_param_conflict=on_param_conflict, config=config, progress=progress,
-                             prepared=prepared)
+    ledger = open_ledger(state)
+    try:
+        if exps and not dry_run:
+            deleted, prepared, notes = asyncio.run(_on_server(uri, config, experiments.prepare, exps,
+                                                              EXPERIMENT_TAGS))
+            inputs.notes += notes
+        summary = asyncio.run(import_async(records, uri, ledger, dry_run=dry_run, policy=on_param_conflict,
+                                           config=config, progress=progress, prepared=prepared))
+    finally:
+        ledger.close()
     # A model with no source run goes with its experiment: not when that is left out, deleted.
     logged = [m for m in inputs.logged_models if include_deleted or m.experiment not in gone]
     if not dry_run and (logged or inputs.models or deleted):
@@ -325,7 +355,8 @@ def import_records(records: list[RunRecord], tracking_uri: str, *, state: Option
                    config: ClientConfig = DEFAULT_CONFIG,
                    progress: Optional[Callable[[int, int], None]] = None,
                    prepared: Optional[dict[str, bool]] = None) -> Summary:
-    ledger = Ledger(Path(state) if state else None)
+    check_policy(on_param_conflict)
+    ledger = open_ledger(state)
     try:
         return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
                                         policy=on_param_conflict, config=config, progress=progress,
@@ -368,6 +399,19 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
 
         async def one(rec: RunRecord, out: Outcome) -> None:
             mine = created[(rec.experiment, rec.import_key)]
+            try:
+                await write(rec, out, mine)
+            except Exception as e:  # this run's failure, wherever in its step: the others go on
+                known = isinstance(e, (ImporterError, OSError))
+                out.action, out.error = "failed", str(e) if known else f"{type(e).__name__}: {e}"
+                out.unreachable = isinstance(e, ConnectionFailed)
+                if not dry_run:
+                    ledger.record_error(api.url, rec.experiment, rec.import_key, rec.origin, out.error)
+            finally:
+                if not mine.done():  # its children wait on it
+                    mine.set_result(out.run_id if out.action != "failed" else None)
+
+        async def write(rec: RunRecord, out: Outcome, mine: asyncio.Future) -> None:
             parent_id = None
             if rec.parent_key is not None and (rec.experiment, rec.parent_key) not in created:
                 # A parent not in this import (moved earlier, or deleted and left out).

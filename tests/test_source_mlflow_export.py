@@ -258,7 +258,9 @@ def test_bulk_export_is_one_unit_with_its_models():
     [model] = found.models  # bulk/models/clf/model.json: a model without versions
     assert (model.name, model.versions, model.tags) == ("clf", [], {})
     assert not any(str(FIXTURES / "bulk") in n for n in found.notes)
-    assert found.skipped == [] and found.unrecognised == []
+    # The corrupt fixture's broken run fails alone (issue 15): the only problem, `skipped`.
+    assert [Path(p.file).parent.parent.parent.name for p in found.skipped] == ["corrupt"]
+    assert found.problems == [] and found.unrecognised == []
 
 
 def test_bulk_listing_names_the_experiment(tmp_path):
@@ -272,7 +274,8 @@ def test_bulk_listing_names_the_experiment(tmp_path):
 def test_corrupt_run_json_is_a_problem_and_the_rest_is_read():
     folder = FIXTURES / "corrupt"
     result = mlflow_export.read(folder, SourceOptions())
-    [p] = result.problems
+    [p] = result.skipped  # that run fails alone (issue 15)
+    assert result.problems == []
     assert p.file == str(folder / "runs" / ("7" * 32) / "run.json")
     assert p.location.startswith("line ") and "column" in p.location and "invalid JSON" in p.message
     assert [r.name for r in result.records] == ["good"]
@@ -295,7 +298,8 @@ def test_bad_fields_are_problems(tmp_path):
                     "big": [{"value": 1, "step": 2**64, "timestamp": 1}]},
         "params": {"": "empty key"}})
     result = mlflow_export.read(folder, SourceOptions())
-    where = {p.location: p.message for p in result.problems}
+    assert result.records == [] and result.problems == []  # the run fails alone (issue 15)
+    where = {p.location: p.message for p in result.skipped}
     assert "not one of" in where["mlflow.info.status"]
     assert "milliseconds" in where["mlflow.info.start_time"]
     assert "characters the server rejects" in where['mlflow.metrics["bad key?"]']
@@ -303,7 +307,7 @@ def test_bad_fields_are_problems(tmp_path):
     assert "64-bit" in where["mlflow.metrics.big"]
     assert "empty" in where['mlflow.params[""]']
     no_info = _write_run(tmp_path / "n", {"params": {}})
-    [p] = mlflow_export.read(no_info, SourceOptions()).problems
+    [p] = mlflow_export.read(no_info, SourceOptions()).skipped
     assert p.location == "mlflow.info" and "required" in p.message
 
 
@@ -311,7 +315,8 @@ def test_listed_run_missing_is_a_problem(tmp_path):
     shutil.copytree(FIXTURES / "experiment", tmp_path / "exp")
     shutil.rmtree(tmp_path / "exp" / "runs" / ("d" * 32))
     result = mlflow_export.read(tmp_path / "exp", SourceOptions())
-    [p] = result.problems
+    [p] = result.skipped  # loses only that run (issue 15)
+    assert result.problems == []
     assert p.location == "mlflow.runs" and "d" * 32 in p.message and "missing" in p.message
     assert len(result.records) == 2
 
@@ -325,9 +330,12 @@ def test_links_are_not_followed_out_of_artifacts(tmp_path):
     (folder / "artifacts" / "leak.txt").symlink_to(tmp_path / "secret.txt")
     (folder / "artifacts" / "dirlink").symlink_to(tmp_path, target_is_directory=True)
     result = mlflow_export.read(folder, SourceOptions())
-    [rec] = result.records
+    assert result.records == []  # the run fails alone (issue 15), naming each link
+    assert sorted(p.location for p in result.skipped) == ["artifacts/dirlink", "artifacts/leak.txt"]
+    (folder / "artifacts" / "leak.txt").unlink()
+    (folder / "artifacts" / "dirlink").unlink()
+    [rec] = mlflow_export.read(folder, SourceOptions()).records
     assert sorted(a.dest for a in rec.artifacts) == ["alias.txt", "sub/in.txt"]
-    assert sorted(p.location for p in result.problems) == ["artifacts/dirlink", "artifacts/leak.txt"]
 
 
 def test_detect_leaves_importer_manifests_alone(tmp_path):

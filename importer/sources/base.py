@@ -37,6 +37,8 @@ class SourceOptions:
     time_column: Optional[str] = None
     key_prefix: str = ""
     patterns: list[str] = field(default_factory=list)  # text logs: regexes with named groups
+    # `mlruns/`: artifact locations moved, as (OLD prefix, NEW folder) (--artifact-root OLD=NEW)
+    artifact_roots: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -72,14 +74,27 @@ class StoreReader:
         self.result.notes.append(message)
 
     @contextmanager
+    def into(self, problems: list[Problem]):
+        """Problems met inside go to `problems`."""
+        saved, self.problems = self.problems, problems
+        try:
+            yield problems
+        finally:
+            self.problems = saved
+
     def aside(self):
         """Problems met inside lose only the model they belong to, not the runs: they go to
         `result.skipped` (failed outcomes of the import) instead of stopping it."""
-        saved, self.problems = self.problems, self.result.skipped
-        try:
-            yield
-        finally:
-            self.problems = saved
+        return self.into(self.result.skipped)
+
+    @contextmanager
+    def one_run(self):
+        """Problems met inside lose only the run being read: they go to `result.skipped`, and the
+        caller leaves the run out when the list it is given is not empty. Problems of what the
+        run shares with others (its experiment's files) are reported `into` result.problems."""
+        with self.into([]) as mine:
+            yield mine
+        self.result.skipped += mine
 
     def hand_over(self, keep=lambda model: True) -> None:
         """Give the models the runs' links to them, then to the result (those `keep` takes)."""

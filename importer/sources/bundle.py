@@ -78,7 +78,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             exp = experiments[doc.experiment_id]
         except (OSError, ValueError, KeyError, InputError, pydantic.ValidationError) as e:
             msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
-            result.problems.append(Problem(str(root), where, msg))
+            result.skipped.append(Problem(str(root), where, msg))  # that run fails alone; the others go on
             continue
         rec = RunRecord(
             experiment=options.experiment or exp.name, import_key=store_import_key(run_id),
@@ -95,7 +95,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             result.logged_models.append(_logged_model(root, model_id, sha, experiments, options))
         except (OSError, ValueError, KeyError, InputError, pydantic.ValidationError) as e:
             msg = f"experiment {e} is not in the bundle" if isinstance(e, KeyError) else str(e)
-            result.problems.append(Problem(str(root), f"logged_models/{model_id}/model.json", msg))
+            result.skipped.append(Problem(str(root), f"logged_models/{model_id}/model.json", msg))
     return result
 
 

@@ -206,8 +206,9 @@ class _Export(StoreReader):
         records: dict[str, RunRecord] = {}
 
         def add(run_dir: Path, copy: bool = False) -> None:
-            rec = self.run(run_dir)
-            if rec is None:
+            with self.one_run() as problems:  # a run that cannot be read fails alone
+                rec = self.run(run_dir)
+            if rec is None or problems:
                 return
             if rec.import_key in records:
                 if not copy:
@@ -590,13 +591,15 @@ class _Export(StoreReader):
         """(experiment name, experiment tags) for a run folder. Its experiment folder is the
         folder above it, or above `runs/`; read even when outside the folder named (a run
         folder named on its own still finds its experiment). A run exported beside its model
-        takes the experiment model.json names."""
+        takes the experiment model.json names. Problems of these files are the experiment's, not
+        the run's: they stop the import (the experiment's tags would be lost)."""
         exp_dir = _up(run_dir, 2 if _abs(run_dir).parent.name == "runs" else 1)
-        exp = self.experiment(exp_dir)
-        exp_tags = _experiment_tags(exp) if exp else {}
-        folder = _abs(exp_dir) if self.inside(exp_dir) else _abs(run_dir)
-        name = (self.options.experiment or (exp or {}).get("name") or tags.get(EXPERIMENT_NAME_TAG)
-                or self.version_experiments.get(run_id) or self.listed(exp_dir) or folder.name)
+        with self.into(self.result.problems):
+            exp = self.experiment(exp_dir)
+            exp_tags = _experiment_tags(exp) if exp else {}
+            folder = _abs(exp_dir) if self.inside(exp_dir) else _abs(run_dir)
+            name = (self.options.experiment or (exp or {}).get("name") or tags.get(EXPERIMENT_NAME_TAG)
+                    or self.version_experiments.get(run_id) or self.listed(exp_dir) or folder.name)
         return str(name), exp_tags
 
     def inside(self, path: Path) -> bool:
@@ -632,8 +635,9 @@ class _Export(StoreReader):
                 listed, failed = _get(doc, "export_info", "ok_runs"), _get(doc, "export_info", "failed_runs")
             for run_id in listed if isinstance(listed, list) and self.inside(exp_dir) else []:
                 if not ((exp_dir / "runs" / str(run_id)).is_dir() or (exp_dir / str(run_id)).is_dir()):
-                    self.problem(file, _at("mlflow" if "system" in doc else "export_info", "runs"),
-                                 f"run {run_id} is listed, but its folder is missing")
+                    with self.aside():  # loses only that run: the others are imported
+                        self.problem(file, _at("mlflow" if "system" in doc else "export_info", "runs"),
+                                     f"run {run_id} is listed, but its folder is missing")
             if failed:
                 self.note(f"{file}: the export failed for {len(failed)} run(s), which are not in it: "
                           + ", ".join(map(str, failed)))

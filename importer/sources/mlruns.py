@@ -49,6 +49,7 @@ it goes to `skipped`, and the import writes the rest and reports it as failed.
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Optional
@@ -78,6 +79,7 @@ _COLUMNS = pacsv.ConvertOptions(
     null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)  # "nan" is a value
 _PARSE = pacsv.ParseOptions(delimiter=" ", quote_char=False)
 _READ = pacsv.ReadOptions(autogenerate_column_names=True)
+_DRIVE = re.compile(r"^[A-Za-z]:[/\\]")  # a Windows path, which urlparse takes for a URL of scheme `c`
 
 
 def _kind(doc) -> Optional[str]:
@@ -218,22 +220,26 @@ class _Store(StoreReader):
             if run.name in _NOT_RUNS and not only:
                 continue
             if (run / "meta.yaml").is_file():
-                self.run(run, name, exp_tags, deleted)
+                with self.one_run() as problems:  # a run that cannot be read fails alone
+                    rec = self.run(run, name, exp_tags, deleted)
+                if rec is not None and not problems:
+                    self.result.records.append(rec)
             else:
                 self.note(f"{run}: no meta.yaml, not a run; not read")
 
-    def run(self, folder: Path, experiment: str, exp_tags: dict[str, str], deleted: bool) -> None:
+    def run(self, folder: Path, experiment: str, exp_tags: dict[str, str], deleted: bool) -> Optional[RunRecord]:
         meta_file = folder / "meta.yaml"
         meta = self.meta(meta_file)
         if meta is None:
-            return
+            return None
         if _kind(meta) != "run":
             self.problem(meta_file, "", "not a run's meta.yaml (no run_id or run_uuid, or no experiment_id)")
-            return
+            return None
         run_id = str(meta.get("run_id") or meta.get("run_uuid"))
-        if run_id in self.seen:
-            self.problem(meta_file, "run_id", f"run {run_id} is also in {self.seen[run_id]}; read once")
-            return
+        if run_id in self.seen:  # the store's problem, not this run's: the first copy is read
+            self.result.problems.append(Problem(str(meta_file), "run_id", f"run {run_id} is also in "
+                                                f"{self.seen[run_id]}; read once"))
+            return None
         self.seen[run_id] = folder
         origin = f"{self.path}: run {run_id}"
         tags = self.values(folder / "tags", "tag")
@@ -253,9 +259,8 @@ class _Store(StoreReader):
         infinite = [k for k, t in rec.metrics.items() if _has_inf(t)]
         if infinite:  # the server stores +-Infinity as +-1.797e308: keep the truth on the run
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
-        rec.artifacts = self.artifacts(folder, origin)
-        self.check_artifact_uri(folder, folder.parent, text_or_none(meta.get("artifact_uri")), origin,
-                                len(rec.artifacts))
+        rec.artifacts = self.located_artifacts(folder, folder.parent, text_or_none(meta.get("artifact_uri")),
+                                               run_id, origin)
         rec.inputs = self.inputs(folder, origin, run_id)
         with self.aside():
             for sub in _dirs(folder / "outputs"):  # MLflow 3: the models the run logged
@@ -264,7 +269,7 @@ class _Store(StoreReader):
                     step = link.get("step", 0)
                     self.links.append((origin, str(link.get("source_id") or sub.name), run_id,
                                        step if isinstance(step, int) and step >= 0 else 0))
-        self.result.records.append(rec)
+        return rec
 
     # -- run fields ---------------------------------------------------------------------------
 
@@ -354,8 +359,8 @@ class _Store(StoreReader):
             table = table.append_column("dataset_digest", pa.array(digests, pa.string()))
         return table
 
-    def artifacts(self, folder: Path, origin: str) -> list[ArtifactFile]:
-        root = folder / "artifacts"
+    def artifacts(self, root: Path, origin: str, boundary: Path) -> list[ArtifactFile]:
+        """The files below `root`; a link is followed only to a file inside `boundary`."""
         if not root.is_dir() or root.is_symlink():
             return []
         out, skipped = [], []
@@ -365,34 +370,82 @@ class _Store(StoreReader):
             for name in sorted(names):
                 file = Path(top) / name
                 target = file.resolve()
-                if file.is_symlink() and not (within(file, self.boundary) and target.is_file()):
+                if file.is_symlink() and not (within(file, boundary) and target.is_file()):
                     skipped.append(file)
                 elif target.is_file():
                     out.append(ArtifactFile(source=target if file.is_symlink() else file,
                                             dest=file.relative_to(root).as_posix()))
         if skipped:
-            self.note(f"{origin}: links out of {self.path} or to folders are not followed: "
+            self.note(f"{origin}: links out of {boundary} or to folders are not followed: "
                       + ", ".join(p.relative_to(root).as_posix() for p in skipped))
         return out
 
-    def check_artifact_uri(self, folder: Path, exp: Path, uri: Optional[str], origin: str, count: int) -> None:
-        """A note when a run's artifact_uri (a logged model's artifact_location) is not its own
-        artifacts/ folder here. A relative URI (MLflow 1.x's `./mlruns/0/<run>/artifacts`) is
-        relative to the folder holding the store (the one holding `exp`, or its `.trash`)."""
+    def located_artifacts(self, folder: Path, exp: Path, uri: Optional[str], ident: str,
+                          origin: str) -> list[ArtifactFile]:
+        """The artifacts of a run (or logged model, `ident` its id) in `folder`: its own artifacts/
+        folder, unless its artifact location (`uri`) is elsewhere and that folder is empty: then
+        where the location is now (`moved`). A note says where they came from, or that none were
+        found. A relative location (MLflow 1.x's `./mlruns/0/<run>/artifacts`) is relative to the
+        folder holding the store (the one holding `exp`, or its `.trash`)."""
+        own = self.artifacts(folder / "artifacts", origin, self.boundary)
         if not uri:
-            return
+            return own
         store = exp.absolute().parent
         store = store.parent if store.name == ".trash" else store
         parsed = urllib.parse.urlparse(uri)
-        if parsed.scheme in ("", "file") and not parsed.netloc:
+        if parsed.scheme in ("", "file") and not parsed.netloc and not _DRIVE.match(uri):
             where = Path(urllib.parse.unquote(parsed.path if parsed.scheme else uri))
             where = (where if where.is_absolute() else store.parent / where).resolve()
             if where == (folder / "artifacts").resolve():
-                return
+                return own
             if where.is_relative_to(store.resolve()) and not where.exists():
-                return  # an older place in this very store (a run moved to .trash)
-        kept = f"the {count} files in its artifacts/ folder were" if count else "none were found here"
-        self.note(f"{origin}: artifacts stored at {uri} (outside {self.path}) were not imported; {kept}")
+                return own  # an older place in this very store (a run moved to .trash)
+        found = self.moved(uri, ident)
+        if found is not None and found[0].resolve() == (folder / "artifacts").resolve():
+            return own  # the store moved with its artifacts inside
+        if own:
+            self.note(f"{origin}: artifacts stored at {uri} (outside {self.path}) were not imported; "
+                      f"the {len(own)} files in its artifacts/ folder were")
+            return own
+        if found is None:
+            self.note(f"{origin}: artifacts stored at {uri} (outside {self.path}) were not imported; none "
+                      f"were found here, nor under {self.path.absolute().parent} (--artifact-root OLD=NEW "
+                      "names where they are)")
+            return []
+        files = self.artifacts(found[0], origin, found[1])
+        self.note(f"{origin}: artifacts stored at {uri}: {len(files)} files read from {found[0]}")
+        return files
+
+    def moved(self, uri: str, ident: str) -> Optional[tuple[Path, Path]]:
+        """(folder, the folder it must lie in) where an artifact location of another machine is
+        now: with --artifact-root OLD=NEW, NEW and the rest of the location after OLD; else the
+        longest end of the location, from the folder named by the run's (model's) id `ident` on,
+        that is a folder under the folder named or its parent. None when there is none."""
+        parts = location_parts(uri)
+        if parts is None:
+            return None
+        for old, new in self.options.artifact_roots:
+            prefix = location_parts(old) or []
+            if prefix and _same(parts[:len(prefix)], prefix):
+                rest = parts[len(prefix):]
+                found = Path(new).joinpath(*rest)
+                ok = ".." not in rest and found.is_dir() and within(found, Path(new))
+                return (found, Path(new)) if ok else None
+        if ident not in parts:
+            return None
+        at = len(parts) - 1 - parts[::-1].index(ident)
+        # The parent is the one folder read beyond those named (issue 15): artifacts kept apart
+        # from the store (`project/mlruns` + `project/mlflow_artifacts`) travel beside it.
+        bases = (self.path.absolute(), self.path.absolute().parent)
+        for start in range(at + 1):  # longest first
+            rest = parts[start:]
+            if ".." in rest:
+                continue
+            for base in bases:
+                found = base.joinpath(*rest)
+                if found.is_dir() and within(found, base):  # no link out
+                    return found, base
+        return None
 
     # -- MLflow 3 logged models and registered models -------------------------------------------
 
@@ -424,9 +477,8 @@ class _Store(StoreReader):
             creation_timestamp_ms=self.time(meta, "creation_timestamp", meta_file),
             params=self.values(folder / "params", "param", "model"),
             tags=self.values(folder / "tags", "tag", "model"), metrics=self.model_metrics(folder / "metrics"))
-        files = self.artifacts(folder, origin)
-        self.check_artifact_uri(folder, folder.parent.parent, text_or_none(meta.get("artifact_location")),
-                                origin, len(files))
+        files = self.located_artifacts(folder, folder.parent.parent, text_or_none(meta.get("artifact_location")),
+                                       model_id, origin)
         if model_id in self.logged:
             self.problem(meta_file, "model_id", f"another folder holds logged model {model_id} too; read once")
             return
@@ -518,6 +570,25 @@ class _Store(StoreReader):
             tags = [{"key": str(k), "value": str(v)} for k, v in (link.get("tags") or {}).items()]
             out.append({"dataset": fields, "tags": tags})
         return out
+
+
+def location_parts(uri: str) -> Optional[list[str]]:
+    """The folder names of a local artifact location (`file:///C:/Users/a%20b/...`,
+    `C:\\Users\\...`, `/mnt/...`, `./mlruns/...`; `file://host/share/...` starts with the host),
+    or None for a remote one (`s3://`, `mlflow-artifacts:`)."""
+    text = uri.replace("\\", "/")
+    if not _DRIVE.match(text):
+        parsed = urllib.parse.urlparse(text)
+        if parsed.scheme not in ("", "file"):
+            return None
+        text = parsed.netloc + "/" + urllib.parse.unquote(parsed.path)
+    return [p for p in text.split("/") if p not in ("", ".")]
+
+
+def _same(a: list[str], b: list[str]) -> bool:
+    """Equal folder names; a Windows path's case does not count."""
+    windows = bool(b) and _DRIVE.match(b[0] + "/")
+    return [p.casefold() for p in a] == [p.casefold() for p in b] if windows else a == b
 
 
 def _has_inf(table: pa.Table) -> bool:

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import pyarrow.compute as pc
 
-from .errors import ConnectionFailed, ImporterError, InputError, Problem, ServerError, ValidationError
+from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import ExperimentRecord, RunRecord, manifest_json_schema
@@ -402,9 +402,7 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
             try:
                 await write(rec, out, mine)
             except Exception as e:  # this run's failure, wherever in its step: the others go on
-                known = isinstance(e, (ImporterError, OSError))
-                out.action, out.error = "failed", str(e) if known else f"{type(e).__name__}: {e}"
-                out.unreachable = isinstance(e, ConnectionFailed)
+                out.fail(e)
                 if not dry_run:
                     ledger.record_error(api.url, rec.experiment, rec.import_key, rec.origin, out.error)
             finally:

@@ -56,6 +56,12 @@ class Outcome:
     error: Optional[str] = None
     unreachable: bool = False  # failed because the server could not be reached (exit code 3)
 
+    def fail(self, e: Exception) -> None:
+        """The run failed with `e`: our own errors by their message, any other with its type."""
+        known = isinstance(e, (ImporterError, OSError))
+        self.action, self.error = "failed", str(e) if known else f"{type(e).__name__}: {e}"
+        self.unreachable = isinstance(e, ConnectionFailed)
+
 
 def renamed_param(key: str, value: str) -> str:
     """Where `--on-param-conflict rename` logs a new value: `<key>.conflict-<first 8 hex digits of
@@ -132,9 +138,7 @@ class MlflowSink:
         try:
             await self._write(rec, parent_run_id, out, created)
         except Exception as e:  # one run's failure, whatever it is, must not stop the others
-            known = isinstance(e, (ImporterError, OSError))
-            out.action, out.error = "failed", str(e) if known else f"{type(e).__name__}: {e}"
-            out.unreachable = isinstance(e, ConnectionFailed)
+            out.fail(e)
             if not self.dry_run:
                 self.ledger.record_error(self.server, rec.experiment, rec.import_key, rec.origin, out.error)
         if not created.done():

@@ -18,17 +18,19 @@ T0 = 1_650_000_000_000
 
 
 def manifest(experiment: str) -> dict:
-    """A parent with two children and a run of its own: 4 runs, 2 series each, 800 points."""
-    def series(seed: int, n: int = 100) -> dict:
+    """Two parents with two children each and four runs of their own: 10 runs, 2 series of 40
+    points each, 800 points."""
+    def series(seed: int, n: int = 40) -> dict:
         return {f"m{k}": {"step": list(range(n)), "value": [(s * (k + 2) + seed) / 7 for s in range(n)],
                           "timestamp": [T0 + seed * 10_000 + s for s in range(n)]} for k in range(2)}
 
-    return {"format_version": 1, "experiment": experiment, "runs": [
-        {"id": "root", "name": "root", "start_time": T0, "params": {"kind": "sweep"}, "metrics": series(0),
-         "runs": [{"id": f"child-{i}", "name": f"child-{i}", "start_time": T0 + i, "params": {"i": i},
-                   "metrics": series(i + 1)} for i in range(2)]},
-        {"id": "solo", "name": "solo", "start_time": T0 + 5, "params": {"kind": "solo"}, "metrics": series(9)},
-    ]}
+    parents = [{"id": f"root-{p}", "name": f"root-{p}", "start_time": T0, "params": {"kind": "sweep"},
+                "metrics": series(10 * p),
+                "runs": [{"id": f"child-{p}{i}", "name": f"child-{i}", "start_time": T0 + i, "params": {"i": i},
+                          "metrics": series(10 * p + i + 1)} for i in range(2)]} for p in range(2)]
+    solos = [{"id": f"solo-{i}", "name": f"solo-{i}", "start_time": T0 + 5, "params": {"kind": "solo"},
+              "metrics": series(30 + i)} for i in range(4)]
+    return {"format_version": 1, "experiment": experiment, "runs": parents + solos}
 
 
 # `python -m importer ARGS` that loads its modules first, then waits for a start time: the
@@ -83,11 +85,13 @@ def test_eight_importers_at_once_make_one_run_per_key(uri, experiment, tmp_path,
 
     view = View(uri)
     seen = tally(view, doc)
-    assert seen["per_key"] == Counter({"root": 1, "child-0": 1, "child-1": 1, "solo": 1}), seen["per_key"]
+    keys = [r["id"] for top in doc["runs"] for r in [top, *top.get("runs", [])]]
+    assert seen["per_key"] == Counter(keys), seen["per_key"]  # one active run per key
     assert (seen["missing"], seen["extra"]) == (0, 0)
     by_key = {tags_of(r)["importer.import_key"]: r for r in seen["runs"]}
-    root_id = by_key["root"]["info"]["run_id"]
-    assert [tags_of(by_key[f"child-{i}"]).get("mlflow.parentRunId") for i in range(2)] == [root_id, root_id]
+    for p in range(2):  # children point at the run their parent kept
+        root_id = by_key[f"root-{p}"]["info"]["run_id"]
+        assert [tags_of(by_key[f"child-{p}{i}"]).get("mlflow.parentRunId") for i in range(2)] == [root_id] * 2
     # A run that lost is in the trash, and holds no point: nothing was written before it knew.
     for run in view.runs(experiment, include_deleted=True):
         if run["info"]["lifecycle_stage"] == "deleted":

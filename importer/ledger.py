@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -54,7 +55,22 @@ class Ledger:
         self.db.execute("PRAGMA busy_timeout = 30000")
         self.db.enable_wal()
         self.db.execute("PRAGMA synchronous = NORMAL")
-        self._create()
+        with self._writing():
+            self._create()
+
+    @contextmanager
+    def _writing(self):
+        """A write transaction holding the write lock from its start. Several importers may share
+        a ledger: a transaction that reads first (sqlite-utils reads the schema before it writes)
+        cannot take the write lock once another process wrote meanwhile, and SQLite then answers
+        "database is locked" at once instead of waiting out busy_timeout."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        self.db.conn.commit()
 
     def _create(self) -> None:
         self.db["runs"].create({
@@ -81,7 +97,7 @@ class Ledger:
 
     def save_run(self, server: str, experiment: str, key: str, *, run_id: str, experiment_id: str,
                  origin: str, fingerprint: str = "", complete: bool = False) -> None:
-        with self.db.conn:
+        with self._writing():
             self.db["runs"].upsert({
                 "server": server, "experiment": experiment, "import_key": key, "run_id": run_id,
                 "experiment_id": experiment_id, "fingerprint": fingerprint, "complete": int(complete),
@@ -89,7 +105,7 @@ class Ledger:
 
     def forget_run(self, server: str, experiment: str, key: str, run_id: str) -> None:
         """Drop what the ledger believed about a run the server no longer has."""
-        with self.db.conn:
+        with self._writing():
             self.db["runs"].delete_where("server = ? and experiment = ? and import_key = ?",
                                          [server, experiment, key])
             self.db["progress"].delete_where("run_id = ?", [run_id])
@@ -102,7 +118,7 @@ class Ledger:
         return {r["metric"]: r["sent"] for r in self.db["progress"].rows_where("run_id = ?", [run_id])}
 
     def save_progress(self, run_id: str, sent: dict[str, int]) -> None:
-        with self.db.conn:
+        with self._writing():
             self.db["progress"].upsert_all(
                 [{"run_id": run_id, "metric": k, "sent": v} for k, v in sent.items()],
                 pk=("run_id", "metric"))
@@ -113,11 +129,11 @@ class Ledger:
         return rows[0]["sha256"] if rows else None
 
     def save_artifact(self, run_id: str, dest: str, sha256: str) -> None:
-        with self.db.conn:
+        with self._writing():
             self.db["artifacts"].upsert({"run_id": run_id, "dest": dest, "sha256": sha256},
                                         pk=("run_id", "dest"))
 
     def record_error(self, server: str, experiment: str, key: str, origin: str, message: str) -> None:
-        with self.db.conn:
+        with self._writing():
             self.db["errors"].insert({"server": server, "experiment": experiment, "import_key": key,
                                       "origin": origin, "message": message, "at": time.time()})

@@ -455,6 +455,9 @@ class MlflowApi:
     async def delete_run(self, run_id: str) -> None:
         await self.call("runs/delete", {"run_id": run_id})
 
+    async def delete_tag(self, run_id: str, key: str) -> None:
+        await self.call("runs/delete-tag", {"run_id": run_id, "key": key})
+
     async def restore_run(self, run_id: str) -> None:
         await self.call("runs/restore", {"run_id": run_id})
 

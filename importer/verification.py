@@ -21,6 +21,7 @@ from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, optional_int, p
 from .model import (IMPORT_KEY_TAG, SOURCE_MODEL_TAG, SOURCE_RUN_ID_TAG, SOURCE_VERSION_TAG, LoggedModel,
                     RunRecord, first_logged_model, first_version, model_point, oldest_run, store_run_id,
                     stored_value)
+from .model.records import is_pending
 from .sources import server
 from .sources.server import Selection
 
@@ -93,13 +94,18 @@ async def _verify(src, dst, selection, with_models, config, src_env, dst_env) ->
                 if have.get(k) != v:
                     diff(Difference(f"experiment {exp['name']}", f"tag {k}", v, have.get(k, "(missing)")))
             async for run in b.search_runs([other["experiment_id"]], include_deleted=True):
-                # what the writer finds a run by
+                # what the writer finds a run by; a copy that gave way to another importer's (in
+                # the trash, pending, unwritten) is no copy
+                if is_pending(run) and run["info"].get("lifecycle_stage") == "deleted":
+                    continue
                 if src_id := store_run_id(pairs(run["data"].get("tags")).get(IMPORT_KEY_TAG)):
                     copies.setdefault(src_id, []).append(run)
         for src_id, runs in copies.items():
             if len(runs) > 1:
                 diff(Difference(src_id, "copies on the destination", "1", str(len(runs))))
-        dest_runs = {src_id: oldest_run(runs) for src_id, runs in copies.items()}  # the writer's pick
+        # the copy the writer keeps: a settled one (an active pending copy is an interrupted one)
+        dest_runs = {src_id: oldest_run([r for r in runs if not is_pending(r)] or runs)
+                     for src_id, runs in copies.items()}
         sem = asyncio.Semaphore(config.max_in_flight)
         jobs, records = [], []
         async for _, rec in server.runs(a, selection):

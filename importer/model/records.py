@@ -148,11 +148,26 @@ def spill_long_params(rec: RunRecord) -> None:
         rec.tags[LONG_PARAMS_TAG] = ",".join(sorted(long))
 
 
+# A run importer has created and not yet settled as its import key's run (see sinks.mlflow,
+# `MlflowSink.settle`). The value names its maker: "<ms> <host> <pid> <nonce>". The tag is deleted
+# once the run is settled; a run that gave way to another keeps it, in the trash.
+PENDING_TAG = "importer.pending"
+
+
 def oldest_run(runs: list[dict]) -> dict:
-    """Of several copies of one run on a server (a REST `run` each), the one importer keeps
-    writing to and reports: the first made. Should a race ever have made two, every reader
-    picks the same one."""
+    """Of several copies of one run on a server (a REST `run` each), the one every importer picks,
+    by a rule each process computes the same way: the first by (start time, run id). The start
+    time is the source's, the same for every copy, so in effect the smallest run id wins.
+
+    The one rule for: `find` among settled copies (two settled ones exist only if written before
+    runs were settled), which of several pending copies stays while the others give way, and which
+    copy `verify` compares."""
     return min(runs, key=lambda r: (int(r["info"]["start_time"]), r["info"]["run_id"]))
+
+
+def is_pending(run: dict) -> bool:
+    """Whether a run (a REST `run`) is a copy not settled: being decided, or one that gave way."""
+    return any(t["key"] == PENDING_TAG for t in run["data"].get("tags", []))
 
 
 @dataclass

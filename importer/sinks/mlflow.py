@@ -5,7 +5,9 @@ For each run:
 1. find it: the ledger's run id (checked on the server), else a search by the import-key tag;
 2. check params against what is stored (the conflict policy) before writing anything;
 3. create it if missing, with start time, name, user and every tag in the one `runs/create` call,
-   so a run interrupted right after creation is found again by its key;
+   so a run interrupted right after creation is found again by its key; then settle it (see
+   `MlflowSink.settle`): another importer may have created the same run at the same moment, and
+   all agree on one before anything is written to it;
 4. log params and changed tags, then only the metric points the server does not have, in batches
    filled to the server's limits, several in flight; progress goes to the ledger as batches land;
 5. upload artifacts through the proxy and verify each by its SHA-256;
@@ -19,7 +21,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
+import random
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,15 +34,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
+from ..mlflow_api import NOT_FOUND
 from ..files import sha256_file
 from ..ledger import Ledger
 from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, pairs, tag_filter
 from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES, RunRecord,
                      oldest_run, spill_long_params, stored_value)
+from ..model.records import PENDING_TAG, is_pending
 
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
 _CHUNK = 1 << 20
+# Settling a new run (MlflowSink.settle): how often to look again while another importer decides,
+# when a pending copy from another host counts as abandoned, and how often a run is begun again
+# after giving way before the import of it fails.
+SETTLE_POLL = (0.15, 0.45)  # seconds, drawn at random
+ABANDONED_AFTER_MS = 120_000
+RESTARTS = 5
 
 
 @dataclass
@@ -147,16 +161,24 @@ class MlflowSink:
 
     async def _write(self, rec: RunRecord, parent_run_id: Optional[str], out: Outcome,
                      created: asyncio.Future) -> None:
-        found = await self._locate(rec, out)
-        if found is None:  # written completely in this very state, by the ledger's word
-            return
-        plan = await self._plan(rec, parent_run_id, found, out, created)
-        if not self.dry_run:
-            await self._send(rec, found, plan, out, created)
+        for attempt in range(RESTARTS):
+            found = await self._locate(rec, out, look=attempt > 0)
+            if found is None:  # written completely in this very state, by the ledger's word
+                return
+            plan = await self._plan(rec, parent_run_id, found, out, created)
+            if self.dry_run:
+                return
+            try:
+                return await self._send(rec, found, plan, out, created)
+            except _GaveWay:  # the run created went to the trash unwritten: write into the winner
+                continue
+        raise ServerError(f"importers writing run {rec.import_key!r} at once did not agree on one run "
+                          f"after {RESTARTS} attempts; run the import again", url=self.server)
 
-    async def _locate(self, rec: RunRecord, out: Outcome) -> Optional[Located]:
+    async def _locate(self, rec: RunRecord, out: Outcome, look: bool = False) -> Optional[Located]:
         """The record's run on the server, if any: the ledger's (checked there), else the one holding
-        its import key. None when the ledger says it is complete in this very state (asking nothing)."""
+        its import key. None when the ledger says it is complete in this very state (asking nothing).
+        `look`: search even in an experiment created just now (a run was begun there already)."""
         exp_id, exp_new = await self.experiment(rec.experiment, rec.experiment_tags)
         out.experiment_id = exp_id
         fingerprint = f"{rec.fingerprint()}:{self.policy}"  # another policy may want other writes
@@ -177,7 +199,7 @@ class MlflowSink:
                 if not self.dry_run:
                     self.ledger.forget_run(self.server, rec.experiment, rec.import_key, trust.run_id)
                 trust, run = LedgerTrust(), None  # what it knew was about a run that is gone
-        if run is None and exp_id and not exp_new:
+        if run is None and exp_id and (look or not exp_new):
             run = await self.find(exp_id, rec.import_key, include_deleted=rec.lifecycle == "deleted")
         if run is not None and run["info"].get("lifecycle_stage") == "deleted" and not self.dry_run:
             await self.api.restore_run(run["info"]["run_id"])  # written to, then deleted again
@@ -286,6 +308,12 @@ class MlflowSink:
         if plan.create:
             run = await self.create(found.experiment_id, rec, plan.tags, plan.start_time)
             run_id = run["info"]["run_id"]
+            # Settled before anything else is written to it, and before children or the ledger
+            # learn of it: a run that gives way holds nothing and is named nowhere.
+            winner = await self.settle(found.experiment_id, rec.import_key,
+                                       include_deleted=rec.lifecycle == "deleted", mine=run)
+            if winner is None or winner["info"]["run_id"] != run_id:
+                raise _GaveWay()
             self._claim(rec, found, run_id, out, created)
             tags = {k: v.replace(rec.source_run_id, run_id) for k, v in plan.own_id_tags.items()}
         run_id = run["info"]["run_id"]
@@ -307,23 +335,104 @@ class MlflowSink:
                              fingerprint=found.fingerprint, complete=True)
 
     async def find(self, exp_id: str, key: str, include_deleted: bool = False) -> Optional[dict]:
-        """The active (or also deleted) run holding `key` in its import-key tag. Should a race ever
-        have made two, the oldest wins (and the caller keeps writing to that one only)."""
+        """The run holding `key` in its import-key tag that every importer writes to (active, or
+        also deleted), waiting while other importers settle a new one; None when there is none.
+        A dry run only looks."""
+        if self.dry_run:
+            settled = [r for r in await self._copies(exp_id, key, include_deleted) if not is_pending(r)]
+            return oldest_run(settled) if settled else None
+        return await self.settle(exp_id, key, include_deleted=include_deleted)
+
+    async def _copies(self, exp_id: str, key: str, include_deleted: bool) -> list[dict]:
+        """Every run holding `key` in its import-key tag, settled or pending."""
         runs = [r async for r in self.api.search_runs([exp_id], tag_filter(IMPORT_KEY_TAG, key),
                                                       include_deleted=include_deleted)]
-        runs = [r for r in runs if any(t["key"] == IMPORT_KEY_TAG and t["value"] == key
+        return [r for r in runs if any(t["key"] == IMPORT_KEY_TAG and t["value"] == key
                                        for t in r["data"].get("tags", []))]
-        return oldest_run(runs) if runs else None
+
+    async def settle(self, exp_id: str, key: str, *, include_deleted: bool = False,
+                     mine: Optional[dict] = None) -> Optional[dict]:
+        """The run of `key` all importers agree on, or None when there is none and nobody is
+        making one. `mine`: a run this importer has just created, still pending (it carries
+        PENDING_TAG); it is returned if it won, and deleted (in the trash, unwritten) if not.
+
+        A new run is settled by its maker when a search made after its creation shows no other
+        copy of the key; the maker then deletes its pending tag. A maker that sees a settled copy
+        gives way to it; among pending copies the first by `oldest_run` stays and waits while the
+        others give way. Settled copies are never deleted by this, so the first settled one stays.
+
+        Why two makers A and B cannot both settle: each searched after its own create, and both
+        copies stay active until settled. If A's search did not show b, b was created after that
+        search, so after A's create, and B's later search shows a. So at least one of the two saw
+        the other and could not settle while that copy was pending: it waited or gave way. The
+        server's SQL store shows a committed create to the next search (no lag to allow for).
+
+        A pending copy whose maker is gone (killed between create and settle) would hold the
+        others back: it is deleted by whoever sees it, when its maker's process is gone (same
+        host) or it is older than ABANDONED_AFTER_MS."""
+        mine_id = mine["info"]["run_id"] if mine else None
+        deadline = time.monotonic() + ABANDONED_AFTER_MS / 1000 + 60
+        while time.monotonic() < deadline:
+            runs = await self._copies(exp_id, key, include_deleted)
+            settled = [r for r in runs if not is_pending(r)]
+            if settled:
+                if mine_id is not None:
+                    await self._give_way(mine_id)
+                return oldest_run(settled)
+            pending = {r["info"]["run_id"]: r for r in runs if r["info"].get("lifecycle_stage") == "active"}
+            for run_id, run in list(pending.items()):
+                if run_id != mine_id and _abandoned(_pending_mark(run)):
+                    await self._give_way(run_id)
+                    del pending[run_id]
+            if mine_id is not None and mine_id not in pending:
+                return None  # deleted as abandoned (this process stalled for minutes): begin again
+            if len(pending) == (mine_id is not None):  # nobody else is deciding
+                if mine_id is None or not await self._settle_mine(mine_id):
+                    return None
+                return mine
+            if mine_id is not None and oldest_run(list(pending.values()))["info"]["run_id"] != mine_id:
+                await self._give_way(mine_id)  # the first pending copy stays: wait for it
+                mine_id = None
+            await asyncio.sleep(random.uniform(*SETTLE_POLL))
+        raise ServerError(f"run {key!r}: other importers' copies stayed pending for "
+                          f"{ABANDONED_AFTER_MS // 1000 + 60} s; run the import again", url=self.server)
+
+    async def _settle_mine(self, run_id: str) -> bool:
+        """Take away a run's pending tag; False if the run was deleted meanwhile (as abandoned)."""
+        try:
+            await self.api.delete_tag(run_id, PENDING_TAG)
+        except ServerError as e:
+            if e.error_code in NOT_FOUND:  # an earlier attempt took it away and its answer was lost
+                return True
+            if e.status == 400:  # "must be in the 'active' state"
+                return False
+            raise
+        return True
+
+    async def _give_way(self, run_id: str) -> None:
+        """Delete a pending run: this importer's own that lost, or an abandoned one. Nothing was
+        written to it; it stays in the trash with its pending tag, so it is never taken again."""
+        try:
+            await self.api.delete_run(run_id)
+        except ServerError as e:
+            if e.error_code not in NOT_FOUND:
+                raise
 
     async def create(self, exp_id: str, rec: RunRecord, tags: dict[str, str], start: int) -> dict:
+        """A new run, pending (see `settle`)."""
+        mark = _new_pending_mark()
         body: dict[str, Any] = {"experiment_id": exp_id, "start_time": start,
-                                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+                                "tags": [{"key": k, "value": v} for k, v in {**tags, PENDING_TAG: mark}.items()]}
         if rec.name is not None:
             body["run_name"] = rec.name
         if rec.user is not None:
             body["user_id"] = rec.user
-        return await self.api.create_once("runs/create", body, "run",
-                                          lambda: self.find(exp_id, rec.import_key))
+
+        async def made_unheard() -> Optional[dict]:  # this very create, whose answer was lost
+            runs = await self._copies(exp_id, rec.import_key, include_deleted=False)
+            return next((r for r in runs if _pending_mark(r) == mark), None)
+
+        return await self.api.create_once("runs/create", body, "run", made_unheard)
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -537,6 +646,41 @@ async def upload_verified(api: MlflowApi, artifact_uri: str, art) -> str:
                           f"({size} bytes stored); it will be uploaded again on the next run",
                           url=api.url)
     return stored
+
+
+class _GaveWay(Exception):
+    """The run just created lost to another importer's copy and went to the trash unwritten."""
+
+
+def _new_pending_mark() -> str:
+    return f"{int(time.time() * 1000)} {socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:12]}"
+
+
+def _pending_mark(run: dict) -> str:
+    return next((t["value"] for t in run["data"].get("tags", []) if t["key"] == PENDING_TAG), "")
+
+
+def _abandoned(mark: str) -> bool:
+    """Whether a pending run's maker will never settle it: its process is gone (same host), it
+    is this very process (whose own copy in this search is another: a create whose answer was
+    lost arrived late), or it is older than ABANDONED_AFTER_MS (another host: clocks may differ
+    by a little, a maker rarely stalls for minutes; should it, it finds its copy gone and begins
+    again)."""
+    try:
+        ms, host, pid, _ = mark.split(" ")
+        made, pid = int(ms), int(pid)
+    except ValueError:
+        return True
+    if host == socket.gethostname():
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            pass
+    return time.time() * 1000 - made > ABANDONED_AFTER_MS
 
 
 @dataclass(frozen=True)

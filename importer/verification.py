@@ -19,9 +19,8 @@ import pyarrow as pa
 
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, optional_int, pairs
 from .model import (IMPORT_KEY_TAG, SOURCE_MODEL_TAG, SOURCE_RUN_ID_TAG, SOURCE_VERSION_TAG, LoggedModel,
-                    RunRecord, first_logged_model, first_version, model_point, oldest_run, store_run_id,
-                    stored_value)
-from .model.records import is_pending
+                    RunRecord, first_logged_model, first_version, is_pending, model_point, oldest_run,
+                    store_run_id, stored_value)
 from .sources import server
 from .sources.server import Selection
 

@@ -17,9 +17,9 @@ from .models import (DELETED_VERSION, MODEL_VERSIONS_TAG, PLACEHOLDER_TAG, SOURC
                      status_name)
 from .records import (DERIVED_TIMESTAMPS_NOTE, DERIVED_TIMESTAMPS_TAG, EXPERIMENT_KIND_TAG,
                       FIELD_TAGS, IMPORT_KEY_TAG, INFINITE_VALUES_TAG, LONG_PARAMS_DIR,
-                      LONG_PARAMS_TAG, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, SOURCE_RUN_ID_TAG,
-                      ArtifactFile, ExperimentRecord, RunRecord, derived_key, oldest_run,
-                      spill_long_params, store_import_key, store_run_id)
+                      LONG_PARAMS_TAG, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, PENDING_TAG,
+                      SOURCE_RUN_ID_TAG, ArtifactFile, ExperimentRecord, RunRecord, derived_key,
+                      is_pending, oldest_run, spill_long_params, store_import_key, store_run_id)
 from .values import (INT64_MAX, INT64_MIN, MAX_DOUBLE, MAX_KEY_LENGTH, MAX_PARAM_VALUE_LENGTH,
                      MAX_TAG_VALUE_LENGTH, RUN_ID, SPECIAL_VALUES, flatten_params, key_problem,
                      metric_value, model_stored_value, param_string, replace_invalid_key_chars,
@@ -33,8 +33,9 @@ __all__ = [
     "first_logged_model", "first_version", "goes_with", "logged_model_id", "model_point", "status_name",
     "DERIVED_TIMESTAMPS_NOTE", "DERIVED_TIMESTAMPS_TAG", "EXPERIMENT_KIND_TAG", "FIELD_TAGS",
     "IMPORT_KEY_TAG", "INFINITE_VALUES_TAG", "LONG_PARAMS_DIR", "LONG_PARAMS_TAG", "METRIC_SCHEMA",
-    "OPTIONAL_METRIC_FIELDS", "SOURCE_RUN_ID_TAG", "ArtifactFile", "ExperimentRecord", "RunRecord",
-    "derived_key", "oldest_run", "spill_long_params", "store_import_key", "store_run_id",
+    "OPTIONAL_METRIC_FIELDS", "PENDING_TAG", "SOURCE_RUN_ID_TAG", "ArtifactFile", "ExperimentRecord",
+    "RunRecord", "derived_key", "is_pending", "oldest_run", "spill_long_params", "store_import_key",
+    "store_run_id",
     "INT64_MAX", "INT64_MIN", "MAX_DOUBLE", "MAX_KEY_LENGTH", "MAX_PARAM_VALUE_LENGTH",
     "MAX_TAG_VALUE_LENGTH", "RUN_ID", "SPECIAL_VALUES", "flatten_params", "key_problem",
     "metric_value", "model_stored_value", "param_string", "replace_invalid_key_chars",

@@ -34,13 +34,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
-from ..mlflow_api import NOT_FOUND
 from ..files import sha256_file
 from ..ledger import Ledger
-from ..mlflow_api import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, MlflowApi, pairs, tag_filter
-from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES, RunRecord,
-                     oldest_run, spill_long_params, stored_value)
-from ..model.records import PENDING_TAG, is_pending
+from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_FOUND, MlflowApi, pairs,
+                          tag_filter)
+from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES,
+                     RunRecord, is_pending, oldest_run, spill_long_params, stored_value)
 
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")

@@ -61,8 +61,27 @@ TrackingUri = Annotated[Optional[str], typer.Option(
     help="The MLflow server, e.g. http://127.0.0.1:5000.")]
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("importer")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"importer {_version()}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
     _state["debug"] = debug
     if "pandas" not in sys.modules:
         # pyarrow (at its first array) and sqlite-utils import pandas whenever it is installed,

@@ -10,8 +10,11 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import shutil
 import sys
+import time
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -112,23 +115,66 @@ def _fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(EXIT_RUNS_FAILED)
 
 
-class _Bar:
-    """A one-line progress display on stderr, for terminals only."""
+def _duration(seconds: float) -> str:
+    """20 s, 4 min 05 s, 2 h 05 min: as precise as a person reading a progress line needs."""
+    s = max(1, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
-    def __init__(self) -> None:
-        self.shown = False
+
+def progress_text(done: int, total: int, rate: float | None) -> str:
+    """The progress line: points done (of the total, when it is known), the rate and the time left.
+
+    `rate` is points per second, or None while too little time has passed to measure it."""
+    if total:
+        text = f"{done:,}/{total:,} metric points ({100 * done / total:.0f}%)"
+    else:  # runs read from a server: their size is known only as each is read
+        text = f"{done:,} metric points"
+    if rate is not None:
+        text += f", {rate:,.0f} points/s"
+        if total and done < total and rate > 0:
+            text += f", {_duration((total - done) / rate)} left"
+    return text
+
+
+class _Bar:
+    """A one-line progress display on stderr, for terminals only.
+
+    The rate is measured over the last WINDOW seconds, and shown once at least a second has
+    passed: the first batches land in a burst that says nothing about the speed to come."""
+
+    WINDOW, MIN_SPAN, EVERY = 10.0, 1.0, 0.2
+
+    def __init__(self, stream=None, clock=None) -> None:
+        self.stream = stream or sys.stderr
+        self.clock = clock or time.monotonic
+        self.samples: deque[tuple[float, int]] = deque()  # (time, points done)
+        self.width = 0  # of the line on screen, to clear it
+        self.drawn_at = float("-inf")
 
     def __call__(self, done: int, total: int) -> None:
-        if total:
-            sys.stderr.write(f"\r  {done:,}/{total:,} metric points ({100 * done / total:.0f}%)")
-        else:  # runs read from a server: their size is known only as each is read
-            sys.stderr.write(f"\r  {done:,} metric points")
-        sys.stderr.flush()
-        self.shown = True
+        now = self.clock()
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.WINDOW:
+            self.samples.popleft()
+        if now - self.drawn_at < self.EVERY and done != total:
+            return  # a redraw per batch would cost more than it tells
+        self.drawn_at = now
+        since, done_then = self.samples[0]
+        rate = (done - done_then) / (now - since) if now - since >= self.MIN_SPAN else None
+        text = "  " + progress_text(done, total, rate)
+        text = text[:shutil.get_terminal_size().columns - 1]  # a wrapped line cannot be redrawn
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = max(self.width, len(text))
 
     def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r" + " " * 60 + "\r")
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
 
 
 Paths = Annotated[list[str], typer.Argument(

@@ -64,3 +64,45 @@ def test_progress_line_waits_a_second_for_a_rate_and_is_cleared():
     assert line == "  11,000/100,000 metric points (11%), 5,000 points/s, 18 s left"
     bar.close()
     assert out.getvalue().endswith("\r" + " " * len(line) + "\r")
+
+
+# -- the help texts ------------------------------------------------------------------------------
+
+def _helps():
+    """Every command's --help as a user sees it, at 100 columns, with the click command it shows."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    runner = CliRunner()
+    yield group, runner.invoke(app, ["--help"], env={"COLUMNS": "100"}, terminal_width=100).output
+    for name, command in group.commands.items():
+        yield command, runner.invoke(app, [name, "--help"], env={"COLUMNS": "100"}, terminal_width=100).output
+
+
+def test_help_shows_no_type_names():
+    import re
+
+    for command, text in _helps():
+        assert "Usage:" in text, text
+        # typer's own type labels, such as <bool>, <str>, <list[str]> or <int range>
+        assert not re.findall(r"<[a-z][\w\[\] ]*>", text), (command.name, text)
+
+
+def test_help_texts_are_sentences():
+    import click
+
+    for command, _ in _helps():
+        for paragraph in command.help.strip().split("\n\n"):
+            paragraph = "\n".join(line.strip() for line in paragraph.splitlines())
+            assert "\n" not in paragraph and paragraph.endswith("."), (command.name, paragraph)
+        for param in command.params:
+            if isinstance(param, click.Option) or param.help:
+                assert param.help and "\n" not in param.help and param.help.endswith("."), (command.name, param.opts)
+
+
+def test_usage_errors_exit_2():
+    runner = CliRunner()
+    assert runner.invoke(app, ["import", "x", "--in-flight", "0"]).exit_code == 2
+    assert runner.invoke(app, ["import", "x", "--on-param-conflict", "merge"]).exit_code == 2
+    assert runner.invoke(app, ["find", "--experiment", "e", "--tag", "novalue"]).exit_code == 2
+    assert runner.invoke(app, ["nonsense"]).exit_code == 2

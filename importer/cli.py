@@ -10,12 +10,16 @@ import importlib.abc
 import importlib.machinery
 import json
 import os
+import shutil
 import sys
+import time
 import traceback
+from collections import deque
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 
 class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -52,17 +56,62 @@ from .mlflow_api import ClientConfig, side_env  # noqa: E402
 
 EXIT_OK, EXIT_RUNS_FAILED, EXIT_INPUT, EXIT_SERVER = 0, 1, 2, 3
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+def _no_type(ctx) -> None:
+    return None
+
+
+class _Help:
+    """typer prints each parameter's Python type beside it in --help (`--dry-run <bool>`,
+    `PATH <list[str]>`) where no metavar is declared. A flag takes no value, and an argument's
+    metavar names it already, so for those the help shows no type; every option with a value
+    declares its metavar (URL, NAME, N)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if isinstance(param, TyperArgument) or getattr(param, "is_flag", False):
+                param.display_type_rich = _no_type
+        return params
+
+
+class _Group(_Help, TyperGroup):
+    pass
+
+
+class _Command(_Help, TyperCommand):
+    pass
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Register ML runs in an MLflow tracking server after the fact.")
 _state = {"debug": False}
 
 TrackingUri = Annotated[Optional[str], typer.Option(
-    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
-    help="The MLflow server, e.g. http://127.0.0.1:5000.")]
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True, metavar="URL",
+    help="The MLflow server, for example http://127.0.0.1:5000.")]
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("importer")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"importer {_version()}")
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = None,
+) -> None:
     _state["debug"] = debug
     if "pandas" not in sys.modules:
         # pyarrow (at its first array) and sqlite-utils import pandas whenever it is installed,
@@ -93,36 +142,91 @@ def _fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(EXIT_RUNS_FAILED)
 
 
-class _Bar:
-    """A one-line progress display on stderr, for terminals only."""
+def _duration(seconds: float) -> str:
+    """20 s, 4 min 05 s, 2 h 05 min: as precise as a person reading a progress line needs."""
+    s = max(1, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
-    def __init__(self) -> None:
-        self.shown = False
+
+def progress_text(done: int, total: int, rate: float | None) -> str:
+    """The progress line: points done (of the total, when it is known), the rate and the time left.
+
+    `rate` is points per second, or None while too little time has passed to measure it."""
+    if total:
+        text = f"{done:,}/{total:,} metric points ({100 * done / total:.0f}%)"
+    else:  # runs read from a server: their size is known only as each is read
+        text = f"{done:,} metric points"
+    if rate is not None:
+        text += f", {rate:,.0f} points/s"
+        if total and done < total and rate > 0:
+            text += f", {_duration((total - done) / rate)} left"
+    return text
+
+
+class _Bar:
+    """A one-line progress display on stderr, for terminals only.
+
+    The rate is measured over the last WINDOW seconds, and shown once at least a second has
+    passed: the first batches land in a burst that says nothing about the speed to come."""
+
+    WINDOW, MIN_SPAN, EVERY = 10.0, 1.0, 0.2
+
+    def __init__(self, stream=None, clock=None) -> None:
+        self.stream = stream or sys.stderr
+        self.clock = clock or time.monotonic
+        self.samples: deque[tuple[float, int]] = deque()  # (time, points done)
+        self.width = 0  # of the line on screen, to clear it
+        self.drawn_at = float("-inf")
 
     def __call__(self, done: int, total: int) -> None:
-        if total:
-            sys.stderr.write(f"\r  {done:,}/{total:,} metric points ({100 * done / total:.0f}%)")
-        else:  # runs read from a server: their size is known only as each is read
-            sys.stderr.write(f"\r  {done:,} metric points")
-        sys.stderr.flush()
-        self.shown = True
+        now = self.clock()
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.WINDOW:
+            self.samples.popleft()
+        if now - self.drawn_at < self.EVERY and done != total:
+            return  # a redraw per batch would cost more than it tells
+        self.drawn_at = now
+        since, done_then = self.samples[0]
+        rate = (done - done_then) / (now - since) if now - since >= self.MIN_SPAN else None
+        text = "  " + progress_text(done, total, rate)
+        text = text[:shutil.get_terminal_size().columns - 1]  # a wrapped line cannot be redrawn
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = max(self.width, len(text))
 
     def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r" + " " * 60 + "\r")
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
 
 
 Paths = Annotated[list[str], typer.Argument(
-    help="Manifests, log files or folders (walked; every recognised run is read); - reads a manifest from stdin.")]
-Experiment = Annotated[Optional[str], typer.Option(help="Experiment for runs whose input names none.")]
+    metavar="PATH", help="Manifests, log files or folders (a folder is walked and every run recognised in it "
+    "is read); - reads a manifest from standard input.")]
+Experiment = Annotated[Optional[str], typer.Option(
+    metavar="NAME", help="The experiment for runs whose input names none.")]
 Format = Annotated[Optional[str], typer.Option(
-    "--format", help="Read every path as this format instead of detecting it: manifest, bundle, "
-    "mlruns, mlflow-export, keras, lightning, yolo, csv, hf, text, tensorboard, wandb.")]
+    "--format", metavar="FORMAT", help="Read every path as this format instead of detecting it: manifest, "
+    "bundle, mlruns, mlflow-export, keras, lightning, yolo, csv, hf, text, tensorboard or wandb.")]
 Pattern = Annotated[Optional[list[str]], typer.Option(
-    "--pattern", help="Text logs: a regex with named groups (step, epoch, time; any other group is a metric). Repeatable.")]
-StepColumn = Annotated[Optional[str], typer.Option(help="Generic tables: the column holding the step.")]
-TimeColumn = Annotated[Optional[str], typer.Option(help="Generic tables: the column holding the time.")]
-KeyPrefix = Annotated[str, typer.Option(help="Generic tables: a prefix for every metric key.")]
+    "--pattern", metavar="REGEX", help="Text logs: a regular expression with named groups (step, epoch and "
+    "time; any other group is a metric); repeatable.")]
+StepColumn = Annotated[Optional[str], typer.Option(
+    metavar="COLUMN", help="Generic tables: the column that holds the step.")]
+TimeColumn = Annotated[Optional[str], typer.Option(
+    metavar="COLUMN", help="Generic tables: the column that holds the time.")]
+KeyPrefix = Annotated[str, typer.Option(metavar="PREFIX", help="Generic tables: a prefix for every metric key.")]
+State = Annotated[Optional[Path], typer.Option(
+    metavar="FILE", help="The ledger file; by default $XDG_STATE_HOME/importer/ledger.db, else "
+    "~/.local/state/importer/ledger.db.")]
+ParamConflict = Annotated[str, typer.Option(
+    metavar="error|keep|rename", help="What to do when a param differs from the value stored on the run.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Show no progress line.")]
 
 
 def _options(pattern, step_column, time_column, key_prefix, artifact_root=()):
@@ -135,7 +239,7 @@ def _options(pattern, step_column, time_column, key_prefix, artifact_root=()):
                          artifact_roots=[tuple(m.split("=", 1)) for m in artifact_root or ()])
 
 
-@app.command("import")
+@app.command("import", cls=_Command)
 def import_(
     paths: Paths,
     tracking_uri: TrackingUri = None,
@@ -145,17 +249,22 @@ def import_(
     step_column: StepColumn = None,
     time_column: TimeColumn = None,
     key_prefix: KeyPrefix = "",
-    state: Annotated[Optional[Path], typer.Option(help="Ledger file (default: ~/.local/state/importer/ledger.db).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be created, appended or skipped; write nothing.")] = False,
-    on_param_conflict: Annotated[str, typer.Option(help="When a param differs from the stored value: error, keep or rename.")] = "error",
-    in_flight: Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at most.")] = ClientConfig.max_in_flight,
-    as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
-    include_deleted: Annotated[bool, typer.Option("--include-deleted", help="mlruns folders, bundles and exports: also import deleted runs (deleted again on the destination).")] = False,
-    artifact_root: Annotated[Optional[list[str]], typer.Option("--artifact-root", help="mlruns folders: OLD=NEW, artifacts stored under OLD (e.g. file:///C:/Users/me/project) are read from the folder NEW. Repeatable.")] = None,
+    state: State = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Say what would be created, appended or left unchanged, and write nothing.")] = False,
+    on_param_conflict: ParamConflict = "error",
+    in_flight: Annotated[int, typer.Option(
+        min=1, max=64, metavar="N", help="The most requests in flight at once.")] = ClientConfig.max_in_flight,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
+    include_deleted: Annotated[bool, typer.Option(
+        "--include-deleted", help="mlruns/ folders, bundles and exports: also import the runs deleted there "
+        "(they are deleted again on the destination).")] = False,
+    artifact_root: Annotated[Optional[list[str]], typer.Option(
+        "--artifact-root", metavar="OLD=NEW", help="mlruns/ folders: read the artifacts stored under OLD (such as "
+        "file:///C:/Users/me/project) from the folder NEW; repeatable.")] = None,
 ) -> None:
-    """Register the runs of manifests, training logs, mlruns/ folders and export bundles in an
-    MLflow server."""
+    """Register the runs of manifests, training logs, mlruns/ folders and export bundles in an MLflow server."""
     from . import pipeline
 
     if on_param_conflict not in ("error", "keep", "rename"):
@@ -185,7 +294,7 @@ def _finish(summary, as_json: bool) -> None:
     raise typer.Exit(EXIT_RUNS_FAILED if summary.failed else EXIT_OK)
 
 
-@app.command()
+@app.command(cls=_Command)
 def validate(
     paths: Paths,
     experiment: Experiment = None,
@@ -195,7 +304,7 @@ def validate(
     time_column: TimeColumn = None,
     key_prefix: KeyPrefix = "",
 ) -> None:
-    """Check inputs without a server: every problem with file, location and rule."""
+    """Check inputs without a server, and list every problem with its file, location and rule."""
     from . import pipeline
 
     try:
@@ -213,7 +322,7 @@ def validate(
         typer.echo(f"  not recognised: {path}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     paths: Paths,
     experiment: Experiment = None,
@@ -224,8 +333,9 @@ def inspect(
     key_prefix: KeyPrefix = "",
     as_json: Annotated[bool, typer.Option("--json", help="Write the report as JSON on stdout.")] = False,
 ) -> None:
-    """What importer sees in PATH, without a server: format, runs, params, metric keys, points
-    and step range per key, problems."""
+    """Show what importer finds in each PATH, without a server.
+
+    Per run: its format, params, metric keys with their points and step range, and its problems."""
     from . import pipeline
 
     try:
@@ -240,13 +350,14 @@ def inspect(
     raise typer.Exit(EXIT_INPUT if report["problems"] else EXIT_OK)
 
 
-@app.command()
+@app.command(cls=_Command)
 def find(
-    experiment: Annotated[str, typer.Option(help="Experiment name.")],
-    tag: Annotated[list[str], typer.Option(help="KEY=VALUE; repeat to require several.")],
+    experiment: Annotated[str, typer.Option(metavar="NAME", help="The experiment's name.")],
+    tag: Annotated[list[str], typer.Option(
+        metavar="KEY=VALUE", help="A tag the run must have; repeat it to require several.")],
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Is this run already registered? Prints the run ids and exits 0, or exits 1."""
+    """Tell whether a run is already registered: print its run ids and exit 0, or exit 1."""
     from . import pipeline
 
     tags = {}
@@ -267,22 +378,26 @@ def find(
 
 # -- between stores ------------------------------------------------------------------------------
 
-From = Annotated[str, typer.Option("--from", help="The source MLflow server (MLFLOW_TRACKING_URI is not used).")]
-To = Annotated[str, typer.Option("--to", help="The destination MLflow server (MLFLOW_TRACKING_URI is not used).")]
+From = Annotated[str, typer.Option(
+    "--from", metavar="URL", help="The source MLflow server (MLFLOW_TRACKING_URI is not used).")]
+To = Annotated[str, typer.Option(
+    "--to", metavar="URL", help="The destination MLflow server (MLFLOW_TRACKING_URI is not used).")]
 Experiments = Annotated[Optional[list[str]], typer.Option(
-    "--experiment", help="An experiment to take, by name; repeatable. Default: all experiments.")]
+    "--experiment", metavar="NAME", help="An experiment to take, by name; repeatable. By default, all of them.")]
 IncludeDeleted = Annotated[bool, typer.Option(
-    "--include-deleted", help="Also deleted runs and experiments (deleted again on the destination).")]
+    "--include-deleted", help="Also take deleted runs and experiments (they are deleted again on the destination).")]
 Shard = Annotated[Optional[str], typer.Option(
-    help="I/N: take only the runs whose root run hashes to shard I of N (1 <= I <= N).")]
+    metavar="I/N", help="Take only the runs whose root run hashes to shard I of N (1 <= I <= N).")]
 NoModels = Annotated[bool, typer.Option("--no-models", help="Leave registered models out.")]
-InFlight = Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at most, per server.")]
+InFlight = Annotated[int, typer.Option(
+    min=1, max=64, metavar="N", help="The most requests in flight at once, per server.")]
 
 
 def _cred(side: str, what: str):
+    server = {"from": "source", "to": "destination"}[side]
     return Annotated[Optional[str], typer.Option(
         f"--{side}-{what}-env", metavar="VAR",
-        help=f"Name of the environment variable holding the {side} server's {what}.")]
+        help=f"The name of the environment variable that holds the {server} server's {what}.")]
 
 
 FromToken, FromUsername, FromPassword = (_cred("from", w) for w in ("token", "username", "password"))
@@ -303,12 +418,14 @@ def _selection(experiment, include_deleted, since=None, shard=None):
     return Selection(tuple(experiment or ()), include_deleted, since_ms, parse_shard(shard))
 
 
-@app.command()
+@app.command(cls=_Command)
 def export(
     source: From,
-    out: Annotated[Path, typer.Option("--out", help="The bundle folder (created; a rerun resumes it).")],
+    out: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="The bundle folder; it is created, and a rerun resumes it.")],
     experiment: Experiments = None,
-    since: Annotated[Optional[str], typer.Option(help="Only runs started or ended on or after this date (ISO 8601).")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        metavar="DATE", help="Only the runs started or ended on or after this date (ISO 8601, such as 2024-05-01).")] = None,
     include_deleted: IncludeDeleted = False,
     shard: Shard = None,
     no_models: NoModels = False,
@@ -316,10 +433,11 @@ def export(
     from_token_env: FromToken = None,
     from_username_env: FromUsername = None,
     from_password_env: FromPassword = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
+    as_json: AsJson = False,
 ) -> None:
-    """Write runs of a server (metrics, params, tags, artifacts, registered models) into a bundle
-    folder that `importer import BUNDLE` reads."""
+    """Write the runs of a server into a bundle folder, which `importer import BUNDLE` reads.
+
+    Metrics, params, tags, artifacts and registered models go in; a rerun resumes the bundle."""
     from . import moves
 
     try:
@@ -331,17 +449,18 @@ def export(
     _finish(summary, as_json)
 
 
-@app.command()
+@app.command(cls=_Command)
 def migrate(
     source: From,
     dest: To,
     experiment: Experiments = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every experiment (the default when no --experiment is given).")] = False,
+    all_: Annotated[bool, typer.Option(
+        "--all", help="Take every experiment (the default when no --experiment is given).")] = False,
     include_deleted: IncludeDeleted = False,
     shard: Shard = None,
     no_models: NoModels = False,
-    state: Annotated[Optional[Path], typer.Option(help="Ledger file (default: ~/.local/state/importer/ledger.db).")] = None,
-    on_param_conflict: Annotated[str, typer.Option(help="When a param differs from the stored value: error, keep or rename.")] = "error",
+    state: State = None,
+    on_param_conflict: ParamConflict = "error",
     in_flight: InFlight = ClientConfig.max_in_flight,
     from_token_env: FromToken = None,
     from_username_env: FromUsername = None,
@@ -349,11 +468,12 @@ def migrate(
     to_token_env: ToToken = None,
     to_username_env: ToUsername = None,
     to_password_env: ToPassword = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Write the summary as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ) -> None:
-    """Copy experiments, runs and registered models from one server to another. Run it again
-    later to copy only what is new or grew."""
+    """Copy experiments, runs and registered models from one server to another.
+
+    Run it again later to copy only what is new or grew."""
     from . import moves
 
     if all_ and experiment:
@@ -374,7 +494,7 @@ def migrate(
     _finish(summary, as_json)
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     source: From,
     dest: To,
@@ -382,7 +502,8 @@ def verify(
     include_deleted: IncludeDeleted = False,
     shard: Shard = None,
     no_models: NoModels = False,
-    show_map: Annotated[bool, typer.Option("--show-map", help="Print the id map: source run -> destination run.")] = False,
+    show_map: Annotated[bool, typer.Option(
+        "--show-map", help="Print the id map: each source run and its destination run.")] = False,
     in_flight: InFlight = ClientConfig.max_in_flight,
     from_token_env: FromToken = None,
     from_username_env: FromUsername = None,
@@ -391,8 +512,9 @@ def verify(
     to_username_env: ToUsername = None,
     to_password_env: ToPassword = None,
 ) -> None:
-    """Compare source and destination run by run: params, tags, times, status, every metric
-    point, artifacts by size and hash, registered models. Exits 1 on any difference."""
+    """Compare source and destination run by run, and exit 1 on any difference.
+
+    Params, tags, times, status, every metric point, artifacts (by size and hash) and registered models are compared."""
     from .verification import verify as verify_stores
 
     try:
@@ -407,9 +529,9 @@ def verify(
     raise typer.Exit(EXIT_RUNS_FAILED if report.differences else EXIT_OK)
 
 
-@app.command()
-def schema(bundle: Annotated[bool, typer.Option("--bundle", help="The export bundle's schema instead.")] = False) -> None:
-    """Print the run-manifest JSON Schema (or the export bundle's)."""
+@app.command(cls=_Command)
+def schema(bundle: Annotated[bool, typer.Option("--bundle", help="Print the export bundle's schema instead.")] = False) -> None:
+    """Print the JSON Schema of the run manifest, or of the export bundle."""
     if bundle:
         from .model.bundle import bundle_json_schema
         typer.echo(json.dumps(bundle_json_schema(), indent=2))
@@ -418,14 +540,17 @@ def schema(bundle: Annotated[bool, typer.Option("--bundle", help="The export bun
         typer.echo(json.dumps(pipeline.schema(), indent=2))
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
-    paths: Annotated[Optional[list[str]], typer.Argument(help="What to import (default: sample_logs/).")] = None,
-    state: Annotated[Path, typer.Option(help="Folder for the local server's data and the ledger.")] = Path(".importer-demo"),
-    port: Annotated[int, typer.Option(help="Port of the local server.")] = 5000,
+    paths: Annotated[Optional[list[str]], typer.Argument(
+        metavar="PATH", help="What to import; by default sample_logs/.")] = None,
+    state: Annotated[Path, typer.Option(
+        metavar="DIR", help="The folder for the local server's data and the ledger.")] = Path(".importer-demo"),
+    port: Annotated[int, typer.Option(metavar="PORT", help="The port of the local server.")] = 5000,
 ) -> None:
-    """Start a local MLflow server (SQLite, in STATE) unless one already answers on PORT, import
-    sample_logs/ into it, and leave it running."""
+    """Import sample_logs/ into a local MLflow server, started unless one answers on --port.
+
+    The server (SQLite, its data in --state) keeps running."""
     import httpx
 
     from . import pipeline

@@ -366,23 +366,34 @@ class MlflowSink:
         the other and could not settle while that copy was pending: it waited or gave way. The
         server's SQL store shows a committed create to the next search (no lag to allow for).
 
-        A pending copy whose maker is gone (killed between create and settle) would hold the
-        others back: it is deleted by whoever sees it, when its maker's process is gone (same
-        host) or it is older than ABANDONED_AFTER_MS."""
+        A pending copy whose maker is gone (killed between create and settle: its process is gone,
+        same host, or it is older than ABANDONED_AFTER_MS) would hold the others back: whoever sees
+        it takes it over and settles it (nothing was written to it), giving way its own."""
         mine_id = mine["info"]["run_id"] if mine else None
         deadline = time.monotonic() + ABANDONED_AFTER_MS / 1000 + 60
         while time.monotonic() < deadline:
             runs = await self._copies(exp_id, key, include_deleted)
             settled = [r for r in runs if not is_pending(r)]
             if settled:
-                if mine_id is not None:
-                    await self._give_way(mine_id)
-                return oldest_run(settled)
+                winner = oldest_run(settled)
+                if mine_id is not None and winner["info"]["run_id"] != mine_id:  # (another may
+                    await self._give_way(mine_id)  # have taken mine over, thinking it abandoned)
+                return winner
             pending = {r["info"]["run_id"]: r for r in runs if r["info"].get("lifecycle_stage") == "active"}
-            for run_id, run in list(pending.items()):
-                if run_id != mine_id and _abandoned(_pending_mark(run)):
-                    await self._give_way(run_id)
-                    del pending[run_id]
+            left = [r for run_id, r in pending.items() if run_id != mine_id and _abandoned(_pending_mark(r))]
+            if left:
+                # Copies whose makers are gone (killed between create and settle) hold nothing: the
+                # first of them is taken over, by every importer that sees it, so a rerun after a
+                # kill leaves no copy in the trash; any others give way to it.
+                first = oldest_run(left)
+                for run in left:
+                    if run is not first:
+                        await self._give_way(run["info"]["run_id"])
+                if await self._settle_mine(first["info"]["run_id"]):
+                    if mine_id is not None:
+                        await self._give_way(mine_id)
+                    return first
+                continue  # it went meanwhile: look again
             if mine_id is not None and mine_id not in pending:
                 return None  # deleted as abandoned (this process stalled for minutes): begin again
             if len(pending) == (mine_id is not None):  # nobody else is deciding

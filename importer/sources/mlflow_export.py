@@ -1,71 +1,11 @@
-"""Folders written by mlflow-export-import (and its fork mlflow-migration) -> RunRecords.
+"""Folders written by mlflow-export-import and mlflow-migration -> RunRecords, registered models
+and MLflow 3 logged models.
 
-Layouts, as the tool has written them over its versions (RUN = a run folder: `run.json` and
-`artifacts/`):
-
-    single run    RUN/
-    experiment    EXP/experiment.json + EXP/runs/<run id>/     (since late 2025)
-                  EXP/experiment.json + EXP/<run id>/          (1.2; mlflow-migration)
-                  EXP/manifest.json   + EXP/<run id>/          (before 1.2: {"experiment", "export_info"})
-    bulk          ROOT/experiments.json + ROOT/<experiment id>/EXP...  (before 1.2: manifest.json)
-    model         MODEL/model.json + MODEL/<run id>/RUN (each version's run; before October 2023
-                  not in export-models) + MODEL/<model id>/ (MLflow 3, late 2025: the version's
-                  logged model) + MODEL/version_models/ (--export-version-model; not read)
-    all, models   ROOT/manifest.json + ROOT/experiments/<experiment id>/EXP...
-                  + ROOT/models/models.json (before December 2022: manifest.json) + ROOT/models/<name>/MODEL
-
-Since 1.2 every file is {"system": ..., "info": ..., "mlflow": PAYLOAD}; before, the payload was
-the document itself. A run's payload has `info` (the REST RunInfo), `params`, `tags`, `metrics`
-(key -> [{value, timestamp, step}, ...]; before March 2022 key -> last value, read as one point
-at step 0 with the run's start time), and `inputs` (a list of dataset inputs, or
-{"dataset_inputs": [...], "model_inputs": [...]}).
-
-Registered models (export-model, export-models, export-all; read from the tool's
-model/export_model.py): MODEL/model.json holds `registered_model`, MLflow's registered model as
-the REST API gives it (name, description, tags and aliases as lists of {key, value} and {alias,
-version}) with `versions` (`latest_versions` until January 2023), each the Python client's
-ModelVersion (version, run_id, source, current_stage, description, status, tags as an object,
-`aliases`, MLflow 3 `model_id`: null in mlflow-migration's even for `models:/m-...` sources) plus
-the tool's `_run_artifact_uri` and `_experiment_name`. They become bundle.BundleModel records,
-written after the runs by registry.copy_models as an `mlruns/` folder's are: a version points at
-the migrated copy of its run (by the source run id; its model at the same path in that run's
-artifacts) and of its logged model; deleted versions are not exported (and left out if they
-are); the versions' numbers are kept. A version whose run (or logged model) is in none of the
-folders imported together is left out with a note naming the model, the version and the run
-(registry.write_models): name the folder holding that run in the same command (`importer import
-exp_export/ model_export/`). The same run exported with its experiment and beside its model is
-read once, from the experiment (which names its experiment and tags); a run only beside its
-model is in the experiment its version names. A problem in model.json (not JSON, no name, a
-version without a number or source) or a model listed in models.json without its folder loses
-only that model or version: SourceResult.skipped.
-
-Unit: the folder of the file recognised. A folder is walked top-down and an export's own files
-sit above its runs, so an export's root claims the whole export: `importer import out/` reads it
-once. `read` takes any folder and reads every run folder below it.
-
-Mapping: experiment = --experiment, else the name in the experiment's file, else the run's tag
-`mlflow_export_import.metadata.experiment_name`, else the `_experiment_name` of a model version
-made from it, else the bulk listing, else the experiment folder's name. Import key
-`store_import_key(<original run id>)`. Params and tags exactly as exported (the tool's own
-`mlflow_export_import.*` / `mlflow_exim.*` tags too), except
-`mlflow.parentRunId`, which becomes `parent_key`. `user` is the `mlflow.user` tag (what the UI
-shows; the sink writes one user for both) else `info.user_id`. Metric points in order, NaN and
-+-inf as floats; MLflow 3 point fields (model_id, dataset_name, dataset_digest) as extra string
-columns. Artifacts: every file below RUN/artifacts/, links not followed out of it.
-
-MLflow 3 logged models (since late 2025): EXP/logged_models/logged_models.json (per experiment:
-id, name, model ids) with EXP/logged_models/<model id>/, or RUN/<model id>/ beside a run exported
-alone; each holds logged_model.json (MLflow's LoggedModel: model_id, experiment_id, name,
-model_type, status as READY/PENDING/FAILED, source_run_id, params, tags, metrics with run_id and
-dataset) and artifacts/. The runs' links to them are run.json's `inputs.model_inputs` and
-`outputs.model_outputs`. They become logged_models.LoggedModel records, as a bundle's; a problem
-in one loses only that model (SourceResult.skipped).
-
-Not read (each noted): an export-model-version folder's `version.json` (its run is read),
-version_models/, traces, prompts and evaluation datasets. A file that is not valid JSON is a
-problem naming its line and column; the runs of an experiment whose experiment.json is broken
-are still read (named from their tags or the bulk listing), so `inspect` shows them, but the
-experiment's tags would be lost, so the import stops until the file is fixed.
+Reads every layout the tool has written (single run, experiment, bulk, model, all; before and
+after its 1.2 envelope). Runs keep their source ids (import key `mlflow-run-<id>`). A run that
+cannot be read (its `run.json`, or listed in `experiment.json` without its folder) is lost alone,
+as is a problem in one model or version. Layouts, mapping and what is not read:
+docs/formats/mlflow-export.md.
 """
 
 from __future__ import annotations

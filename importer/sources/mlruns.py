@@ -1,49 +1,12 @@
-"""MLflow file-store folders (`mlruns/`): every run as MLflow wrote it, from MLflow 1.x to 3.x.
+"""MLflow file-store folders (`mlruns/`) from MLflow 1.x to 3.x -> RunRecords, logged models and
+registered models.
 
-Layout read (ROOT is the folder holding the experiment folders):
-
-    ROOT/<exp>/meta.yaml                   experiment: experiment_id, name, artifact_location, lifecycle_stage
-    ROOT/<exp>/tags/<key>                  experiment tags (its description is `mlflow.note.content`)
-    ROOT/<exp>/<run>/meta.yaml             run: run_id and/or run_uuid, run_name (none before 1.x's end),
-                                           start_time, end_time, status (1..5), user_id, lifecycle_stage,
-                                           artifact_uri
-    ROOT/<exp>/<run>/params|tags/<key>     one file per key, the value is the whole file
-    ROOT/<exp>/<run>/metrics/<key>         lines `timestamp value step` (old: `timestamp value`, step 0;
-                                           MLflow 3: `... dataset_name dataset_digest`)
-    ROOT/<exp>/<run>/artifacts/**          the run's artifacts
-    ROOT/<exp>/<run>/inputs/<id>/meta.yaml + ROOT/<exp>/datasets/<id>/meta.yaml   dataset inputs
-                                           (source_type DATASET); MLflow 3 model inputs (MODEL, source_id)
-    ROOT/<exp>/<run>/outputs/<model id>/meta.yaml   MLflow 3: the run logged that model (step)
-    ROOT/<exp>/models/<model id>/meta.yaml MLflow 3 logged model: model_id, experiment_id, name, model_type,
-                                           status (0..3), status_message, source_run_id, creation_timestamp,
-                                           artifact_location, lifecycle_stage (deleted: not read, noted)
-    ROOT/<exp>/models/<id>/params|tags/    as a run's
-    ROOT/<exp>/models/<id>/metrics/<key>   lines `timestamp value step run_id [dataset_name dataset_digest]`
-    ROOT/<exp>/models/<id>/artifacts/**    the model's artifacts
-    ROOT/models/<name>/meta.yaml           registered model: name, description (+ timestamps)
-    ROOT/models/<name>/tags/, aliases/     one file per tag; per alias, the file holds the version
-    ROOT/models/<name>/version-N/meta.yaml version, source, run_id, current_stage (Deleted_Internal:
-                                           deleted, left out), status, description, MLflow 3 model_id
-    ROOT/models/<name>/version-N/tags/     version tags
-    ROOT/.trash/<exp>/...                  deleted experiments: all their runs are "deleted"
-
-Keys with `/` are sub-folders (`metrics/val/loss` is `val/loss`). A folder inside ROOT that is itself
-a store (a stray `mlruns/mlruns/`) is read as one too. Traces (`<exp>/traces/`) are not read (noted).
-Registered models are read with the store root only; a run folder named alone takes the logged
-models it made.
-
-Mapping: each run keeps its id (`source_run_id`, import key `store_import_key(run_id)`), its
-original times, status, user and lifecycle, every param and tag byte for byte (no renaming, no
-truncation: the store accepted them once), every metric point in file order; the tag
-`mlflow.parentRunId` becomes `parent_key`. Artifacts are taken from `<run>/artifacts/` only; an
-`artifact_uri` elsewhere (another machine, another disk) is never read, and a note says so. Nothing
-outside the folder read is followed, links included.
-
-Logged models and registered models become the records a bundle gives (logged_models.LoggedModel,
-bundle.BundleModel), written after the runs by the same code: a model's points keep their run (by
-source run id) and dataset, a version points at its run and logged model by their source ids. A
-problem in them (a broken meta.yaml, a bad metrics line) loses only that model, version or point:
-it goes to `skipped`, and the import writes the rest and reports it as failed.
+Every run keeps its id, times, status, user, lifecycle, params and tags byte for byte, and every
+metric point. Artifacts come from `<run>/artifacts/`; a run whose artifact location is elsewhere
+(another machine's `file:///C:/...`) has them looked for by the location's longest end, under the
+folder read and its parent, or where `--artifact-root OLD=NEW` maps it. A run that cannot be read
+(its `meta.yaml`, a metrics line, a key the server rejects) is lost alone, as is a broken model,
+version or point. Layout read and mapping: docs/formats/mlruns.md.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ import pyarrow.compute as pc
 from ..errors import Problem
 from ..model import RunRecord
 from .base import SourceOptions, SourceResult, import_key
-from .table import MetricBuilder, first_line, integer_steps, read_delimited, split_header
+from .columns import MetricBuilder, integer_steps
+from .delimited import first_line, read_delimited, split_header
 
 NAME = "keras"
 NULL_CELLS = ("", "NA")

@@ -7,7 +7,7 @@ files (those are TensorBoardLogger folders); a folder with such version folders 
 folder, sorted by N).
 
 metrics.csv: Lightning writes one row per `log` call site and step, with train and validation
-values on different rows; an empty cell is no point (never 0). Read as table.DelimitedRun: validated
+values on different rows; an empty cell is no point (never 0). Read as delimited_run.DelimitedRun: validated
 block by block, its points streamed from the file when the run is written. Steps: the `step` column; `epoch`
 is then a metric too. Without a `step` column (test-tube era, PL <= 0.7) `epoch` is the step, and
 without either the row index 0..n-1 is (DERIVED_STEPS_TAG). Timestamps: not in the file, left null
@@ -15,7 +15,7 @@ without either the row index 0..n-1 is (DERIVED_STEPS_TAG). Timestamps: not in t
 a metric, and is not used. A metrics.csv that is empty or a single newline gives a run with no
 metrics; a missing metrics.csv gives a run with params only.
 
-Params: `hparams.yaml` read with table.DataLoader (a SafeLoader: `!!python/object`,
+Params: `hparams.yaml` read with yamlfile.DataLoader (a SafeLoader: `!!python/object`,
 `!!python/name`, `!!binary` ... never execute and become plain data, see its docstring), flattened
 with model.flatten_params. Legacy test-tube layouts: `meta_tags.csv` (key,value rows) adds params
 not already in hparams.yaml, and `meta.experiment` (JSON) adds `meta.experiment.<key>` params.
@@ -41,7 +41,9 @@ import pyarrow.csv as pv
 from ..errors import Problem
 from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
-from .table import DelimitedRun, first_line, load_yaml, split_header
+from .delimited import first_line, split_header
+from .delimited_run import DelimitedRun
+from .yamlfile import load_yaml
 
 NAME = "lightning"
 _VERSION = re.compile(r"^version_(\d+)$")
@@ -122,7 +124,7 @@ def _read_version(folder: Path, options: SourceOptions, result: SourceResult) ->
                     origin=f"{folder}: {folder.name}", name=folder.name)
     rec.params = _params(folder, rec.origin, result)
     file = folder / "metrics.csv"
-    if file.is_file():  # streamed from the file when written (table.DelimitedRun)
+    if file.is_file():  # streamed from the file when written (delimited_run.DelimitedRun)
         DelimitedRun(file, rec, step_column=_step_column(file), keep_text=("step", "epoch"),
                      text_only=False, text_keys=False).validate(result)
     return rec

@@ -293,6 +293,20 @@ def test_keras_repeated_header_starts_a_segment(tmp_path):
     assert [r.metrics["loss"].num_rows for r in recs] == [2, 1]
 
 
+def test_a_metrics_csv_is_lightnings_exactly_where_lightning_reads_it(tmp_path):
+    """One rule (lightning.is_metrics_file) for Keras and Lightning: a metrics.csv in a version_N
+    folder is Lightning's (test-tube's header starts with `epoch` and has no `step`), whatever
+    else is beside it; elsewhere a Keras-shaped metrics.csv is Keras's, so no file is refused by
+    both and read as neither."""
+    header = b"epoch,loss\n0,0.5\n1,0.4\n"
+    ours = _write(tmp_path, "logs/version_0/metrics.csv", header)
+    assert lightning.detect(ours) and not keras.detect(ours) and not table.detect(ours)
+    for folder in ("version_x", "run"):  # hparams.yaml beside it does not make it Lightning's
+        other = _write(tmp_path, f"logs/{folder}/metrics.csv", header)
+        _write(tmp_path, f"logs/{folder}/hparams.yaml", b"lr: 0.1\n")
+        assert keras.detect(other) and not lightning.detect(other) and not table.detect(other)
+
+
 def test_lightning_sparse_rows_and_yaml_tags(tmp_path):
     v = tmp_path / "my_model" / "version_3"
     _write(v, "metrics.csv", b"epoch,step,train_loss,val_loss\n0,9,0.5,\n0,9,,0.6\n1,19,0.4,\n")

@@ -50,9 +50,10 @@ _VERSION = re.compile(r"^version_(\d+)$")
 _MARKERS = ("metrics.csv", "meta_tags.csv")
 
 
-def _is_version_dir(path: Path) -> bool:
+def is_version_folder(path: Path) -> bool:
     """version_N with metrics.csv or meta_tags.csv; or with hparams.yaml alone (a CSVLogger run
-    that never flushed metrics) unless TensorBoard event files show a TensorBoardLogger folder."""
+    that never flushed metrics) unless TensorBoard event files show a TensorBoardLogger folder.
+    Every file in it belongs to that run (the generic table source leaves them alone)."""
     if not (_VERSION.match(path.name) and path.is_dir()):
         return False
     if any((path / m).is_file() for m in _MARKERS):
@@ -60,12 +61,18 @@ def _is_version_dir(path: Path) -> bool:
     return (path / "hparams.yaml").is_file() and not any(path.glob("events.out.tfevents.*"))
 
 
+def is_metrics_file(path: Path) -> bool:
+    """A Lightning metrics.csv: the one in a version folder (Keras leaves it alone, though its
+    header may start with `epoch`)."""
+    return path.name == "metrics.csv" and is_version_folder(path.parent)
+
+
 def _version_dirs(path: Path) -> list[Path]:
     if path.is_file():
-        return [path.parent] if path.name == "metrics.csv" and _is_version_dir(path.parent) else []
-    if _is_version_dir(path):
+        return [path.parent] if is_metrics_file(path) else []
+    if is_version_folder(path):
         return [path]
-    found = [p for p in path.rglob("version_*") if _is_version_dir(p)]
+    found = [p for p in path.rglob("version_*") if is_version_folder(p)]
     return sorted(found, key=lambda p: (str(p.parent), int(_VERSION.match(p.name).group(1))))
 
 
@@ -73,6 +80,11 @@ def detect(path: Path) -> bool:
     """A version_N folder with metrics.csv / hparams.yaml / meta_tags.csv, a folder above such
     folders, or a metrics.csv inside one."""
     return bool(_version_dirs(path)) if path.exists() else False
+
+
+def unit(file: Path) -> Path:
+    """What discovery reads for a metrics.csv `detect` recognised: its version folder."""
+    return file.parent
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:

@@ -79,7 +79,7 @@ def _kind(path: Path) -> Optional[str]:
 
 def _claimed_elsewhere(path: Path) -> bool:
     # Files of a Lightning version folder (metrics.csv, meta_tags.csv) belong to that run.
-    return lightning._is_version_dir(path.parent) or any(m.detect(path) for m in (keras, yolo))
+    return lightning.is_version_folder(path.parent) or any(m.detect(path) for m in (keras, yolo))
 
 
 def detect(path: Path) -> bool:

@@ -82,6 +82,11 @@ def detect(path: Path) -> bool:
     return False
 
 
+def unit(file: Path) -> Path:
+    """What discovery reads for an event file: its folder (a run's event files are merged)."""
+    return file.parent
+
+
 def find_runs(path: Path) -> list[tuple[Path, list[Path]]]:
     """(run folder, its event files in name order) for the named file or folder."""
     if path.is_file():

@@ -169,6 +169,12 @@ def detect(path: Path) -> bool:
     return path.exists() and bool(_results_files(path))
 
 
+def unit(file: Path) -> Path:
+    """What discovery reads for a results file `detect` recognised: its run folder (it also holds
+    args.yaml, weights and plots)."""
+    return file.parent
+
+
 def read(path: Path, options: SourceOptions) -> SourceResult:
     """One run per results file at or below `path`."""
     result = SourceResult()

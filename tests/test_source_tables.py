@@ -637,6 +637,18 @@ def test_csv_time_column_of_two_kinds_is_a_problem(tmp_path, monkeypatch):
     assert "is neither a number nor an ISO 8601 time" in p.message or "is not written like" in p.message
 
 
+def test_csv_reader_leaves_arrows_default_pool_alone(tmp_path, monkeypatch):
+    """The reader's own pool is passed to Arrow, never made the process's default."""
+    swaps = []
+    monkeypatch.setattr(pa, "set_memory_pool", swaps.append)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 12)
+    f = _write(tmp_path, "m.csv", b"step,a\n" + b"".join(b"%d,%d.5\n" % (i, i) for i in range(2000)))
+    (rec,) = _loaded(table.read(f, _csv_options(step_column="step"))).records
+    assert rec.metrics["a"].num_rows == 2000
+    assert delimited.read_delimited(f, [], keep_text=["step"]).rows == 2000
+    assert swaps == []
+
+
 def test_csv_reader_stays_a_few_blocks_ahead_of_a_slow_consumer(tmp_path, monkeypatch):
     """A streamed run's pages are taken as fast as a server takes them: the reader must not read
     the rest of the file ahead meanwhile (Arrow's reader would go 32 blocks ahead)."""

@@ -51,41 +51,46 @@ def not_utf8(arr: pa.Array) -> bool:
         return True
 
 
-def fast_floats(col: pa.Array) -> Optional[pa.Array]:
+# `pool`: the memory pool the results are allocated from (delimited.block_pool for a reader's
+# blocks); None is Arrow's default pool.
+
+
+def fast_floats(col: pa.Array, pool: Optional[pa.MemoryPool] = None) -> Optional[pa.Array]:
     """float64 of a block's cells (reader nulls stay null) when Arrow's own parser takes every cell
     as it is or trimmed, and no cell is NaN; else None (the exact, slower path decides: Arrow also
     takes `nan(...)` and rejects empty or `NA` cells once they are padded)."""
     try:
-        floats = col.cast(pa.float64())
+        floats = col.cast(pa.float64(), memory_pool=pool)
     except pa.ArrowInvalid:
         try:
-            floats = pc.utf8_trim_whitespace(col).cast(pa.float64())
+            floats = pc.utf8_trim_whitespace(col, memory_pool=pool).cast(pa.float64(), memory_pool=pool)
         except pa.ArrowInvalid:
             return None
-    if floats.null_count < len(floats) and pc.any(pc.is_nan(floats)).as_py():
+    if floats.null_count < len(floats) and pc.any(pc.is_nan(floats, memory_pool=pool)).as_py():
         return None
     return floats
 
 
-def fast_integers(trimmed: pa.Array) -> Optional[pa.Array]:
+def fast_integers(trimmed: pa.Array, pool: Optional[pa.MemoryPool] = None) -> Optional[pa.Array]:
     """int64 of a block's trimmed cells when Arrow parses every one as a plain decimal integer."""
     try:
-        ints = trimmed.cast(pa.int64())
+        ints = trimmed.cast(pa.int64(), memory_pool=pool)
     except pa.ArrowInvalid:
         return None
-    if pc.any(pc.match_substring(trimmed, "x", ignore_case=True)).as_py():  # Arrow reads 0x10
+    if pc.any(pc.match_substring(trimmed, "x", ignore_case=True, memory_pool=pool)).as_py():  # Arrow reads 0x10
         return None
     return ints
 
 
-def exact_floats(col: pa.Array, null_cells: pa.Array) -> tuple[pa.Array, pa.Array]:
+def exact_floats(col: pa.Array, null_cells: pa.Array, pool: Optional[pa.MemoryPool] = None
+                 ) -> tuple[pa.Array, pa.Array]:
     """(float64 with null for empty and non-numeric cells, mask of non-numeric non-empty cells)
     by the documented rules, for a column Arrow's parser did not take (fast_floats)."""
-    trimmed = pc.utf8_trim_whitespace(col)
-    empty = pc.or_kleene(pc.is_null(trimmed), pc.is_in(trimmed, value_set=null_cells))
-    number = pc.fill_null(pc.match_substring_regex(trimmed, NUMBER_PATTERN), False)
-    bad = pc.and_(pc.invert(empty), pc.invert(number))
-    return pc.if_else(number, trimmed, None).cast(pa.float64()), bad
+    trimmed = pc.utf8_trim_whitespace(col, memory_pool=pool)
+    empty = pc.or_kleene(pc.is_null(trimmed), pc.is_in(trimmed, value_set=null_cells), memory_pool=pool)
+    number = pc.fill_null(pc.match_substring_regex(trimmed, NUMBER_PATTERN, memory_pool=pool), False)
+    bad = pc.and_(pc.invert(empty), pc.invert(number), memory_pool=pool)
+    return pc.if_else(number, trimmed, None, memory_pool=pool).cast(pa.float64(), memory_pool=pool), bad
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,14 +5,14 @@ terminator); its first line is the header; line numbers in problems count LF-ter
 The reading: Arrow's streaming CSV reader in BLOCK_BYTES blocks through plain reads, at most
 READ_AHEAD blocks ahead of the consumer; every cell as bytes first, so invalid UTF-8 and
 non-numbers are found and located here, not by a reader exception; each block's cells become
-float64 (and int64 for step columns) at once and its text is dropped.
+float64 (and int64 for step columns) at once and its text is dropped. Blocks are allocated from
+block_pool(), passed to each Arrow call; the process's default pool is left as it is.
 """
 
 from __future__ import annotations
 
 import csv
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -147,8 +147,10 @@ class TableData:
 
 
 @lru_cache(maxsize=1)
-def _block_pool() -> Optional[pa.MemoryPool]:
-    """Arrow's jemalloc with dirty pages returned to the system at once, when pyarrow has it.
+def block_pool() -> pa.MemoryPool:
+    """The pool a reader allocates its blocks from, passed to every Arrow call that reads or
+    converts them (Arrow's default pool, the host's, is never changed): Arrow's jemalloc with
+    dirty pages returned to the system at once when pyarrow has it, else the default pool.
 
     Reading a CSV block by block allocates and frees tens of MB per block from several threads
     (the reader reads ahead); glibc's malloc kept most of it (10M points: 500 MB peak for 100 MB
@@ -161,22 +163,7 @@ def _block_pool() -> Optional[pa.MemoryPool]:
         pa.jemalloc_set_decay_ms(0)
         return pa.jemalloc_memory_pool()
     except (NotImplementedError, AttributeError, pa.ArrowException):
-        return None
-
-
-@contextmanager
-def reading_pool():
-    """Arrow's default pool is _block_pool() inside; every buffer still goes back to its own pool."""
-    pool = _block_pool()
-    if pool is None or pool.backend_name == pa.default_memory_pool().backend_name:
-        yield
-        return
-    before = pa.default_memory_pool()
-    pa.set_memory_pool(pool)
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(before)
+        return pa.default_memory_pool()
 
 
 class PacedStream:
@@ -251,6 +238,7 @@ class DelimitedReader:
         self.start = self.end = 0
         self.numeric_names: list[str] = []
         self.text_names: list[str] = []
+        self.pool = block_pool()
 
     def open(self, end: Optional[int] = None) -> Optional[TableData]:
         """The header, and the bytes to read: [self.start, self.end), up to `end` when given (the
@@ -290,12 +278,11 @@ class DelimitedReader:
             return data
         values: dict[str, list[pa.Array]] = {}
         texts: dict[str, list[pa.Array]] = {}
-        with reading_pool():
-            for block in self.blocks(data):
-                for name, arr in block.values.items():
-                    values.setdefault(name, []).append(arr)
-                for name, arr in block.text.items():
-                    texts.setdefault(name, []).append(arr)
+        for block in self.blocks(data):
+            for name, arr in block.values.items():
+                values.setdefault(name, []).append(arr)
+            for name, arr in block.text.items():
+                texts.setdefault(name, []).append(arr)
         self.report(data)
         if self.fatal:
             return None
@@ -306,19 +293,20 @@ class DelimitedReader:
             if all(pa.types.is_integer(p.type) for p in parts):
                 data.text[name] = pa.chunked_array(parts, pa.int64())
             else:
-                data.text[name] = pa.chunked_array([p.cast(pa.string()) for p in parts], pa.string())
+                data.text[name] = pa.chunked_array([p.cast(pa.string(), memory_pool=self.pool) for p in parts],
+                                                   pa.string())
         return data
 
     def _repeats(self, names: list[str], columns: list[pa.Array]) -> Optional[pa.Array]:
         """Rows of a block that repeat the header (a second header appended to the file), or None.
         Column 0 alone first: the whole row is compared only where its first cell is the name."""
-        repeat = None
+        repeat, pool = None, self.pool
         for k, (name, col) in enumerate(zip(names, columns)):
-            same = pc.equal(pc.utf8_trim_whitespace(col), name)
+            same = pc.equal(pc.utf8_trim_whitespace(col, memory_pool=pool), name, memory_pool=pool)
             if name in self.null_list:  # the reader made such cells null
-                same = pc.or_kleene(same, pc.is_null(col))
-            same = pc.fill_null(same, False)
-            repeat = same if repeat is None else pc.and_(repeat, same)
+                same = pc.or_kleene(same, pc.is_null(col, memory_pool=pool), memory_pool=pool)
+            same = pc.coalesce(same, False, memory_pool=pool)  # fill_null takes no pool
+            repeat = same if repeat is None else pc.and_(repeat, same, memory_pool=pool)
             if k == 0 and not pc.any(repeat).as_py():
                 return None
         return repeat if repeat is not None and pc.any(repeat).as_py() else None
@@ -341,14 +329,16 @@ class DelimitedReader:
                                               f"{row.expected_columns}"))
             return "skip"
 
-        stream = PacedStream(pa.OSFile(self.file), self.start, self.end)
+        pool = self.pool
+        stream = PacedStream(pa.OSFile(self.file, memory_pool=pool), self.start, self.end)
         reader = pv.open_csv(
             pa.PythonFile(stream, mode="r"),
             read_options=pv.ReadOptions(column_names=cols, use_threads=False, block_size=BLOCK_BYTES),
             parse_options=pv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=invalid),
             convert_options=pv.ConvertOptions(column_types={c: pa.binary() for c in cols},
                                               null_values=self.null_list, strings_can_be_null=True,
-                                              quoted_strings_can_be_null=False))
+                                              quoted_strings_can_be_null=False),
+            memory_pool=pool)
         numeric = {n: 0 for n in self.numeric_names}
         first_bad: dict[str, _Bad] = {}
         delivered = kept = 0
@@ -363,7 +353,7 @@ class DelimitedReader:
                 columns = []
                 for i, col in enumerate(batch.columns):
                     try:
-                        columns.append(col.cast(pa.string()))  # checks UTF-8, no copy
+                        columns.append(col.cast(pa.string(), memory_pool=pool))  # checks UTF-8, no copy
                     except pa.ArrowInvalid:
                         at = first_failing(col, not_utf8)
                         self.bad.append(_Bad(delivered + at, i, "is not UTF-8"))
@@ -374,26 +364,26 @@ class DelimitedReader:
                 repeat = self._repeats(names, columns) if names else None
                 rows_kept, repeated = None, 0
                 if repeat is not None:
-                    keep = pc.invert(repeat)
+                    keep = pc.invert(repeat, memory_pool=pool)
                     positions = pc.indices_nonzero(repeat).to_pylist()
                     repeated = len(positions)
                     data.header_repeats += [kept + p - k for k, p in enumerate(positions)]
                     rows_kept = pc.indices_nonzero(keep)
-                    columns = [c.filter(keep) for c in columns]
+                    columns = [pc.filter(c, keep, memory_pool=pool) for c in columns]
                 block = Block(first_row=kept, rows=n_rows - repeated)
                 for i, name in enumerate(names):
                     col, columns[i] = columns[i], None  # the block's text goes as soon as it is used
                     if not name:
                         continue
                     if name in self.text_names:
-                        trimmed = pc.utf8_trim_whitespace(col)
-                        ints = fast_integers(trimmed)
+                        trimmed = pc.utf8_trim_whitespace(col, memory_pool=pool)
+                        ints = fast_integers(trimmed, pool)
                         block.text[name] = trimmed if ints is None else ints
                     if name not in numeric:
                         continue
-                    floats = fast_floats(col)
+                    floats = fast_floats(col, pool)
                     if floats is None:
-                        floats, bad = exact_floats(col, self.null_cells)
+                        floats, bad = exact_floats(col, self.null_cells, pool)
                         if name not in first_bad and pc.any(bad).as_py():
                             at = pc.index(bad, True).as_py()
                             row = at if rows_kept is None else rows_kept[at].as_py()

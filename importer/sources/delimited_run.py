@@ -21,7 +21,7 @@ from ..errors import InputError, Problem
 from ..model import METRIC_SCHEMA, RunRecord
 from .base import DERIVED_STEPS_TAG, SeriesFacts, SourceResult, safe_metric_key
 from .columns import DERIVED_STEPS_TEXT, NULL_CELLS, MetricBuilder, TimeColumn, integer_steps, row_steps
-from .delimited import DELIMITERS, Block, DelimitedReader, TableData, reading_pool
+from .delimited import DELIMITERS, Block, DelimitedReader, TableData
 
 
 class DelimitedRun:
@@ -108,10 +108,9 @@ class DelimitedRun:
         metrics = MetricBuilder(str(self.file), result, streamed=True)
         times = TimeColumn(str(self.file), self.time_column, result.problems, result.notes) \
             if self.time_column else None
-        with reading_pool():
-            for block in reader.blocks(data):
-                convert = convert and self._convert(block, metrics, times, result.problems)
-                metrics.take()  # only the facts are kept
+        for block in reader.blocks(data):
+            convert = convert and self._convert(block, metrics, times, result.problems)
+            metrics.take()  # only the facts are kept
         reader.report(data)
         if reader.fatal:
             return None
@@ -155,10 +154,9 @@ class DelimitedRun:
         blocks = reader.blocks(data)
         try:
             while True:
-                with reading_pool():  # not held across a yield: other runs are written meanwhile
-                    block = next(blocks, None)
-                    if block is not None:
-                        self._convert(block, metrics, times, problems)
+                block = next(blocks, None)
+                if block is not None:
+                    self._convert(block, metrics, times, problems)
                 if problems or reader.bad or reader.invalid:
                     found = "; ".join(map(str, problems)) or "a row or cell it did not have"
                     raise InputError(f"{self.file} changed while it was read: {found}")

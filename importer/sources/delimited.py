@@ -136,7 +136,6 @@ class TableData:
     text: dict[str, pa.ChunkedArray] = field(default_factory=dict)
     rows: int = 0
     header_repeats: list[int] = field(default_factory=list)  # row indices a repeated header preceded
-    partial_tail: bool = False
     text_columns: list[str] = field(default_factory=list)  # no numeric cell: not metrics
     notes: list[str] = field(default_factory=list)
 
@@ -248,7 +247,6 @@ class DelimitedReader:
         size = self.path.stat().st_size
         if end is None:
             end = complete_end(self.path, size) if size else 0
-        data.partial_tail = end < size
         self.start = self.end = end
         line, after = first_line(self.path)
         if after is None or after > end:  # no header yet (empty file, or a header being written)

@@ -165,7 +165,7 @@ def _read_jsonl(file: Path, options: SourceOptions, result: SourceResult) -> Opt
     size = file.stat().st_size
     end = complete_end(file, size) if size else 0
     if end == 0:
-        return TableData(str(file), partial_tail=size > 0)
+        return TableData(str(file))
     buf = pa.memory_map(str(file), "r").read_buffer().slice(0, end)
     try:
         table = pj.read_json(pa.BufferReader(buf), read_options=pj.ReadOptions(use_threads=False))
@@ -173,9 +173,7 @@ def _read_jsonl(file: Path, options: SourceOptions, result: SourceResult) -> Opt
         # pyarrow words it "... in row N" (N counted within its block): pass it on as it is.
         result.problems.append(Problem(str(file), "", f"not valid JSON Lines: {e}"))
         return None
-    data = _from_arrow(file, table, options)
-    data.partial_tail = end < size
-    return data
+    return _from_arrow(file, table, options)
 
 
 def _read_parquet(file: Path, options: SourceOptions, result: SourceResult) -> Optional[TableData]:

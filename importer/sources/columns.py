@@ -77,7 +77,8 @@ def fast_integers(trimmed: pa.Array, pool: Optional[pa.MemoryPool] = None) -> Op
         ints = trimmed.cast(pa.int64(), memory_pool=pool)
     except pa.ArrowInvalid:
         return None
-    if pc.any(pc.match_substring(trimmed, "x", ignore_case=True, memory_pool=pool)).as_py():  # Arrow reads 0x10
+    hex_like = pc.match_substring(trimmed, "x", ignore_case=True, memory_pool=pool)
+    if pc.any(hex_like).as_py():  # Arrow reads 0x10
         return None
     return ints
 

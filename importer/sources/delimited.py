@@ -291,8 +291,8 @@ class DelimitedReader:
             if all(pa.types.is_integer(p.type) for p in parts):
                 data.text[name] = pa.chunked_array(parts, pa.int64())
             else:
-                data.text[name] = pa.chunked_array([p.cast(pa.string(), memory_pool=self.pool) for p in parts],
-                                                   pa.string())
+                strings = [p.cast(pa.string(), memory_pool=self.pool) for p in parts]
+                data.text[name] = pa.chunked_array(strings, pa.string())
         return data
 
     def _repeats(self, names: list[str], columns: list[pa.Array]) -> Optional[pa.Array]:
@@ -431,7 +431,8 @@ def read_delimited(path: Path, problems: list[Problem], *, delimiter: str = ",",
                    keep_text: Iterable[str] = (), null_cells: tuple[str, ...] = NULL_CELLS,
                    text_only: bool = False) -> Optional[TableData]:
     """Read a delimited file with a header into float64 columns (the cell rules in columns.py,
-    the table rules in table.py's docstring). Returns None when the file cannot be used at all (its problems are recorded).
-    `text_only`: the `keep_text` columns get no float64 `values` (they are not metrics; for a
-    step column of 10 million rows that is 80 MB less while the file is read)."""
+    the table rules in table.py's docstring). Returns None when the file cannot be used at all
+    (its problems are recorded). `text_only`: the `keep_text` columns get no float64 `values`
+    (they are not metrics; for a step column of 10 million rows that is 80 MB less while the
+    file is read)."""
     return DelimitedReader(path, problems, delimiter, set(keep_text), null_cells, text_only).read()

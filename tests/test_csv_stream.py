@@ -1,5 +1,5 @@
 """Generic CSV runs streamed from the file to a real `mlflow server`: validation first, then the
-same bytes read again as they are sent (importer/sources/table.py DelimitedRun)."""
+same bytes read again as they are sent (importer/sources/delimited_run.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import importer
 from importer import pipeline
 from importer.errors import ValidationError
-from importer.sources import table
+from importer.sources import delimited, delimited_run
 from importer.sources.base import SourceOptions
 from conftest import CORPUS, ROOT, View, tags_of
 
@@ -66,7 +66,7 @@ def _stored(view: View, experiment: str) -> tuple[dict, dict[str, list[tuple]]]:
 @pytest.fixture
 def small_blocks(monkeypatch):
     """64 kB blocks: a file of a few MB is read in many blocks, as a big one is in 4 MB blocks."""
-    monkeypatch.setattr(table, "_BLOCK", 1 << 16)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 16)
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def never_whole(monkeypatch):
     """Fail the test if a run's points are all loaded at once (the sink's comparison path)."""
     def whole(self):
         raise AssertionError("the run was loaded whole instead of streamed")
-    monkeypatch.setattr(table.DelimitedRun, "__call__", whole)
+    monkeypatch.setattr(delimited_run.DelimitedRun, "__call__", whole)
     return monkeypatch
 
 

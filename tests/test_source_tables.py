@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from importer.model import DERIVED_TIMESTAMPS_TAG, METRIC_SCHEMA, flatten_params
-from importer.sources import keras, lightning, table, yolo
+from importer.sources import columns, delimited, keras, lightning, table, yolo
 from importer.sources.base import (DERIVED_STEPS_TAG, RENAMED_METRICS_TAG, SourceOptions,
                                    safe_metric_key)
 
@@ -293,6 +293,20 @@ def test_keras_repeated_header_starts_a_segment(tmp_path):
     assert [r.metrics["loss"].num_rows for r in recs] == [2, 1]
 
 
+def test_a_metrics_csv_is_lightnings_exactly_where_lightning_reads_it(tmp_path):
+    """One rule (lightning.is_metrics_file) for Keras and Lightning: a metrics.csv in a version_N
+    folder is Lightning's (test-tube's header starts with `epoch` and has no `step`), whatever
+    else is beside it; elsewhere a Keras-shaped metrics.csv is Keras's, so no file is refused by
+    both and read as neither."""
+    header = b"epoch,loss\n0,0.5\n1,0.4\n"
+    ours = _write(tmp_path, "logs/version_0/metrics.csv", header)
+    assert lightning.detect(ours) and not keras.detect(ours) and not table.detect(ours)
+    for folder in ("version_x", "run"):  # hparams.yaml beside it does not make it Lightning's
+        other = _write(tmp_path, f"logs/{folder}/metrics.csv", header)
+        _write(tmp_path, f"logs/{folder}/hparams.yaml", b"lr: 0.1\n")
+        assert keras.detect(other) and not lightning.detect(other) and not table.detect(other)
+
+
 def test_lightning_sparse_rows_and_yaml_tags(tmp_path):
     v = tmp_path / "my_model" / "version_3"
     _write(v, "metrics.csv", b"epoch,step,train_loss,val_loss\n0,9,0.5,\n0,9,,0.6\n1,19,0.4,\n")
@@ -415,7 +429,7 @@ def test_sample_logs_read_cleanly():
 def test_csv_blocks_keep_exact_lines_and_rules(tmp_path, monkeypatch):
     """Many small blocks: problems in late blocks still name the physical line and column; a
     repeated header, blank lines and padded / NA cells are handled in whichever block they fall."""
-    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 10)
     lines = ["step,loss,acc"]
     for i in range(3000):
         if i == 1000:
@@ -438,7 +452,7 @@ def test_csv_blocks_keep_exact_lines_and_rules(tmp_path, monkeypatch):
 
 
 def test_csv_blocks_values_and_steps(tmp_path, monkeypatch):
-    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 10)
     rows = [f"{i * 10},{'' if i == 3 else i / 4},{' NA ' if i % 3 else 1e300}\n" for i in range(2000)]
     f = _write(tmp_path, "m.csv", b"it,loss,big\n" + "".join(rows).encode() + b"it,loss,big\n" + rows[0].encode())
     result = _read_table(f, _csv_options(step_column="it"))
@@ -454,7 +468,7 @@ def test_csv_dense_columns_share_arrays(tmp_path):
     """Columns without empty cells keep the steps array and one null-timestamp array: no copy per key."""
     f = _write(tmp_path, "m.csv", b"step,a,b,c\n" + b"".join(b"%d,%d,1.5,%s\n" % (i, i, b"" if i == 2 else b"2")
                                                              for i in range(10)))
-    data = table.read_delimited(f, [], keep_text=["step"])
+    data = delimited.read_delimited(f, [], keep_text=["step"])
     assert data.text["step"].type == pa.int64()  # integers are kept as int64, not as text
     rec = _read_table(f, _csv_options(step_column="step")).records[0]
     a, b, c = (rec.metrics[k] for k in "abc")
@@ -473,7 +487,7 @@ def test_metric_tables_are_chunked_alike():
     """Every column of a table has the values' chunks (so its batches are its chunks and nothing is
     hashed twice); steps in another layout are cut once per run; sparse columns keep the layout."""
     from importer.sources.base import SourceResult
-    builder = table.MetricBuilder("f", SourceResult())
+    builder = columns.MetricBuilder("f", SourceResult())
     steps = pa.array(range(10), pa.int64())  # one chunk, as row_steps gives
     dense = pa.chunked_array([[1.0] * 4, [2.0] * 6])
     sparse = pa.chunked_array([[1.0, None, 3.0, None], [None] * 5 + [6.0]])
@@ -598,7 +612,7 @@ def test_yolo_results_txt_bad_rows(tmp_path):
 def test_csv_time_scale_is_decided_on_the_whole_column(tmp_path, monkeypatch):
     """Numbers are seconds only when every one in the column is < 1e11: a streamed file learns it
     in the validation pass, so early blocks are not read as seconds because a late one has ms."""
-    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 10)
     rows = ["0,0.5,\n"] + [f"{i},{i * 1.5},{i}\n" for i in range(1, 1000)] + ["1000,1718000000000,5\n"]
     f = _write(tmp_path, "m.csv", b"step,t,loss\n" + "".join(rows).encode())
     result = table.read(f, _csv_options(step_column="step", time_column="t"))
@@ -611,7 +625,7 @@ def test_csv_time_scale_is_decided_on_the_whole_column(tmp_path, monkeypatch):
 
 
 def test_csv_time_column_of_two_kinds_is_a_problem(tmp_path, monkeypatch):
-    monkeypatch.setattr(table, "_BLOCK", 1 << 10)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 10)
     """Numbers in early blocks, ISO times in later ones: one problem (as when read whole), at the
     block where the kind changes."""
     rows = [f"{i},{1718000000 + i},{i}\n" for i in range(500)]
@@ -623,13 +637,25 @@ def test_csv_time_column_of_two_kinds_is_a_problem(tmp_path, monkeypatch):
     assert "is neither a number nor an ISO 8601 time" in p.message or "is not written like" in p.message
 
 
+def test_csv_reader_leaves_arrows_default_pool_alone(tmp_path, monkeypatch):
+    """The reader's own pool is passed to Arrow, never made the process's default."""
+    swaps = []
+    monkeypatch.setattr(pa, "set_memory_pool", swaps.append)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 12)
+    f = _write(tmp_path, "m.csv", b"step,a\n" + b"".join(b"%d,%d.5\n" % (i, i) for i in range(2000)))
+    (rec,) = _loaded(table.read(f, _csv_options(step_column="step"))).records
+    assert rec.metrics["a"].num_rows == 2000
+    assert delimited.read_delimited(f, [], keep_text=["step"]).rows == 2000
+    assert swaps == []
+
+
 def test_csv_reader_stays_a_few_blocks_ahead_of_a_slow_consumer(tmp_path, monkeypatch):
     """A streamed run's pages are taken as fast as a server takes them: the reader must not read
     the rest of the file ahead meanwhile (Arrow's reader would go 32 blocks ahead)."""
-    monkeypatch.setattr(table, "_BLOCK", 1 << 14)
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", 1 << 14)
     leads = []
 
-    class Counted(table._Paced):
+    class Counted(delimited.PacedStream):
         reads = consumed_ = 0
 
         def read(self, nbytes=-1):
@@ -643,7 +669,7 @@ def test_csv_reader_stays_a_few_blocks_ahead_of_a_slow_consumer(tmp_path, monkey
             self.consumed_ += 1
             super().consumed()
 
-    monkeypatch.setattr(table, "_Paced", Counted)
+    monkeypatch.setattr(delimited, "PacedStream", Counted)
     f = _write(tmp_path, "m.csv", b"step,a,b\n" + b"".join(b"%d,%d.5,%d\n" % (i, i, -i) for i in range(20_000)))
     (rec,) = table.read(f, _csv_options(step_column="step")).records
 
@@ -656,4 +682,4 @@ def test_csv_reader_stays_a_few_blocks_ahead_of_a_slow_consumer(tmp_path, monkey
 
     leads.clear()
     assert asyncio.run(slowly()) == 40_000
-    assert len(leads) > 15 and max(leads) <= table._READ_AHEAD + 2, max(leads)
+    assert len(leads) > 15 and max(leads) <= delimited.READ_AHEAD + 2, max(leads)

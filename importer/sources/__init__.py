@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -37,20 +36,16 @@ def formats() -> dict[str, ModuleType]:
     """`--format` name -> source."""
     return {m.NAME: m for m in order()}
 
-_CHECKPOINT = re.compile(r"^(checkpoint-\d+|last-checkpoint)$")
-
 
 def _unit(module: ModuleType, file: Path, named: Path) -> Path:
-    """What `module` reads for a file it recognised: the file, or the run folder holding it.
-    Never a folder above the one the user named (`mlruns/1/` is that experiment, not the store)."""
-    if hasattr(module, "unit"):  # a source that knows its own layout (mlruns, mlflow-export, bundle, wandb)
-        unit = module.unit(file)
-        return unit if unit.is_relative_to(named) else named
-    if module.NAME == "hf":
-        return file.parent.parent if _CHECKPOINT.match(file.parent.name) else file.parent
-    if module.NAME in ("lightning", "tensorboard", "yolo"):  # a YOLO run folder also holds args.yaml, weights, plots
-        return file.parent
-    return file
+    """What `module` reads for a file it recognised: the file, or the folder its `unit(file)`
+    names (a source that reads run folders knows its own layout). Never a folder above the one
+    the user named (`mlruns/1/` is that experiment, not the store), unless the source says its
+    units may be (UNIT_ABOVE_NAMED: a Hugging Face checkpoint folder is read as its run)."""
+    unit = module.unit(file) if hasattr(module, "unit") else file
+    if unit.is_relative_to(named) or getattr(module, "UNIT_ABOVE_NAMED", False):
+        return unit
+    return named
 
 
 def recognise(file: Path) -> Optional[ModuleType]:

@@ -79,6 +79,16 @@ def _run_folder(state: Path) -> Path:
     return folder
 
 
+def unit(file: Path) -> Path:
+    """What discovery reads for a state file `detect` recognised: its run folder."""
+    return _run_folder(file)
+
+
+# A checkpoint folder is part of its run: naming one (or its state file) reads the run folder
+# above it (its newest state), the one source whose unit may lie above the folder named.
+UNIT_ABOVE_NAMED = True
+
+
 def detect(path: Path) -> bool:
     """A Trainer output folder, or a JSON file whose head has `log_history`."""
     if path.is_dir():

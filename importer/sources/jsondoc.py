@@ -10,7 +10,6 @@ items. Both paths share `column_array`, so they accept and reject exactly the sa
 from __future__ import annotations
 
 import json
-import math
 from typing import IO, Any, Optional
 
 import pyarrow as pa
@@ -18,12 +17,11 @@ from pydantic import AwareDatetime, TypeAdapter
 from pydantic import ValidationError as PydanticError
 
 from ..errors import Problem
-from ..model import INT64_MAX, INT64_MIN, Column, to_ms
+from ..model import INT64_MAX, INT64_MIN, SPECIAL_VALUES, Column, to_ms
 
 STREAM_ABOVE = 32 * 2**20
 CHUNK = 65536
 COLUMN_TYPES = {"step": pa.int64(), "value": pa.float64(), "timestamp": pa.int64()}
-_SPECIAL = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _ISO = TypeAdapter(AwareDatetime)
 
 
@@ -32,8 +30,8 @@ def _item(kind: str, v: Any) -> tuple[Any, Optional[str]]:
     if kind == "value":
         if type(v) in (int, float):
             return float(v), None
-        if isinstance(v, str) and v in _SPECIAL:
-            return _SPECIAL[v], None
+        if isinstance(v, str) and v in SPECIAL_VALUES:
+            return SPECIAL_VALUES[v], None
         return None, f'must be a number or one of "NaN", "Infinity", "-Infinity", got {v!r}'
     if type(v) is int:
         if INT64_MIN <= v <= INT64_MAX:

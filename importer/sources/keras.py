@@ -33,18 +33,13 @@ import pyarrow.compute as pc
 
 from ..errors import Problem
 from ..model import RunRecord
+from . import lightning
 from .base import SourceOptions, SourceResult, import_key
-from .table import MetricBuilder, first_line, integer_steps, read_delimited, split_header
+from .columns import MetricBuilder, integer_steps
+from .delimited import first_line, read_delimited, split_header
 
 NAME = "keras"
 NULL_CELLS = ("", "NA")
-
-
-def _is_lightning_metrics(path: Path) -> bool:
-    parent = path.parent
-    return path.name == "metrics.csv" and (parent.name.startswith("version_")
-                                           or (parent / "hparams.yaml").exists()
-                                           or (parent / "meta_tags.csv").exists())
 
 
 def detect(path: Path) -> bool:
@@ -56,7 +51,7 @@ def detect(path: Path) -> bool:
 
 
 def _detect_file(path: Path) -> bool:
-    if _is_lightning_metrics(path):
+    if lightning.is_metrics_file(path):
         return False
     line, _ = first_line(path, 1 << 16)
     if not line.startswith(b"epoch,"):

@@ -7,7 +7,7 @@ files (those are TensorBoardLogger folders); a folder with such version folders 
 folder, sorted by N).
 
 metrics.csv: Lightning writes one row per `log` call site and step, with train and validation
-values on different rows; an empty cell is no point (never 0). Read as table.DelimitedRun: validated
+values on different rows; an empty cell is no point (never 0). Read as delimited_run.DelimitedRun: validated
 block by block, its points streamed from the file when the run is written. Steps: the `step` column; `epoch`
 is then a metric too. Without a `step` column (test-tube era, PL <= 0.7) `epoch` is the step, and
 without either the row index 0..n-1 is (DERIVED_STEPS_TAG). Timestamps: not in the file, left null
@@ -15,7 +15,7 @@ without either the row index 0..n-1 is (DERIVED_STEPS_TAG). Timestamps: not in t
 a metric, and is not used. A metrics.csv that is empty or a single newline gives a run with no
 metrics; a missing metrics.csv gives a run with params only.
 
-Params: `hparams.yaml` read with table.DataLoader (a SafeLoader: `!!python/object`,
+Params: `hparams.yaml` read with yamlfile.DataLoader (a SafeLoader: `!!python/object`,
 `!!python/name`, `!!binary` ... never execute and become plain data, see its docstring), flattened
 with model.flatten_params. Legacy test-tube layouts: `meta_tags.csv` (key,value rows) adds params
 not already in hparams.yaml, and `meta.experiment` (JSON) adds `meta.experiment.<key>` params.
@@ -41,16 +41,19 @@ import pyarrow.csv as pv
 from ..errors import Problem
 from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
-from .table import DelimitedRun, first_line, load_yaml, split_header
+from .delimited import first_line, split_header
+from .delimited_run import DelimitedRun
+from .yamlfile import load_yaml
 
 NAME = "lightning"
 _VERSION = re.compile(r"^version_(\d+)$")
 _MARKERS = ("metrics.csv", "meta_tags.csv")
 
 
-def _is_version_dir(path: Path) -> bool:
+def is_version_folder(path: Path) -> bool:
     """version_N with metrics.csv or meta_tags.csv; or with hparams.yaml alone (a CSVLogger run
-    that never flushed metrics) unless TensorBoard event files show a TensorBoardLogger folder."""
+    that never flushed metrics) unless TensorBoard event files show a TensorBoardLogger folder.
+    Every file in it belongs to that run (the generic table source leaves them alone)."""
     if not (_VERSION.match(path.name) and path.is_dir()):
         return False
     if any((path / m).is_file() for m in _MARKERS):
@@ -58,12 +61,18 @@ def _is_version_dir(path: Path) -> bool:
     return (path / "hparams.yaml").is_file() and not any(path.glob("events.out.tfevents.*"))
 
 
+def is_metrics_file(path: Path) -> bool:
+    """A Lightning metrics.csv: the one in a version folder (Keras leaves it alone, though its
+    header may start with `epoch`)."""
+    return path.name == "metrics.csv" and is_version_folder(path.parent)
+
+
 def _version_dirs(path: Path) -> list[Path]:
     if path.is_file():
-        return [path.parent] if path.name == "metrics.csv" and _is_version_dir(path.parent) else []
-    if _is_version_dir(path):
+        return [path.parent] if is_metrics_file(path) else []
+    if is_version_folder(path):
         return [path]
-    found = [p for p in path.rglob("version_*") if _is_version_dir(p)]
+    found = [p for p in path.rglob("version_*") if is_version_folder(p)]
     return sorted(found, key=lambda p: (str(p.parent), int(_VERSION.match(p.name).group(1))))
 
 
@@ -71,6 +80,11 @@ def detect(path: Path) -> bool:
     """A version_N folder with metrics.csv / hparams.yaml / meta_tags.csv, a folder above such
     folders, or a metrics.csv inside one."""
     return bool(_version_dirs(path)) if path.exists() else False
+
+
+def unit(file: Path) -> Path:
+    """What discovery reads for a metrics.csv `detect` recognised: its version folder."""
+    return file.parent
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:
@@ -122,7 +136,7 @@ def _read_version(folder: Path, options: SourceOptions, result: SourceResult) ->
                     origin=f"{folder}: {folder.name}", name=folder.name)
     rec.params = _params(folder, rec.origin, result)
     file = folder / "metrics.csv"
-    if file.is_file():  # streamed from the file when written (table.DelimitedRun)
+    if file.is_file():  # streamed from the file when written (delimited_run.DelimitedRun)
         DelimitedRun(file, rec, step_column=_step_column(file), keep_text=("step", "epoch"),
                      text_only=False, text_keys=False).validate(result)
     return rec

@@ -13,12 +13,13 @@ import pyarrow.compute as pc
 import pydantic
 
 from ..errors import Problem
+from ..files import within
+from ..model import (DERIVED_TIMESTAMPS_NOTE, DERIVED_TIMESTAMPS_TAG, FIELD_TAGS, INFINITE_VALUES_TAG,
+                     INT64_MAX, INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA,
+                     RUN_ID, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
+                     flatten_params, key_problem, metric_value, to_ms, value_problem)
 from . import jsondoc
 from .base import SourceOptions, SourceResult
-from ..model import (DERIVED_TIMESTAMPS_TAG, INFINITE_VALUES_TAG, INT64_MAX,
-                     INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID,
-                     FIELD_TAGS, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
-                     flatten_params, key_problem, metric_value, to_ms, value_problem)
 
 _METRIC_SHAPES = {"scalar", "points", "columns"}
 
@@ -235,7 +236,7 @@ class ManifestReader:
             if pc.any(pc.is_inf(table.column("value"))).as_py():
                 infinite.append(k)
         if derived_ts:
-            rec.tags[DERIVED_TIMESTAMPS_TAG] = "points without a timestamp have the run's start_time"
+            rec.tags[DERIVED_TIMESTAMPS_TAG] = DERIVED_TIMESTAMPS_NOTE
         if infinite:
             # The server stores +-Infinity as +-1.797e308; keep the truth on the run.
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
@@ -327,7 +328,7 @@ class ManifestReader:
         return files
 
     def _inside(self, path: Path) -> bool:
-        return path.resolve().is_relative_to(self.base_dir)
+        return within(path, self.base_dir)
 
 
 NAME = "manifest"

@@ -68,11 +68,9 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 import struct
 from array import array
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -83,6 +81,7 @@ from ..errors import Problem
 from ..model import (INT64_MAX, INT64_MIN,
                      METRIC_SCHEMA, RunRecord, flatten_params)
 from .base import DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, checked_params, import_key
+from .times import LINE_TIME, seconds_ms, time_in_line
 
 NAME = "text"
 
@@ -96,9 +95,6 @@ MMDET_FALLBACK_ITERS = 1_000_000
 _NO_TS = INT64_MIN  # sentinel for "no timestamp" in the int64 column buffers
 
 _NUM = r"[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[nN][aA][nN]|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)"
-_TS = re.compile(r"(\d{4})[-/](\d\d)[-/](\d\d)[ T](\d\d):(\d\d):(\d\d)(?:[,.](\d{1,9}))?"
-                 r"(Z|[+-]\d\d:?\d\d)?")
-_UTC = timezone.utc
 
 STEP_RULES = {
     "mmdet": "step = (epoch - 1) * N + iter (train), epoch * N (val); N = iters per epoch from [iter/N], "
@@ -165,25 +161,6 @@ class SeriesBuilder:
         metrics.finish(record)
 
 
-def parse_time(text: str) -> tuple[Optional[int], bool]:
-    """(ms since the epoch, naive?) of the first date-time in `text`, or (None, False).
-    A time without offset is read as UTC."""
-    m = _TS.search(text)
-    if not m:
-        return None, False
-    y, mo, d, h, mi, s, frac, tz = m.groups()
-    try:
-        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=_UTC)
-    except ValueError:
-        return None, False
-    ms = int((frac or "0")[:3].ljust(3, "0"))
-    naive = tz is None
-    if tz and tz != "Z":
-        sign = 1 if tz[0] == "+" else -1
-        dt -= sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[-2:]))
-    return int(dt.timestamp()) * 1000 + ms, naive
-
-
 def _number(text: str) -> Optional[float]:
     try:
         return float(text)
@@ -236,7 +213,7 @@ class _Reader:
 
     def time(self, text: str) -> Optional[int]:
         """The time of a line (ms), also widening the run's start/end."""
-        ts, naive = parse_time(text)
+        ts, naive = time_in_line(text)
         if ts is not None:
             run = self.run
             run.naive = run.naive or naive
@@ -643,9 +620,9 @@ def _pattern_parser(patterns: list[re.Pattern]) -> Callable[[_Reader, Iterator[s
                 ts = None
                 if raw_time is not None:
                     ts = rd.time(raw_time)
-                    if ts is None and (secs := _number(raw_time)) is not None and math.isfinite(secs):
-                        ts = int(secs * 1000)  # seconds since the epoch
-                elif (lead := _TS.match(line)) is not None:
+                    if ts is None and (secs := _number(raw_time)) is not None:
+                        ts = seconds_ms(secs)  # seconds since the epoch
+                elif (lead := LINE_TIME.match(line)) is not None:
                     ts = rd.time(lead.group(0))
                 metrics = {}
                 for k, raw in groups.items():

@@ -57,6 +57,7 @@ from typing import Optional
 from ..errors import Problem
 from ..model import RunRecord, flatten_params
 from .base import Metrics, SourceOptions, SourceResult, import_key, metric_table
+from .times import seconds_ms
 
 NAME = "tensorboard"
 INSTALL_HINT = "pip install 'importer[tensorboard]'"
@@ -79,6 +80,11 @@ def detect(path: Path) -> bool:
             if any("tfevents" in f for f in files):
                 return True
     return False
+
+
+def unit(file: Path) -> Path:
+    """What discovery reads for an event file: its folder (a run's event files are merged)."""
+    return file.parent
 
 
 def find_runs(path: Path) -> list[tuple[Path, list[Path]]]:
@@ -326,7 +332,7 @@ def _take_value(value, event, run: _Run, tensor_util) -> None:
         return
     steps, stamps, values = run.series.setdefault(tag, ([], [], []))
     steps.append(event.step)
-    stamps.append(int(event.wall_time * 1000) if event.wall_time > 0 else None)
+    stamps.append(seconds_ms(event.wall_time) if event.wall_time > 0 else None)
     values.append(number)
 
 
@@ -373,8 +379,8 @@ def _record(identity: Path, folder: Path, named_root: Optional[Path], run: _Run,
     rec = RunRecord(experiment=experiment, import_key=import_key(NAME, str(identity), ""),
                     origin=f"{identity}: {name}", name=name, params=run.params)
     if run.first_wall is not None:
-        rec.start_time = int(run.first_wall * 1000)
-        rec.end_time = int(run.last_wall * 1000)
+        rec.start_time = seconds_ms(run.first_wall)
+        rec.end_time = seconds_ms(run.last_wall)
 
     metrics = Metrics(str(identity), result)
     for tag, (steps, stamps, values) in run.series.items():

@@ -39,18 +39,17 @@ Per run folder:
 from __future__ import annotations
 
 import json
-import math
 import re
 import struct
 import zlib
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from ..errors import Problem
 from ..model import (RunRecord, flatten_params)
 from .base import Metrics, SourceOptions, SourceResult, import_key, metric_table
+from .times import iso_ms, seconds_ms
 
 NAME = "wandb"
 INSTALL_HINT = "pip install 'importer[wandb]'"
@@ -155,7 +154,7 @@ def _kind(value: Any) -> str:
 
 def _ms(seconds: Any) -> Optional[int]:
     n = _number(seconds)
-    return int(n * 1000) if n is not None and math.isfinite(n) else None
+    return None if n is None else seconds_ms(n)
 
 
 class _RunReader:
@@ -324,14 +323,8 @@ class _RunReader:
     def start_time(self) -> Optional[int]:
         meta = self.metadata()
         started = meta.get("startedAt")
-        if isinstance(started, str):
-            try:
-                t = datetime.fromisoformat(started.replace("Z", "+00:00"))
-                if t.tzinfo is None:
-                    t = t.replace(tzinfo=timezone.utc)  # W&B writes UTC
-                return int(t.timestamp() * 1000)
-            except ValueError:
-                pass
+        if isinstance(started, str) and (ms := iso_ms(started)) is not None:  # W&B writes UTC
+            return ms
         if self.info.get("start"):
             return self.info["start"]
         internal = self.config.get("_wandb")

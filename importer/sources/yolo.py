@@ -89,9 +89,9 @@ import pyarrow.csv as pv
 from ..errors import Problem
 from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
-from .table import (_NUMBER, MetricBuilder, _first_failing, _not_utf8,
-                    complete_end, first_line, integer_steps, load_yaml, physical_lines,
-                    read_delimited, split_header)
+from .columns import NUMBER_PATTERN, MetricBuilder, first_failing, integer_steps, not_utf8
+from .delimited import complete_end, first_line, physical_lines, read_delimited, split_header
+from .yamlfile import load_yaml
 
 NAME = "yolo"
 LAYOUT_TAG = "importer.results_layout"
@@ -167,6 +167,12 @@ def _results_files(path: Path) -> list[Path]:
 def detect(path: Path) -> bool:
     """A YOLO results.csv / results.txt (by content), or a folder holding one at any depth."""
     return path.exists() and bool(_results_files(path))
+
+
+def unit(file: Path) -> Path:
+    """What discovery reads for a results file `detect` recognised: its run folder (it also holds
+    args.yaml, weights and plots)."""
+    return file.parent
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:
@@ -259,8 +265,8 @@ def _read_txt(file: Path, problems: list[Problem]) -> Optional[tuple[str, dict[s
                         convert_options=pv.ConvertOptions(column_types={"line": pa.binary()}))
     lines = table.column("line").combine_chunks()
     bad: list[tuple[int, str]] = []  # (0-based non-blank line, message)
-    if _not_utf8(lines):
-        at = _first_failing(lines, _not_utf8)
+    if not_utf8(lines):
+        at = first_failing(lines, not_utf8)
         bad.append((at, "the line is not UTF-8"))
     else:
         fields = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(lines.cast(pa.string())))
@@ -288,7 +294,7 @@ def _read_txt(file: Path, problems: list[Problem]) -> Optional[tuple[str, dict[s
                 else:
                     if name == _GPU:
                         cells = pc.replace_substring_regex(cells, "[Gg]$", "")
-                    ok = pc.match_substring_regex(cells, _NUMBER)
+                    ok = pc.match_substring_regex(cells, NUMBER_PATTERN)
                 if not pc.all(ok).as_py():
                     at = pc.index(pc.invert(ok), True).as_py()
                     what = "not <int>/<int>" if name in (_EPOCH, _BATCH) else "not a number"

@@ -1,45 +1,13 @@
-"""Generic tables (CSV, TSV, JSON Lines, Parquet) -> one RunRecord per file. The machinery the
-Keras, Lightning and YOLO sources share is in delimited.py, delimited_run.py and columns.py.
+"""Generic tables (CSV, TSV, JSON Lines, Parquet) -> one RunRecord per file.
 
-Formats, by file suffix (content decides between them only for `detect`):
+CSV/TSV are read by the delimited reader the Keras, Lightning and YOLO sources share
+(delimited.py, delimited_run.py, columns.py): streamed in 4 MB blocks, every cell checked as bytes
+first, and read again from the validated bytes as the points are sent. Empty cell = no point;
+nan/inf kept; steps from `options.step_column` else the row index (DERIVED_STEPS_TAG); times from
+`options.time_column` (epoch s or ms, ISO 8601) else DERIVED_TIMESTAMPS_TAG; rejected keys mapped
+with safe_metric_key. A table is what no more specific source claims.
 
-* `.csv` (comma) and `.tsv` / `.tab` (tab): a header row, then one row per logged point set.
-  Streamed with pyarrow's CSV reader in 4 MB blocks (plain reads, at most two blocks ahead), every
-  cell as bytes first, so invalid UTF-8 and non-numbers are found and located by us, not by a
-  reader exception. Each block becomes float64 columns (and int64 for a step column) at once and
-  its text is dropped. A generic file (and a Lightning metrics.csv) is a DelimitedRun: validation
-  keeps only the run's facts, and the points are read again from the validated bytes as they are
-  sent, so neither `importer validate` nor `importer import` holds the points (peak RSS in
-  BENCHMARKS.md, bench/bench_parse.py and bench/bench_csv_import.py). Keras and YOLO files (rows
-  are epochs) are read whole: 8 bytes per numeric cell, not the file.
-* `.jsonl` / `.ndjson`: one JSON object per line (pyarrow.json); nested objects become dotted keys
-  (`{"val": {"loss": 1}}` -> `val.loss`). JSON has no NaN: Python's `NaN`/`Infinity` literals are a
-  problem, strings "NaN", "nan", "inf", "-Infinity" are numbers.
-* `.parquet`: read batch by batch; numeric columns are metrics.
-
-Rules (shared by every table-shaped source):
-
-* Header names are stripped of surrounding spaces (YOLO pads them). Duplicate names are a
-  problem naming them; an unnamed column (pandas' index) is ignored with a note.
-* Cells: surrounding spaces are ignored; an empty cell (and `NA`, `N/A`, `null`, `None`) is *no
-  point* for that metric, never 0. `nan`, `inf`, `-inf`, `Infinity` (any case) are kept as
-  float64 NaN/+-inf; decimal strings parse with correct rounding (17 significant digits round-trip).
-* A column whose non-empty cells are all non-numeric is text, not a metric (noted); a numeric
-  column with some non-numeric cells is a problem at the first such cell (line and column).
-* A row that repeats the header is skipped (a second header appended to the file); a row with the
-  wrong number of cells is a problem at its line.
-* A file still being written: bytes after the last line terminator are not read (that partial
-  line is picked up by the next import). Blank lines, and the blank "lines" that CR CR LF endings
-  look like, are skipped. Line numbers in problems count LF-terminated lines.
-* Steps: `options.step_column` (integers; a value without a step is a problem); without it the
-  row index 0..n-1 in file order, and the run gets DERIVED_STEPS_TAG.
-* Timestamps: `options.time_column`: numbers are epoch seconds when every |value| < 1e11, else
-  epoch milliseconds; strings are ISO 8601 (with an offset; without one they are read as UTC and
-  noted). Without a time column, timestamps stay null and the run gets DERIVED_TIMESTAMPS_TAG.
-* Keys: `options.key_prefix` + column name; names the server rejects are mapped with
-  `base.safe_metric_key`, listed in the RENAMED_METRICS_TAG tag (JSON original -> new) and noted.
-* Run: one per file; identity "file"; experiment = options.experiment or the file's folder name;
-  name = the file's stem.
+The file types and every rule: docs/formats/tables.md.
 """
 
 from __future__ import annotations

@@ -1,67 +1,13 @@
 """Plain-text training logs -> RunRecords (`--format text`).
 
-Dialects, recognised by content (the first 64 KB; `--format text` only picks this source, the
-dialect is still sniffed, in this order):
+Dialects sniffed from the first 64 KB, in order: mmdet-json, mmdet (OpenMMLab/mmengine), fairseq
+(json and simple formats, hydra or plain envelopes, <= 0.9 stdout), keras console, llmc, Python
+logging with key=value; user patterns (`options.patterns`) replace them all. Each dialect has its
+step rule (STEP_RULE_TAG) and key naming; line times become timestamps (naive ones as UTC,
+NAIVE_TIMES_TAG); a launch banner or a falling step starts a new run (identity = segment index).
+A partial last line waits; over-long, non-UTF-8 and NUL lines are Problems.
 
-* `mmdet-json`  mmdetection 2.x `*.log.json`: JSON lines; a line without `mode` is a header
-                (env_info/config) and starts a new run; `{"mode": "train", "epoch": 1, "iter": 50, ...}`.
-* `mmdet`       OpenMMLab text logs: `2021-08-12 19:07:24,634 - mmdet - INFO - Epoch [1][50/58633]\tlr: ..., loss: 1.52`
-                (also `Epoch(val) [1][625]`, `Iter [50/90000]`, and mmengine's `2023/01/01 ... Epoch(train) [1][ 50/7330]  loss: ...`).
-* `fairseq`     `--log-format json`: `[ts][train_inner][INFO] - {"epoch": 1, "loss": "9.276", "num_updates": "200", ...}`
-                (hydra) or `ts | INFO | train_inner | {...}`; values are JSON strings.
-                `--log-format simple` (fairseq/logging/progress_bar.py SimpleProgressBar), in the same two
-                envelopes: `epoch 001:    100 / 1124 loss=9.817, nll_loss=9.03, ..., num_updates=100, lr=1.25e-05`
-                (log(), logger `train_inner`) and `epoch 001 | valid on 'valid' subset | loss 7.996 | ... |
-                num_updates 1124` / `epoch 001 | loss 9.016 | ...` (print(), logger = the subset or `train`).
-                Also fairseq <= 0.9's stdout form of the same lines, without envelope or time: `| epoch 001:
-                999 / 1124 loss=...` and `| epoch 001 | valid on 'valid' subset | loss ...` (the logger is then
-                `train_inner` for the first, the subset for `valid on '<subset>' subset`, else `train`).
-* `keras`       Keras fit() console: `Epoch 3/10` then `... - loss: 0.1 - acc: 0.9` (progress bars with \\r or \\b are
-                reduced to their final state; lines with `ETA:` are progress, not results).
-* `llmc`        llm.c: `step    1/74 | train loss 11.01 | norm 15.4 | lr 6.00e-06 | (2235.45 ms | 229 tok/s)`,
-                `val loss 4.5`, and its main.log form `s:100 trl:3.21` / `s:100 tel:3.30`.
-* `logging`     Python `logging` lines: a time prefix (`2021-03-04 12:00:01,123`) or `INFO:name:` and at least
-                one `key=value` / `key: value` with a number, read after the level name where the format
-                prints one; a source position (`trainer.py:123`) or thread (`MainThread:1402`) is no metric.
-* user patterns (`options.patterns`): when given, they replace the built-in dialects. Each is a regex
-                searched in every line; every named group is a metric except `step`, `epoch`, `time`.
-
-Rules:
-
-* Steps. mmdet: step = (epoch - 1) * N + iter for train lines and epoch * N for val lines, where N is the
-  iterations per epoch from the `[iter/N]` form (for `.log.json`, from the sibling `.log`); when N is
-  never stated, N = 1_000_000. `Iter [i/...]` lines: step = i; `Iter(val)` lines take the last train step.
-  fairseq (json and simple): `num_updates` / `<prefix>_num_updates`; a record without it takes the last
-  step seen.
-  keras: the printed epoch number (1-based). llmc: the printed step k of `step k/n`; `val loss` takes the
-  last step. logging: a `step`, `global_step`, `iter`, `iteration`, `it`, `update` or `num_updates` field.
-  user patterns: group `step`, else group `epoch`, else derived.
-  Where a line has no step: 0..n-1 in line order within the run, tagged `DERIVED_STEPS_TAG`.
-  The rule used is written to the run tag `importer.step_rule`.
-* Step-like fields (`epoch`, `iter`, `mode`, the step field) are not metrics, except `epoch` in the
-  logging dialect and `num_updates` in fairseq (kept as the log has it).
-* Metric keys: `<mode>/<key>` for mmdet (`train/loss`, `val/bbox_mAP`), `<logger>/<key>` for fairseq
-  (`train_inner/loss`, `valid/valid_loss`), as printed otherwise. fairseq's simple format is named as its
-  json format names the same stats, so a run gives the same keys in either: json prefixes the stats of
-  print() lines with the logger (`valid_loss`), so `epoch 001 | valid on 'valid' subset | loss 7.9`
-  gives `valid/valid_loss` and `epoch 001 | loss 9.0` gives `train/train_loss`; log() lines are not
-  prefixed (`train_inner/loss`). A simple-format field that is not `key=value` / `key value` with a
-  number is a problem naming the line and the field. Keys the server rejects are renamed
-  with `base.safe_metric_key` (tag `RENAMED_METRICS_TAG`, and a note).
-* Times. A line's time (`2021-08-12 19:07:24,634`, also with `/` or `T`, optional offset) becomes the
-  points' timestamp in ms; a time without a UTC offset is read as UTC (tag `importer.naive_times`).
-  start_time/end_time are the first/last line time of the run. No times: null timestamps and
-  `DERIVED_TIMESTAMPS_TAG`, start/end None.
-* Several runs in one file. A launch banner starts a new run when the current run already has points:
-  mmdet `Environment info:`, a `.log.json` header line, the fairseq config dump (`{'_name': ...}`) or
-  `Namespace(` (also at the start of a line, as fairseq <= 0.9 printed it), keras `Epoch 1/N` (every fit() call), and a step lower than the previous one (logging,
-  llmc, user patterns). Run identity = the segment index in the file (0, 1, ...), stable as the file grows.
-  A segment without points is not a run (a note says so).
-* Values are float64; `nan`, `inf`, `-inf` are kept (the tag `importer.infinite_values` names keys with +-inf).
-* Bytes. A last line without a line terminator is left for later (note). A line over 1 MiB, a line that
-  is not UTF-8 and a line with NUL bytes (binary: reading stops there) are Problems naming the line.
-* RunRecord: experiment = options.experiment, else the log file's parent folder name; name = file name,
-  with ` #<index>` for runs after the first; import key = import_key("text", resolved path, index).
+The dialects, step and key rules: docs/formats/text.md.
 """
 
 from __future__ import annotations

@@ -1,46 +1,12 @@
 """TensorBoard event files (`events.out.tfevents.*`) -> one RunRecord per run folder.
 
-Variants: TF1 summaries (`simple_value`), TF2 summaries (scalars stored as tensors, in `float_val`,
-`double_val`, ... or packed in `tensor_content`), PyTorch's SummaryWriter and tensorboardX (both
-write `simple_value`; PyTorch's `new_style=True` writes tensors). tensorboardX replaced characters outside
-`[-/\\w.]` in tags by `_` when it wrote them; that cannot be undone, so stored tags are used as
-they are.
+TF1 and TF2 scalars, PyTorch SummaryWriter and tensorboardX, plain, gzip or ZLIB; every point
+kept (no EventAccumulator sampling): records read by the TFRecord framing reader below, CRCs
+checked, decoded with tensorboard's protobufs. A run is each folder directly holding event files;
+step = event step, timestamp = wall time in ms; hparams give params. A truncated or corrupt record
+ends a file's reading with a note; a git-LFS pointer is a Problem.
 
-Rules:
-- Runs. Naming a folder: every folder at or below it that directly holds a file whose name
-  contains `tfevents` is one run (TensorBoard's own rule), so `lightning_logs/version_0` and
-  `version_1` are two runs and Keras' `train` and `validation` are two runs. The event files of a
-  run are read in file-name order (names start with the creation time) and merged. Symlinked
-  folders are not entered and symlinked files that resolve outside the named folder are skipped.
-  Naming one file reads that file alone as a run.
-- Every point is kept (TensorBoard's `EventAccumulator` keeps only a reservoir sample of each
-  series, so it is not used). Records are read by the small TFRecord framing reader below, CRCs
-  checked, and decoded with tensorboard's Event/Summary protobufs. Measured on one 8.7 MB file of
-  200,000 tensorboardX scalars: tensorboard's `EventFileLoader` (its TF-less record reader plus
-  `data_compat`) took 18.3 s, this reader 1.6 s with google-crc32c and 3.2 s with tensorboard's
-  pure-Python CRC (`_crc32c` picks the first available).
-- A value is a metric point when it is a `simple_value`, or a tensor holding exactly one number
-  whose tag's first metadata in the run names the `scalars` plugin (TF2 writes the metadata only
-  on a tag's first value). Histograms, images, audio, text, graphs, ... are skipped and counted in
-  a note.
-- hparams plugin: `_hparams_/session_start_info` gives the params (numbers as the plugin stores
-  them, doubles, written without `.0` when integral: 256.0 -> "256").
-- step = the event's step; timestamp = wall time in ms (truncated); start/end time = first/last
-  wall time of any event of the run.
-- experiment default: the name of the run folder's parent folder (`lightning_logs`); run name:
-  the run folder's path relative to the named folder, or its own name when that is the run.
-- import key: import_key("tensorboard", resolved run folder (or the file named), "").
-- gzip and ZLIB: an event file whose content starts with the gzip magic (`events.out.tfevents.*.gz`,
-  or any name; multi-member files too), or that is one zlib stream (TensorFlow's TFRecordWriter
-  with compression "ZLIB": a zlib header and no valid plain record at byte 0), is read record by
-  record as it is decompressed. A compressed stream that is cut short or corrupt is treated like
-  a truncated record: the records before it are kept and a note names the offset in the
-  decompressed stream; when not even the first record can be read it is a Problem.
-- A git-LFS pointer in place of an event file is a Problem. A truncated or corrupt record (a file
-  still being written) ends the reading of that file: the records before it are kept, and a note
-  says from which byte on the file was not read and why.
-- Metric keys the server rejects are mapped with `safe_metric_key`; the mapping goes to the
-  run tag RENAMED_METRICS_TAG and a note.
+The variants and rules: docs/formats/tensorboard.md.
 """
 
 from __future__ import annotations

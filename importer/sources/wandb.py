@@ -1,39 +1,11 @@
 """Weights & Biases run folders (`wandb/run-*/`, `wandb/offline-run-*/`) -> one RunRecord per run.
 
-Finding runs: the named folder itself when it is a run folder, else its run folders and those of
-its `wandb/` subfolder. A run folder is a real folder named `run-<date>_<time>-<id>` or
-`offline-run-...`; symlinks (`latest-run`, or a copy where links became small text files) are never
-followed, and a file inside a run folder that is a symlink is read only when it resolves inside
-the named folder (dangling links are skipped).
+History from the `run-<id>.wandb` log (LevelDB-log framing read here, records decoded with the
+`wandb` package's protobufs), else `wandb-history.jsonl`, else the summary only (noted). `_step`
+and `_timestamp` give step and time; `_` keys skipped; params from `config.yaml`; status from the
+exit record. Links never followed out of the named folder.
 
-Per run folder:
-- History: the `run-<id>.wandb` transaction log, W&B's LevelDB-log framing (32 KiB blocks of
-  CRC-checked chunks) of protobuf `Record`s. The framing is read here; the records are decoded
-  with the protobuf classes of the `wandb` package (optional extra: pip install
-  'importer[wandb]'). wandb itself no longer has a Python reader (its `DataStore` went with the
-  move of syncing to wandb-core). A truncated or corrupt tail (a crash) ends the reading with a
-  note, keeping everything before it. Without wandb or without the .wandb file,
-  `files/wandb-history.jsonl` (wandb < 0.10) is read when present, else only the summary (one
-  point per numeric key): a note says so.
-- A history row: `_step` is the step (else the record's step number, else the row's index),
-  `_timestamp` (seconds) the timestamp; every other numeric value is a metric. Keys starting with
-  `_` are W&B's own and skipped. Nested dicts are flattened with `.` (as W&B's UI and API show
-  them); media and other non-numeric values (images, histograms, tables, strings, booleans) are
-  skipped and counted in a note.
-- Summary (`files/wandb-summary.json`, else the log's summary records): a numeric key that no
-  history row has (all of them when there is no history) becomes one point at the summary's
-  `_step` with its `_timestamp`.
-- Params: `files/config.yaml` ({key: {desc, value}}: the `value`s), else the log's config
-  records; `_wandb` and `wandb_version` skipped; flattened with model.flatten_params.
-- experiment default: the W&B project (from the log), else the name of the folder that holds the
-  `wandb/` folder. Name: the run's display name, else its id. import key:
-  import_key("wandb", resolved run folder, run id).
-- start_time: wandb-metadata.json `startedAt` (UTC when it has no offset), else the log's run
-  start time, else config `_wandb.start_time`; end_time: the last `_timestamp` seen, else start + runtime.
-- status: from the log's exit record (exit code 0 FINISHED, else FAILED); a log without one
-  (crashed or killed) FAILED; no log: FINISHED.
-- Metric keys the server rejects are mapped with `safe_metric_key` (mapping in the run tag
-  RENAMED_METRICS_TAG and a note). NaN and +/-Infinity are kept.
+Finding runs, the fields read and the mapping: docs/formats/wandb.md.
 """
 
 from __future__ import annotations

@@ -1,79 +1,13 @@
 """Ultralytics / YOLO training results -> one RunRecord per run folder.
 
-Variants:
+`results.csv` (YOLOv5 >= v6.0, Ultralytics YOLOv8+; padded headers, stripped) and the headerless
+`results.txt` of YOLOv5 < v6.0, YOLOv7 and every ultralytics/yolov3 layout since 2018, told apart
+by field count, a `batch/last` column and printed precision (LAYOUT_TAG records the layout read).
+Step = epoch as written; no timestamps (DERIVED_TIMESTAMPS_TAG); rejected keys mapped with
+safe_metric_key; params from `args.yaml` / `opt.yaml` (+ `hyp.yaml`). Run = the results file's
+folder; experiment = the folder above it.
 
-* `results.csv` (YOLOv5 >= v6.0 and Ultralytics YOLOv8+): a header whose names (and values) are
-  left-padded with spaces: `epoch, train/box_loss, ..., metrics/mAP50(B), ..., lr/pg0` (v8) or
-  `epoch, train/box_loss, train/obj_loss, ..., metrics/mAP_0.5:0.95, ..., x/lr0` (v5). Padding is
-  stripped. Detected by content: the first column is `epoch` and another column starts with
-  `train/`, `val/`, `metrics/`, `lr/` or `x/lr`.
-* `results.txt` (YOLOv5 < v6.0, YOLOv7, ultralytics/yolov3 until its v6.0 update of 2021-11): no
-  header, whitespace-separated, one row per epoch, the first field `epoch/last` (`12/54` -> step 12;
-  the total is not kept, opt.yaml has `epochs`). Positional: which name a column gets depends on
-  the writer (train.py's `s = ('%10s' * 2 + '%10.4g' * 6) % (...)` + `'%10.4g' * 7 % results`), told
-  apart by the number of fields, whether field 2 is `batch/last`, and the printed precision:
-
-      fields  writer (train.py, ultralytics/yolov3 unless named)      columns after epoch/last
-      15      YOLOv5 v1.0-v5.0 (2020-05 .. 2021-07), YOLOv7, yolov3    gpu_mem, train box/obj/cls/total
-              2020-11-26 .. 2021-11 (all `%10.4g`)                     loss, instances, img_size, P, R,
-                                                                       mAP_0.5, mAP_0.5:0.95, val box/obj/cls
-      15      yolov3 2019-08-24 .. 2020-11-25 (`%10.3g`)               gpu_mem, train GIoU/obj/cls/total,
-                                                                       instances, img_size, P, R, mAP_0.5,
-                                                                       F1, val GIoU/obj/cls
-      16      yolov3 2019-08-04 .. 08-23                               gpu_mem, train GIoU/wh/obj/cls/total,
-                                                                       instances, img_size, P, R, mAP_0.5,
-                                                                       F1, val GIoU/obj/cls
-      14      yolov3 2019-07-16 .. 08-03                               gpu_mem, train GIoU/wh/obj/cls/total,
-                                                                       instances, img_size, P, R, mAP_0.5,
-                                                                       F1, val total
-      14 + batch  yolov3 2019-04-05 .. 07-15                           batch/last, train xy/wh/obj/cls/total,
-                                                                       instances, time or img_size, P, R,
-                                                                       mAP_0.5, F1, val total
-      12 + batch  yolov3 2019-02-19 .. 04-04                           batch/last, train xy/wh/obj/cls/total,
-                                                                       instances, time, P, R, mAP_0.5
-      19 + batch  yolov3 2018-11-22 .. 2019-02-09                      batch/last, train x/y/w/h/conf/cls/
-                                                                       total loss, train P, R (of the batch),
-                                                                       instances, TP, FP, FN, time, then
-                                                                       mAP_0.5, P, R of the test
-      17 + batch  yolov3 2018-11-14 .. 11-21                           the first 16, then mAP_0.5
-      16 + batch  yolov3 2018-08-26 .. 11-13                           the first 16 of the 19 above
-
-  Names follow YOLOv5 v6's: `train/<x>_loss`, `val/<x>_loss`, `train/instances` (targets in the
-  last batch), `train/img_size`, `train/gpu_mem` (GB; a `G` suffix is dropped; before 2020-02
-  yolov3 printed the bare number), `metrics/precision`, `metrics/recall`, `metrics/mAP_0.5`,
-  `metrics/mAP_0.5:0.95`, `metrics/F1`; the 2018 layouts add `train/precision`, `train/recall`,
-  `train/TP`, `train/FP`, `train/FN`; 2018 .. mid-2019 files have `train/time` (seconds the last
-  batch took). `batch/last` is not a metric. The layout read is in the run tag
-  `importer.results_layout`.
-  What the field count cannot tell, and the rule used:
-  - 15 fields: YOLOv5's mAP_0.5:0.95 or yolov3's F1 in column 12 (and box or GIoU losses): a
-    file with any value printed with 4 significant digits was written with `%10.4g` (YOLOv5
-    layout); else `%10.3g` (yolov3 2019-08 .. 2020-11 layout).
-  - 14 fields with a batch column: column 9 is `train/img_size` when every value is a multiple of
-    32, else `train/time`. yolov3's 2019-02-10 .. 02-18 layout (x/y/w/h/conf/cls/total, instances,
-    time, mAP_0.5, P, R) also has 14 fields and a batch column; it is read as the 2019-04 layout.
-    Its column 3 was xy until 2019-07-08, GIoU (or xy with GIoU off) after: named `train/xy_loss`;
-    `conf` (until 2019-07-04) and `obj` are the same objectness loss: `train/obj_loss`.
-  - 12 fields: until 2019-03-16 the last three were mAP_0.5, P, R; from 03-17 P, R, mAP_0.5: read
-    as the later order.
-  - 14 fields without a batch column: for a few hours on 2019-07-16 gpu_mem was the last train
-    column instead of the first; read as the later order.
-  Detected by name `results.txt` and a first line of 12, 14, 15, 16, 17 or 19 fields starting with
-  `<int>/<int>`. Every line of a file must have the first line's field count.
-
-Rules: the `epoch` column (or the epoch part of `epoch/last`) is the step, as written (v5/v8.0
-count from 0, later Ultralytics from 1); epochs are not split into runs (a resumed run continues
-its epochs; a new `--resume`-less run is a new folder). Timestamps are not in the files: null,
-with DERIVED_TIMESTAMPS_TAG (a v8.3+ `time` column is kept as a metric: seconds since start).
-Empty cells are no points; `nan`/`inf` are kept. Keys the server rejects (`metrics/mAP50(B)`)
-are mapped with safe_metric_key (`metrics/mAP50_B_`), listed in RENAMED_METRICS_TAG and noted.
-A partial last line is not read. Params: `args.yaml` (v8) or `opt.yaml` (v5/v7) flattened with
-model.flatten_params, strings kept as written (Windows paths too); when `opt.yaml`'s `hyp` is a
-path rather than the dict itself, `hyp.yaml` beside it is added as `hyp.<key>`.
-
-Run: the folder holding the results file; identity `run` (the import key hashes the resolved
-results file); name = folder name (`exp2`, `train`); experiment = options.experiment or the
-name of the folder above it (`train` for runs/train/exp, `detect` for runs/detect/train).
+The layouts table, the ambiguous cases and their rules: docs/formats/yolo.md.
 """
 
 from __future__ import annotations

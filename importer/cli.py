@@ -121,13 +121,18 @@ def main(
     # by the package: a library does not change its host's environment or allocator.
     # Arrow's jemalloc (the CSV reader allocates from it) returns freed pages at once instead of
     # after a second: about 20 MB less at the peak of a 10-million-point CSV (bench/bench_parse.py).
-    # It is read when pyarrow loads, which no command has done yet.
+    # It is read when pyarrow loads, which no command has done yet; arenas made later (the CSV
+    # reader's threads get those) follow jemalloc_set_decay_ms.
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
     # Arrow's default pool here (mimalloc) kept ~33 MB more at the peak of a 5-million-point
     # import than the system allocator, at the same speed (bench/).
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        pa.jemalloc_set_decay_ms(0)
+    except (NotImplementedError, AttributeError, pa.ArrowException):  # a pyarrow without jemalloc
+        pass
 
 
 def _fail(exc: BaseException) -> typer.Exit:

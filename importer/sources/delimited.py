@@ -148,18 +148,15 @@ class TableData:
 @lru_cache(maxsize=1)
 def block_pool() -> pa.MemoryPool:
     """The pool a reader allocates its blocks from, passed to every Arrow call that reads or
-    converts them (Arrow's default pool, the host's, is never changed): Arrow's jemalloc with
-    dirty pages returned to the system at once when pyarrow has it, else the default pool.
+    converts them (Arrow's default pool, the host's, is never changed): Arrow's jemalloc when
+    pyarrow has it, else the default pool.
 
     Reading a CSV block by block allocates and frees tens of MB per block from several threads
     (the reader reads ahead); glibc's malloc kept most of it (10M points: 500 MB peak for 100 MB
     of data, its arenas and its moving mmap threshold), jemalloc with no decay delay does not."""
-    # Arrow starts its jemalloc (when pyarrow loads) with a 1 s decay and a background purging
-    # thread; jemalloc_set_decay_ms covers only arenas created later (the reader's threads get
-    # those). The arenas made at the start follow JE_ARROW_MALLOC_CONF=dirty_decay_ms:0,
-    # muzzy_decay_ms:0 if it is set before pyarrow loads (on one busy core: 240 -> 220 MB peak).
+    # How fast jemalloc returns pages is the host's to set: the command line sets it at start
+    # (JE_ARROW_MALLOC_CONF and jemalloc_set_decay_ms, importer/cli.py).
     try:
-        pa.jemalloc_set_decay_ms(0)
         return pa.jemalloc_memory_pool()
     except (NotImplementedError, AttributeError, pa.ArrowException):
         return pa.default_memory_pool()

@@ -14,6 +14,8 @@ from pydantic import (AwareDatetime, BaseModel, ConfigDict, Discriminator, Field
                       StrictInt, StrictStr, Tag, TypeAdapter, WrapValidator)
 from pydantic_core import PydanticCustomError
 
+from .values import NumberText, float_problem, int64_problem
+
 def _one_error(message: str):
     """A wrap validator that turns a union's several branch errors into one plain message."""
     def wrap(value: Any, handler):
@@ -24,15 +26,30 @@ def _one_error(message: str):
     return WrapValidator(wrap)
 
 
+def _in_range(problem):
+    """A wrap validator refusing a number out of the range `problem` (values.int64_problem,
+    values.float_problem) checks, by that rule's message; anything else goes on."""
+    def wrap(value: Any, handler):
+        if isinstance(value, NumberText) or type(value) is int:
+            message = problem(value)
+            if message:
+                raise PydanticCustomError("range", message.replace("{", "{{").replace("}", "}}"))
+        return handler(value)
+    return WrapValidator(wrap)
+
+
+Int64 = Annotated[StrictInt, _in_range(int64_problem)]
 Timestamp = Annotated[
     Union[StrictInt, AwareDatetime],
     Field(description="Milliseconds since the epoch, or ISO 8601 with a UTC offset."),
     _one_error("must be milliseconds since the epoch (an integer) or ISO 8601 with a UTC offset"),
+    _in_range(int64_problem),
 ]
 MetricValue = Annotated[
     Union[StrictInt, StrictFloat, Literal["NaN", "Infinity", "-Infinity"]],
     Field(description='A number, or one of the strings "NaN", "Infinity", "-Infinity".'),
     _one_error('must be a number or one of "NaN", "Infinity", "-Infinity"'),
+    _in_range(float_problem),
 ]
 
 
@@ -41,7 +58,7 @@ class _Strict(BaseModel):
 
 
 class Point(_Strict):
-    step: StrictInt
+    step: Int64
     value: MetricValue
     timestamp: Optional[Timestamp] = None
 

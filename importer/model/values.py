@@ -78,6 +78,8 @@ def param_string(value: Any) -> str:
     (`true`, `null`, `0.1`, `1e-05`, `[]`, `{}`)."""
     if isinstance(value, str):
         return value
+    if isinstance(value, NumberText):
+        return value.text
     return json.dumps(value, ensure_ascii=False, allow_nan=True)
 
 
@@ -101,6 +103,76 @@ def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     for k, v in params.items():
         walk(v, f"{prefix}{k}")
     return out
+
+
+class NumberText:
+    """A number of a document that converts to no exact Python number, kept as its text: an integer
+    of more digits than `int()` converts (sys.get_int_max_str_digits(), 4300 by default) or a
+    decimal beyond +-MAX_DOUBLE. A param keeps it as written (param_string); as a step, time or
+    value it is out of range (int64_problem, float_problem); no text field takes it."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, NumberText) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+def number_text(text: str) -> Any:
+    """A JSON number's text as a number, or as NumberText when it converts to no exact number
+    (json.loads' parse_int and parse_float)."""
+    if "." in text or "e" in text or "E" in text:
+        f = float(text)
+        return f if not math.isinf(f) else NumberText(text)
+    limit = sys.get_int_max_str_digits()
+    if limit and len(text) - text.startswith("-") > limit:
+        return NumberText(text)
+    return int(text)
+
+
+def shown(v: Any) -> str:
+    """A number for a message: short ones as they are, long ones cut (a million digits stay out)."""
+    text = v.text if isinstance(v, NumberText) else v if isinstance(v, str) else repr(v) if isinstance(v, float) else None
+    if text is None:  # an int: str() of a huge one is slow and may raise
+        text = str(v) if v.bit_length() < 10000 else None
+        if text is None:
+            return f"an integer of about {int(v.bit_length() * 0.30103)} digits"
+    if len(text) <= 40:
+        return text
+    digits = sum(c.isdigit() for c in text)
+    return f"{text[:12]}... ({digits} digits)"
+
+
+def int64_problem(v: Any) -> Optional[str]:
+    """Why `v` (an int or a NumberText) is no 64-bit integer the server stores, or None."""
+    if isinstance(v, NumberText) or not INT64_MIN <= v <= INT64_MAX:
+        return f"{shown(v)} is outside the 64-bit integer range the server stores"
+    return None
+
+
+def float_problem(v: Any) -> Optional[str]:
+    """Why `v` (an int, a float or a NumberText) is no 64-bit float, or None. A float is always one
+    (infinities included: the strings "Infinity", "-Infinity" say them)."""
+    if isinstance(v, NumberText):
+        pass
+    elif isinstance(v, int):
+        try:
+            float(v)
+            return None
+        except OverflowError:
+            pass
+    else:
+        return None
+    return (f"{shown(v)} is outside the range of a 64-bit float (+-1.8e308); write \"Infinity\" "
+            "or \"-Infinity\" for an infinite value")
 
 
 def metric_value(v: Any) -> float:

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from ..errors import Problem
 from ..model import METRIC_SCHEMA
+from ..model.values import NumberText, int64_problem, shown
 from .base import Metrics, SourceResult
 from .times import epoch_scale
 
@@ -111,8 +112,17 @@ def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[
     """A step column as int64 (null where empty): TableData.text's int64 as it is, else its
     trimmed cells. Integers only; `3.0` is allowed. `first_row`: the file's row index of the
     first cell (a block's), for problems."""
+    def out_of_range(arr: pa.Array, at: int) -> None:
+        problems.append(Problem(file, f"row {first_row + at + 1} column {column!r}",
+                                f"step {int64_problem(_cell_number(arr[at].as_py()))}"))
+
     if pa.types.is_integer(text.type):
-        return text.cast(pa.int64())  # chunked as it was read
+        try:
+            return text.cast(pa.int64())  # chunked as it was read
+        except pa.ArrowInvalid:  # uint64 beyond int64
+            arr = _one(text)
+            out_of_range(arr, first_failing(arr, _fails_int64))
+            return None
     arr = _one(text)
     empty = pc.is_in(arr, value_set=pa.array(list(NULL_CELLS)))
     arr = pc.if_else(empty, None, arr)
@@ -121,7 +131,7 @@ def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[
         try:
             return arr.cast(pa.int64())
         except pa.ArrowInvalid:
-            problems.append(Problem(file, f"column {column!r}", "a step is outside the 64-bit range"))
+            out_of_range(arr, first_failing(arr, _fails_int64))
             return None
     number = pc.match_substring_regex(arr, NUMBER_PATTERN)
     floats = pc.if_else(number, arr, None).cast(pa.float64())
@@ -130,9 +140,32 @@ def integer_steps(text: pa.ChunkedArray, file: str, column: str, problems: list[
     if not pc.all(ok).as_py():
         at = pc.index(pc.invert(pc.fill_null(ok, False)), True).as_py()
         problems.append(Problem(file, f"row {first_row + at + 1} column {column!r}",
-                                f"step {arr[at].as_py()!r} is not an integer"))
+                                f"step {shown(arr[at].as_py())!r} is not an integer"))
+        return None
+    inside = _int64_floats(floats)
+    if not pc.all(pc.or_kleene(inside, pc.is_null(floats))).as_py():
+        out_of_range(arr, pc.index(pc.fill_null(pc.invert(inside), False), True).as_py())
         return None
     return floats.cast(pa.int64())
+
+
+def _fails_int64(arr: pa.Array) -> bool:
+    try:
+        arr.cast(pa.int64())
+        return False
+    except pa.ArrowInvalid:
+        return True
+
+
+def _int64_floats(floats) -> pa.Array:
+    """Which floats are finite and convert to int64 (null stays null). 2**63 is the first float
+    above INT64_MAX; -2**63 is INT64_MIN itself."""
+    return pc.and_kleene(pc.greater_equal(floats, -2.0 ** 63), pc.less(floats, 2.0 ** 63))
+
+
+def _cell_number(cell: Any) -> Any:
+    """A cell out of range as what int64_problem names: its text (a NumberText), or an int."""
+    return cell if isinstance(cell, int) else NumberText(str(cell).strip())
 
 
 def ms_timestamps(text: pa.ChunkedArray, file: str, column: str, problems: list[Problem],
@@ -176,7 +209,7 @@ class TimeColumn:
         """The block's milliseconds (null where empty), or None after a problem. `with_point`:
         the rows that hold a point (the earliest time is taken among those)."""
         if pa.types.is_integer(text.type):
-            kind, raw = "number", text.cast(pa.float64())  # chunked as it was read
+            kind, raw = "number", text.cast(pa.float64(), safe=False)  # chunked as read; > 2**53 rounds
         else:
             arr = _one(text)
             arr = pc.if_else(pc.is_in(arr, value_set=pa.array(list(NULL_CELLS))), None, arr)
@@ -218,7 +251,17 @@ class TimeColumn:
         if big is not None:
             self.largest = big if self.largest is None else max(big, self.largest)
         scale = self.given_scale if self.given_scale is not None else epoch_scale(big)
-        return pc.floor(pc.multiply(raw, scale)).cast(pa.int64())
+        ms = pc.floor(pc.multiply(raw, scale))
+        inside = _int64_floats(ms)  # NaN compares false: it is outside too
+        if not pc.all(pc.or_kleene(inside, pc.is_null(ms))).as_py():
+            at = pc.index(pc.fill_null(pc.invert(inside), False), True).as_py()
+            cell = _one(text)[at].as_py()
+            self.problems.append(Problem(
+                self.file, f"row {first_row + at + 1} column {self.column!r}",
+                f"{shown(cell)!r} is no time: a number of seconds or milliseconds since the epoch "
+                "must be finite and within the 64-bit range of milliseconds the server stores"))
+            return None
+        return ms.cast(pa.int64())
 
 
 def _fails_time(arr: pa.Array) -> bool:

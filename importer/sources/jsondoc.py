@@ -18,6 +18,7 @@ from pydantic import ValidationError as PydanticError
 
 from ..errors import Problem
 from ..model import INT64_MAX, INT64_MIN, SPECIAL_VALUES, Column, to_ms
+from ..model.values import NumberText, float_problem, int64_problem, number_text
 
 STREAM_ABOVE = 32 * 2**20
 CHUNK = 65536
@@ -27,16 +28,18 @@ _ISO = TypeAdapter(AwareDatetime)
 
 def _item(kind: str, v: Any) -> tuple[Any, Optional[str]]:
     """One column item converted, or the reason it is refused (the manifest's rules)."""
+    if isinstance(v, NumberText):
+        return None, float_problem(v) if kind == "value" else int64_problem(v)
     if kind == "value":
         if type(v) in (int, float):
+            if error := float_problem(v):
+                return None, error
             return float(v), None
         if isinstance(v, str) and v in SPECIAL_VALUES:
             return SPECIAL_VALUES[v], None
         return None, f'must be a number or one of "NaN", "Infinity", "-Infinity", got {v!r}'
     if type(v) is int:
-        if INT64_MIN <= v <= INT64_MAX:
-            return v, None
-        return None, f"{v} is outside the 64-bit integer range the server stores"
+        return (v, None) if INT64_MIN <= v <= INT64_MAX else (None, int64_problem(v))
     if kind == "timestamp" and isinstance(v, str):
         try:
             return to_ms(_ISO.validate_python(v)), None
@@ -51,11 +54,14 @@ def column_array(kind: str, items: list, start: int, where: str, problems: list[
     """Convert a list of column items to Arrow; bad items become problems at `where[index]`."""
     # Fast path: plain numbers of the right Python type (pyarrow alone would accept 1.5 as a step).
     if kind == "value" and all(type(v) in (int, float) for v in items):
-        return pa.array(items, pa.float64())
+        try:  # an int beyond int64 is refused by Arrow, even where a float holds it
+            return pa.array(items, pa.float64())
+        except (OverflowError, pa.ArrowInvalid):
+            pass
     if kind != "value" and all(type(v) is int for v in items):
         try:
             return pa.array(items, pa.int64())
-        except OverflowError:
+        except (OverflowError, pa.ArrowInvalid):
             pass
     out = []
     for i, v in enumerate(items):
@@ -98,7 +104,9 @@ def load(stream: IO[bytes], size: Optional[int], file: str, problems: list[Probl
     if size is not None and size > STREAM_ABOVE:
         return _stream(stream, file, problems)
     try:
-        doc = json.loads(stream.read())
+        # Numbers Python converts to no exact number (too many digits, beyond +-1.8e308) stay
+        # their text, and are named where they stand.
+        doc = json.loads(stream.read(), parse_int=number_text, parse_float=number_text)
     except UnicodeDecodeError as e:
         problems.append(Problem(file, f"byte {e.start}", "the file is not UTF-8 text"))
         return None

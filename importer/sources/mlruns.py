@@ -28,6 +28,7 @@ from ..model import (DELETED_VERSION, INFINITE_VALUES_TAG, METRIC_SCHEMA, Artifa
                      LoggedModel, LoggedModelRecord, ModelMetric, ModelVersion, RegisteredModel, RunRecord,
                      artifact_path, key_problem, logged_model_id, model_stored_value, status_name,
                      store_import_key)
+from ..model.values import NumberText, int64_problem
 from .base import SourceOptions, SourceResult, StoreReader, metric_table, text_or_none
 
 NAME = "mlruns"
@@ -306,13 +307,23 @@ class _Store(StoreReader):
             try:
                 if len(parts) not in (2, 3, 5):
                     raise ValueError
-                step = int(parts[2]) if len(parts) > 2 else 0
+                step = _line_int(parts[2]) if len(parts) > 2 else 0
+                stamp, value = _line_int(parts[0]), float(parts[1])
                 extra = tuple(parts[3:5]) if len(parts) == 5 else (None, None)
-                rows.append((step, int(parts[0]), float(parts[1])) + extra)
             except ValueError:
                 bad += 1
                 if bad <= 5:
                     self.problem(file, f"line {number}", f"not `timestamp value step`: {text[:80]!r}")
+                continue
+            out_of_range = [(name, msg) for name, v in (("timestamp", stamp), ("step", step))
+                            if (msg := int64_problem(v))]
+            if out_of_range:
+                bad += 1
+                if bad <= 5:
+                    name, msg = out_of_range[0]
+                    self.problem(file, f"line {number}", f"{name} {msg}")
+                continue
+            rows.append((step, stamp, value) + extra)
         if bad > 5:
             self.problem(file, "", f"{bad - 5} more lines are not `timestamp value step`")
         steps, times, values, names, digests = (list(c) for c in zip(*rows)) if rows else ([],) * 5
@@ -552,6 +563,20 @@ def _same(a: list[str], b: list[str]) -> bool:
     """Equal folder names; a Windows path's case does not count."""
     windows = bool(b) and _DRIVE.match(b[0] + "/")
     return [p.casefold() for p in a] == [p.casefold() for p in b] if windows else a == b
+
+
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+
+
+def _line_int(text: str) -> int | NumberText:
+    """An integer field of a metric line; one of more digits than int() converts stays its text
+    (out of range), anything else not an integer is a ValueError."""
+    try:
+        return int(text)
+    except ValueError:
+        if _DIGITS.fullmatch(text):
+            return NumberText(text)
+        raise
 
 
 def _has_inf(table: pa.Table) -> bool:

@@ -10,6 +10,7 @@ items. Both paths share `column_array`, so they accept and reject exactly the sa
 from __future__ import annotations
 
 import json
+import re
 from typing import IO, Any, Optional
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ from pydantic import ValidationError as PydanticError
 
 from ..errors import Problem
 from ..model import INT64_MAX, INT64_MIN, SPECIAL_VALUES, Column, to_ms
-from ..model.values import NumberText, float_problem, int64_problem, number_text
+from ..model.values import NumberText, float_problem, int64_problem, number_text, shown
 
 STREAM_ABOVE = 32 * 2**20
 CHUNK = 65536
@@ -155,15 +156,34 @@ def _stream(stream: IO[bytes], file: str, problems: list[Problem]) -> Any:
         return _build(ijson.parse(stream, use_float=True), file, problems)
     except ijson.JSONError as e:
         if "integer overflow" not in str(e):
-            problems.append(Problem(file, "", f"invalid JSON: {str(e).splitlines()[0]}"))
+            _syntax_problem(e, file, problems)
             return None
     del problems[before:]
     stream.seek(0)
     try:
         return _build(ijson.get_backend("python").parse(stream, use_float=True), file, problems)
     except ijson.JSONError as e:
-        problems.append(Problem(file, "", f"invalid JSON: {str(e).splitlines()[0]}"))
+        _syntax_problem(e, file, problems)
         return None
+
+
+_LONG_INTEGER = re.compile(r"Unexpected symbol '(-?[0-9]+)' at")
+
+
+def _syntax_problem(e: Exception, file: str, problems: list[Problem]) -> None:
+    """ijson's error as a problem; a number it refused (beyond +-1.8e308; an integer of more digits
+    than int() converts, which its Python parser calls an unexpected symbol) is named where it
+    stands, like the stdlib path names it (its later numbers are not read)."""
+    first = str(e).splitlines()[0]
+    where = getattr(e, "where", "")
+    if m := _LONG_INTEGER.match(first):
+        message = f"{shown(NumberText(m.group(1)))} is outside every number range the server stores"
+    elif "overflow" in first:
+        message = ("a number is outside the range of a 64-bit float (+-1.8e308); write \"Infinity\" "
+                   "or \"-Infinity\" for an infinite value")
+    else:
+        where, message = "", f"invalid JSON: {first[:200]}"
+    problems.append(Problem(file, where, message))
 
 
 def _build(events, file: str, problems: list[Problem]) -> Any:
@@ -226,4 +246,8 @@ def _build(events, file: str, problems: list[Problem]) -> Any:
     except UnicodeDecodeError:
         problems.append(Problem(file, "", "the file is not UTF-8 text"))
         return None
+    except Exception as e:  # where the parser stopped: the next item of the open container
+        if stack:
+            e.where = path_of(stack[-1])
+        raise
     return root

@@ -6,12 +6,13 @@ sources/manifest.py reads a document into RunRecords with them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal, Optional, Union
 
 import pyarrow as pa
 import pydantic
-from pydantic import (AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, StrictFloat,
-                      StrictInt, StrictStr, Tag, TypeAdapter, WrapValidator)
+from pydantic import (AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field,
+                      StrictFloat, StrictInt, StrictStr, Tag, TypeAdapter, WrapValidator)
 from pydantic_core import PydanticCustomError
 
 from .values import NumberText, float_problem, int64_problem
@@ -39,8 +40,16 @@ def _in_range(problem):
 
 
 Int64 = Annotated[StrictInt, _in_range(int64_problem)]
+def _date_text(value: Any) -> Any:
+    """Only text (or a datetime) is read as a date: pydantic would take a number as seconds since
+    the epoch, and a timestamp here is milliseconds (1.5 must not become 1500 ms)."""
+    if not isinstance(value, (str, datetime)):
+        raise ValueError("not a date")
+    return value
+
+
 Timestamp = Annotated[
-    Union[StrictInt, AwareDatetime],
+    Union[StrictInt, Annotated[AwareDatetime, BeforeValidator(_date_text)]],
     Field(description="Milliseconds since the epoch, or ISO 8601 with a UTC offset."),
     _one_error("must be milliseconds since the epoch (an integer) or ISO 8601 with a UTC offset"),
     _in_range(int64_problem),

@@ -167,7 +167,7 @@ def _stream(stream: IO[bytes], file: str, problems: list[Problem]) -> Any:
         return None
 
 
-_LONG_INTEGER = re.compile(r"Unexpected symbol '(-?[0-9]+)' at")
+_REFUSED_NUMBER = re.compile(r"Unexpected symbol '(-?[0-9][0-9.eE+-]*)' at")
 
 
 def _syntax_problem(e: Exception, file: str, problems: list[Problem]) -> None:
@@ -176,7 +176,7 @@ def _syntax_problem(e: Exception, file: str, problems: list[Problem]) -> None:
     stands, like the stdlib path names it (its later numbers are not read)."""
     first = str(e).splitlines()[0]
     where = getattr(e, "where", "")
-    if m := _LONG_INTEGER.match(first):
+    if m := _REFUSED_NUMBER.match(first):
         message = f"{shown(NumberText(m.group(1)))} is outside every number range the server stores"
     elif "overflow" in first:
         message = ("a number is outside the range of a 64-bit float (+-1.8e308); write \"Infinity\" "

@@ -74,6 +74,9 @@ def parse(message: str, skip=lambda name: False) -> Line:
             found.append((metric_name(whole.group(1)), float(whole.group(2))))
         elif pairs:
             found += [(k, float(v)) for k, v in pairs]
+            if record and _DIGIT.search(PAIR.sub("", text)):
+                unread.append(f"field {n} ({text[:60]!r}) has numbers outside its `name=value` / "
+                              "`name: value` pairs; they are not read")
         elif record and (sp := _WORDS_SPACE.fullmatch(text)) and len(sp.group(1).split()) <= MAX_NAME_WORDS:
             found.append((metric_name(sp.group(1)), float(sp.group(2))))
         elif record and _DIGIT.search(text):

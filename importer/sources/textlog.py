@@ -4,8 +4,9 @@ Dialects sniffed from the first 64 KB, in order: mmdet-json, mmdet (OpenMMLab/mm
 (json and simple formats, hydra or plain envelopes, <= 0.9 stdout), keras console, llmc, Python
 logging with key=value, generic `kv` records (step marker + delimited pairs, kvline.py); user
 patterns (`options.patterns`) replace them all. Each dialect has its step rule (STEP_RULE_TAG)
-and key naming; line times become timestamps (naive ones as UTC, NAIVE_TIMES_TAG); a launch banner or a falling step starts a new run (identity = segment index).
-A partial last line waits; over-long, non-UTF-8 and NUL lines are Problems.
+and key naming; line times become timestamps (naive ones as UTC, NAIVE_TIMES_TAG); a launch
+banner or a falling step starts a new run (identity = segment index). A partial last line waits;
+over-long, non-UTF-8 and NUL lines are Problems.
 
 The dialects, step and key rules: docs/formats/text.md.
 """

@@ -2,10 +2,11 @@
 
 Dialects sniffed from the first 64 KB, in order: mmdet-json, mmdet (OpenMMLab/mmengine), fairseq
 (json and simple formats, hydra or plain envelopes, <= 0.9 stdout), keras console, llmc, Python
-logging with key=value; user patterns (`options.patterns`) replace them all. Each dialect has its
-step rule (STEP_RULE_TAG) and key naming; line times become timestamps (naive ones as UTC,
-NAIVE_TIMES_TAG); a launch banner or a falling step starts a new run (identity = segment index).
-A partial last line waits; over-long, non-UTF-8 and NUL lines are Problems.
+logging with key=value, generic `kv` records (step marker + delimited pairs, kvline.py); user
+patterns (`options.patterns`) replace them all. Each dialect has its step rule (STEP_RULE_TAG)
+and key naming; line times become timestamps (naive ones as UTC, NAIVE_TIMES_TAG); a launch
+banner or a falling step starts a new run (identity = segment index). A partial last line waits;
+over-long, non-UTF-8 and NUL lines are Problems.
 
 The dialects, step and key rules: docs/formats/text.md.
 """
@@ -26,6 +27,7 @@ import pyarrow.compute as pc
 from ..errors import Problem
 from ..model import (INT64_MAX, INT64_MIN,
                      METRIC_SCHEMA, RunRecord, flatten_params)
+from . import kvline
 from .base import DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, checked_params, import_key
 from .times import LINE_TIME, seconds_ms, time_in_line
 
@@ -52,6 +54,11 @@ STEP_RULES = {
     "llmc": "step = k of 'step k/n' as printed (s:k in main.log); 'val loss' takes the last step",
     "logging": "step = the line's step/global_step/iter/iteration/it/update/num_updates field; "
                "else 0..n-1 in line order",
+    "logging+marker": "step = the line's step/global_step/iter/iteration/it/update/num_updates field, "
+                      "else N of a leading 'Epoch N', 'Epoch N/M', 'step N', 'iter N' or 'it N'; "
+                      "else 0..n-1 in line order",
+    "kv": "step = N of the line's leading 'Epoch N', 'Epoch N/M', 'step N', 'iter N' or 'it N' "
+          "(a step/global_step/iter/... field wins over 'Epoch N', which is then the metric 'epoch')",
     "pattern": "step = the named group 'step', else 'epoch', else 0..n-1 in line order",
 }
 
@@ -129,6 +136,7 @@ class _Run:
         self.derived = 0  # next derived step
         self.last_step: Optional[int] = None
         self.naive = False
+        self.marker = False  # a step came from a leading step marker (kvline.MARKER)
 
 
 class _Reader:
@@ -505,28 +513,52 @@ _LOG_LEVEL = re.compile(r"(?<![\w])(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FAT
 _LOGGER_FIELD = re.compile(r"[\w.-]+\.py|MainThread|Thread-\d+(?:\s*\(\w+\))?")
 
 
-def _parse_logging(rd: _Reader, lines: Iterator[str]) -> None:
+def _log_message(line: str, need_prefix: bool) -> Optional[tuple[str, Optional[str]]]:
+    """(message, time text) of a line: after the time / `INFO:name:` prefix and the level name."""
+    m = _LOG_PREFIX.match(line)
+    if not m:
+        return None if need_prefix else (line, None)
+    message = line[m.end():]
+    level = _LOG_LEVEL.search(message)
+    if level and all(_LOGGER_FIELD.fullmatch(k) for k, _ in _LOG_PAIR.findall(message[:level.start()])):
+        message = message[level.end():]  # not a "step=5 WARNING ..." message
+    return message, m.group(1)
+
+
+def _logger_field(name: str) -> bool:
+    return _LOGGER_FIELD.fullmatch(name) is not None
+
+
+def _parse_logging(rd: _Reader, lines: Iterator[str], kv: bool = False) -> None:
+    """The `logging` dialect (prefixed lines, every line with pairs is a record) and the `kv`
+    dialect (`kv`: a prefix is optional, only lines that start with a step marker are records)."""
     for line in lines:
-        m = _LOG_PREFIX.match(line)
-        if not m:
+        got = _log_message(line, need_prefix=not kv)
+        if got is None:
             continue
-        message = line[m.end():]
-        level = _LOG_LEVEL.search(message)
-        if level and all(_LOGGER_FIELD.fullmatch(k) for k, _ in _LOG_PAIR.findall(message[:level.start()])):
-            message = message[level.end():]  # not a "step=5 WARNING ..." message
-        pairs: dict[str, float] = {}
-        for k, v in _LOG_PAIR.findall(message):
-            if not _LOGGER_FIELD.fullmatch(k):
-                pairs.setdefault(k, float(v))
-        step = None
-        for k in _STEP_KEYS:
-            if k in pairs and pairs[k].is_integer():
-                step = int(pairs.pop(k))
-                break
-        if pairs and step is not None and rd.run.last_step is not None and step < rd.run.last_step:
+        message, stamp = got
+        rec = kvline.parse(message, skip=_logger_field)
+        for issue in rec.issues:
+            rd.problem(rd.lineno, issue)
+        if kv and rec.marker is None:
+            rec.metrics.clear()  # not a record of this layout; its time still widens the run
+        step = rec.step
+        if rec.metrics and step is not None and rd.run.last_step is not None and step < rd.run.last_step:
             rd.banner()
-        ts = rd.time(m.group(1)) if m.group(1) else None  # every line's time widens the run
-        rd.points(pairs, step, ts)
+        if rec.metrics and rec.marker is not None:
+            rd.run.marker = True
+        ts = rd.time(stamp) if stamp else None  # every line's time widens the run
+        rd.points(rec.metrics, step, ts)
+
+
+def _parse_kv(rd: _Reader, lines: Iterator[str]) -> None:
+    _parse_logging(rd, lines, kv=True)
+
+
+def _kv_record(line: str) -> bool:
+    """A line of the `kv` layout: (time/level prefix,) a step marker and at least one pair."""
+    message = _log_message(line, need_prefix=False)[0]
+    return kvline.MARKER.match(message) is not None and bool(kvline.parse(message, skip=_logger_field).metrics)
 
 
 def _compile_patterns(patterns: list[str], file: str, result: SourceResult) -> list[re.Pattern]:
@@ -587,7 +619,7 @@ def _pattern_parser(patterns: list[re.Pattern]) -> Callable[[_Reader, Iterator[s
 
 
 _PARSERS = {"mmdet": _parse_mmdet, "mmdet-json": _parse_mmdet_json, "fairseq": _parse_fairseq,
-            "keras": _parse_keras, "llmc": _parse_llmc, "logging": _parse_logging}
+            "keras": _parse_keras, "llmc": _parse_llmc, "logging": _parse_logging, "kv": _parse_kv}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,6 +658,8 @@ def sniff(head: bytes) -> Optional[str]:
         m = _LOG_PREFIX.match(ln)
         if m and _LOG_PAIR.search(ln[m.end():]):
             return "logging"
+    if any(_kv_record(ln) for ln in lines):
+        return "kv"
     return None
 
 
@@ -693,7 +727,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             start_time=run.start, end_time=run.end)
         rec.params = checked_params(run.params, str(path), rec.origin, result.problems, result.notes)
         rec.tags[FORMAT_TAG] = dialect
-        rec.tags[STEP_RULE_TAG] = STEP_RULES[dialect]
+        rec.tags[STEP_RULE_TAG] = STEP_RULES["logging+marker" if dialect == "logging" and run.marker else dialect]
         if run.derived:
             rec.tags[DERIVED_STEPS_TAG] = "lines without a step have steps 0..n-1 in line order"
         if run.naive:

@@ -22,7 +22,7 @@ nested mappings flattened with `/`, values as `str()` gives them (`True`, `None`
 layouts: `meta_tags.csv` (key,value rows) adds params not already in hparams.yaml, and
 `meta.experiment` (JSON, test-tube's own file) adds `meta.experiment.<key>` params flattened with
 the manifest's rule. Keys the server rejects are mapped with safe_metric_key and noted; metric keys
-likewise, with the RENAMED_METRICS_TAG tag. docs/formats/lightning.md has the details.
+likewise, with the RENAMED_METRICS_TAG tag. Details: docs/formats/lightning.md.
 
 Run: identity `version_N` (the import key hashes the resolved version folder), name `version_N`,
 experiment = options.experiment or the name of the folder holding the version folders (the

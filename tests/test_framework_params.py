@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from importer.model.values import MAX_PARAM_VALUE_LENGTH
 from importer.sources import lightning, yolo
 from importer.sources.base import SourceOptions
 
@@ -49,17 +48,20 @@ def test_lightning_params_as_mlflow_logger_writes_them():
 
 
 def test_lightning_long_value_cut_like_mlflow_logger(tmp_path):
-    """MLFlowLogger.log_hyperparams cuts `str(v)` to MLflow's MAX_PARAM_VAL_LENGTH (6000): the
-    first 6000 characters are kept, with a note, not refused."""
+    """MLFlowLogger.log_hyperparams (lightning/pytorch/loggers/mlflow.py) logs
+    `Param(key=k, value=str(v)[:250])`: the first 250 characters are kept, with a note, not
+    refused (the base rule refused values over 6000 and kept shorter ones whole)."""
     v = tmp_path / "lightning_logs" / "version_0"
     v.mkdir(parents=True)
-    (v / "hparams.yaml").write_text(f"notes: {'x' * 7000}\nids: [{', '.join(['1'] * 3000)}]\n")
+    (v / "hparams.yaml").write_text(f"notes: {'x' * 7000}\nids: [{', '.join(['1'] * 300)}]\n"
+                                    f"ok: {'y' * 250}\n")
     result = lightning.read(v, SourceOptions())
     assert result.problems == []
     p = result.records[0].params
-    assert p["notes"] == "x" * MAX_PARAM_VALUE_LENGTH
-    assert p["ids"] == ("[" + ", ".join(["1"] * 3000) + "]")[:MAX_PARAM_VALUE_LENGTH]
-    assert any("cut to 6000" in n for n in result.notes)
+    assert p["notes"] == "x" * 250
+    assert p["ids"] == ("[" + ", ".join(["1"] * 300) + "]")[:250]
+    assert p["ok"] == "y" * 250
+    assert any("first 250 characters" in n and "notes, ids" in n for n in result.notes)
 
 
 def test_lightning_yaml_tags_never_executed(tmp_path):

@@ -17,9 +17,9 @@ metrics; a missing metrics.csv gives a run with params only.
 
 Params: as Lightning's `MLFlowLogger.log_hyperparams` writes them (params.lightning_params):
 nested mappings flattened with `/`, values as `str()` gives them (`True`, `None`, `(0.9, 0.99)`,
-`[2]`), cut to 6000 characters. `hparams.yaml` is read with params.ObjectLoader (a SafeLoader:
-`!!python/object`, `!!python/name` ... never execute; tuples stay tuples). Legacy test-tube
-layouts: `meta_tags.csv` (key,value rows) adds params not already in hparams.yaml, and
+`[2]`), cut to their first 250 characters. `hparams.yaml` is read with params.ObjectLoader (a
+SafeLoader: `!!python/object`, `!!python/name` ... never execute; tuples stay tuples). Legacy
+test-tube layouts: `meta_tags.csv` (key,value rows) adds params not already in hparams.yaml, and
 `meta.experiment` (JSON, test-tube's own file) adds `meta.experiment.<key>` params flattened with
 the manifest's rule. Keys the server rejects are mapped with safe_metric_key and noted; metric keys
 likewise, with the RENAMED_METRICS_TAG tag. Details: docs/formats/lightning.md.

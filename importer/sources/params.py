@@ -9,10 +9,11 @@ sends `str(value)` for every param value. The rules, and where each framework wr
   (lightning/fabric/utilities/logger.py): nested mappings (and dataclasses, Namespaces) are
   flattened with `/` (`sched/gamma`), an empty mapping gives no key, a later key overwrites an
   earlier one of the same flattened name; lists and tuples are not flattened; then
-  `Param(key=k, value=str(v)[:limit])`: `True`, `None`, `(0.9, 0.99)`, `[2]`, `1e-05`. The limit is
-  MLflow's MAX_PARAM_VAL_LENGTH (6000) in current Lightning (250 before it): a longer value is cut
-  to 6000 characters, with a note. Keys are not sanitized by Lightning (the server would refuse
-  the batch); the importer maps them with safe_metric_key and notes it.
+  `Param(key=k, value=str(v)[:250])`: `True`, `None`, `(0.9, 0.99)`, `[2]`, `1e-05`. A value
+  longer than 250 characters is cut to its first 250 (LIGHTNING_VALUE_LENGTH), with a note naming
+  the keys (Lightning PR #16451, in every release since 1.9; the open PR #20636 would use MLflow's
+  MAX_PARAM_VAL_LENGTH instead). Keys are not sanitized by Lightning (the server would refuse the
+  batch); the importer maps them with safe_metric_key and notes it.
 * Ultralytics (`ultralytics_params`): `on_pretrain_routine_end`
   (ultralytics/utils/callbacks/mlflow.py) calls `mlflow.log_params(dict(trainer.args))`: top-level
   keys only, nothing flattened, `str(value)`, no cut (a value over 6000 characters makes MLflow
@@ -36,6 +37,8 @@ from ..model.values import MAX_PARAM_VALUE_LENGTH, key_problem, value_problem
 from .base import safe_metric_key
 from .yamlfile import DataLoader, _tag_name
 
+# MLFlowLogger.log_hyperparams: `Param(key=k, value=str(v)[:250])` (lightning/pytorch/loggers/mlflow.py)
+LIGHTNING_VALUE_LENGTH = 250
 _BUDGET = 100_000  # entries in a params tree (YAML alias bombs), as base.checked_params
 
 
@@ -170,7 +173,7 @@ def flatten_slash(params: dict, parent: str = "") -> tuple[dict[str, Any], list[
 
 
 def _checked(flat: dict[str, str], file: str, origin: str, problems: list[Problem],
-             notes: list[str], cut: bool) -> dict[str, str]:
+             notes: list[str], cut: Optional[int]) -> dict[str, str]:
     out: dict[str, str] = {}
     renamed: dict[str, str] = {}
     shortened: list[str] = []
@@ -181,8 +184,8 @@ def _checked(flat: dict[str, str], file: str, origin: str, problems: list[Proble
         if new in out:
             problems.append(Problem(file, f"params.{k}", f"param {new!r} is given twice"))
             continue
-        if cut and len(v) > MAX_PARAM_VALUE_LENGTH:
-            v = v[:MAX_PARAM_VALUE_LENGTH]
+        if cut is not None and len(v) > cut:
+            v = v[:cut]
             shortened.append(new)
         if msg := value_problem(v, MAX_PARAM_VALUE_LENGTH):
             problems.append(Problem(file, f"params.{k}", msg))
@@ -192,7 +195,7 @@ def _checked(flat: dict[str, str], file: str, origin: str, problems: list[Proble
         notes.append(f"{origin}: param keys the server rejects were renamed: "
                      + ", ".join(f"{k!r} -> {v!r}" for k, v in renamed.items()))
     if shortened:
-        notes.append(f"{origin}: param values cut to {MAX_PARAM_VALUE_LENGTH} characters as "
+        notes.append(f"{origin}: param values cut to their first {cut} characters as "
                      f"Lightning's MLFlowLogger cuts them: {', '.join(shortened)}")
     return out
 
@@ -210,7 +213,7 @@ def lightning_params(raw: dict, file: str, origin: str, problems: list[Problem],
     if overwritten:
         notes.append(f"{origin}: params given twice once flattened with '/', the later value "
                      f"kept as Lightning's _flatten_dict does: {', '.join(sorted(set(overwritten)))}")
-    return _checked(texts, file, origin, problems, notes, cut=True)
+    return _checked(texts, file, origin, problems, notes, cut=LIGHTNING_VALUE_LENGTH)
 
 
 def ultralytics_params(raw: dict, file: str, origin: str, problems: list[Problem],
@@ -222,4 +225,4 @@ def ultralytics_params(raw: dict, file: str, origin: str, problems: list[Problem
     except (ValueError, RecursionError) as e:
         problems.append(Problem(file, "params", str(e) or "the parameters nest too deeply"))
         return {}
-    return _checked(texts, file, origin, problems, notes, cut=False)
+    return _checked(texts, file, origin, problems, notes, cut=None)

@@ -21,7 +21,8 @@ Variants handled:
 Rules: steps are the `epoch` column (integers); timestamps are not in the file, so they stay null
 and DERIVED_TIMESTAMPS_TAG is set; values are float64 with NaN/+-inf kept; experiment =
 options.experiment or the name of the file's folder. A folder given to `read` means every
-Keras file directly inside it (sorted by name).
+Keras file directly inside it (sorted by name). Params: none (the file holds only the epochs'
+logs; docs/formats/keras.md says what MLflow's Keras autolog would have logged).
 """
 
 from __future__ import annotations

@@ -15,12 +15,14 @@ without either the row index 0..n-1 is (DERIVED_STEPS_TAG). Timestamps: not in t
 a metric, and is not used. A metrics.csv that is empty or a single newline gives a run with no
 metrics; a missing metrics.csv gives a run with params only.
 
-Params: `hparams.yaml` read with yamlfile.DataLoader (a SafeLoader: `!!python/object`,
-`!!python/name`, `!!binary` ... never execute and become plain data, see its docstring), flattened
-with model.flatten_params. Legacy test-tube layouts: `meta_tags.csv` (key,value rows) adds params
-not already in hparams.yaml, and `meta.experiment` (JSON) adds `meta.experiment.<key>` params.
-Keys the server rejects are mapped with safe_metric_key and noted; metric keys likewise, with the
-RENAMED_METRICS_TAG tag.
+Params: as Lightning's `MLFlowLogger.log_hyperparams` writes them (params.lightning_params):
+nested mappings flattened with `/`, values as `str()` gives them (`True`, `None`, `(0.9, 0.99)`,
+`[2]`), cut to their first 250 characters. `hparams.yaml` is read with params.ObjectLoader (a
+SafeLoader: `!!python/object`, `!!python/name` ... never execute; tuples stay tuples). Legacy
+test-tube layouts: `meta_tags.csv` (key,value rows) adds params not already in hparams.yaml, and
+`meta.experiment` (JSON, test-tube's own file) adds `meta.experiment.<key>` params flattened with
+the manifest's rule. Keys the server rejects are mapped with safe_metric_key and noted; metric keys
+likewise, with the RENAMED_METRICS_TAG tag. Details: docs/formats/lightning.md.
 
 Run: identity `version_N` (the import key hashes the resolved version folder), name `version_N`,
 experiment = options.experiment or the name of the folder holding the version folders (the
@@ -43,7 +45,7 @@ from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
 from .delimited import first_line, split_header
 from .delimited_run import DelimitedRun
-from .yamlfile import load_yaml
+from .params import lightning_params, load_objects
 
 NAME = "lightning"
 _VERSION = re.compile(r"^version_(\d+)$")
@@ -99,7 +101,7 @@ def _params(folder: Path, origin: str, result: SourceResult) -> dict[str, str]:
     raw: dict[str, Any] = {}
     hparams = folder / "hparams.yaml"
     if hparams.is_file():
-        doc = load_yaml(hparams, result.problems)
+        doc = load_objects(hparams, result.problems)
         if isinstance(doc, dict):
             raw.update(doc)
         elif doc is not None:
@@ -115,7 +117,7 @@ def _params(folder: Path, origin: str, result: SourceResult) -> dict[str, str]:
                 raw.setdefault(k, v)  # hparams.yaml wins: it keeps the types
         except (pa.ArrowInvalid, ValueError) as e:
             result.problems.append(Problem(str(tags), "", f"not a key,value table: {e}"))
-    params = checked_params(raw, str(folder), origin, result.problems, result.notes)
+    params = lightning_params(raw, str(folder), origin, result.problems, result.notes)
     meta = folder / "meta.experiment"
     if meta.is_file():
         try:

@@ -4,7 +4,9 @@
 `results.txt` of YOLOv5 < v6.0, YOLOv7 and every ultralytics/yolov3 layout since 2018, told apart
 by field count, a `batch/last` column and printed precision (LAYOUT_TAG records the layout read).
 Step = epoch as written; no timestamps (DERIVED_TIMESTAMPS_TAG); rejected keys mapped with
-safe_metric_key; params from `args.yaml` / `opt.yaml` (+ `hyp.yaml`). Run = the results file's
+safe_metric_key; params from `args.yaml` (Ultralytics: `str(value)` per top-level key, as its MLflow
+callback logs them, params.ultralytics_params) or `opt.yaml` (+ `hyp.yaml`; YOLOv5/v7 have no MLflow
+logger: the manifest's flattening). Run = the results file's
 folder; experiment = the folder above it.
 
 The layouts table, the ambiguous cases and their rules: docs/formats/yolo.md.
@@ -25,6 +27,7 @@ from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
 from .columns import NUMBER_PATTERN, MetricBuilder, first_failing, integer_steps, not_utf8
 from .delimited import complete_end, first_line, physical_lines, read_delimited, split_header
+from .params import ultralytics_params
 from .yamlfile import load_yaml
 
 NAME = "yolo"
@@ -131,6 +134,8 @@ def _params(folder: Path, origin: str, result: SourceResult) -> dict[str, str]:
         if doc is not None:
             result.problems.append(Problem(str(folder / name), "", f"{name} is not a mapping"))
         return {}
+    if name == "args.yaml":  # Ultralytics: as its MLflow callback logs trainer.args (params.py)
+        return ultralytics_params(doc, str(folder / name), origin, result.problems, result.notes)
     params = checked_params(doc, str(folder / name), origin, result.problems, result.notes)
     hyp = folder / "hyp.yaml"
     if name == "opt.yaml" and not isinstance(doc.get("hyp"), dict) and hyp.is_file():

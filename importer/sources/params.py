@@ -35,7 +35,7 @@ import yaml
 from ..errors import Problem
 from ..model.values import MAX_PARAM_VALUE_LENGTH, key_problem, value_problem
 from .base import safe_metric_key
-from .yamlfile import DataLoader, _tag_name
+from .yamlfile import DataLoader, tag_name
 
 # MLFlowLogger.log_hyperparams: `Param(key=k, value=str(v)[:250])` (lightning/pytorch/loggers/mlflow.py)
 LIGHTNING_VALUE_LENGTH = 250
@@ -86,7 +86,7 @@ def _numpy_scalar(items: Any) -> Any:
 
 
 def _construct_tagged(loader: "ObjectLoader", node: yaml.Node) -> Any:
-    tag = _tag_name(node.tag)
+    tag = tag_name(node.tag)
     if isinstance(node, yaml.SequenceNode):
         items = loader.construct_sequence(node, deep=True)
         if tag == "!!python/tuple":

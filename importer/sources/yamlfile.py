@@ -26,12 +26,12 @@ class DataLoader(yaml.SafeLoader):
     resolved by PyYAML (cycles and alias bombs are refused later by `base.checked_params`)."""
 
 
-def _tag_name(tag: str) -> str:
+def tag_name(tag: str) -> str:
     return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
 
 
 def _construct_unknown(loader: DataLoader, node: yaml.Node) -> Any:
-    tag = _tag_name(node.tag)
+    tag = tag_name(node.tag)
     if isinstance(node, yaml.MappingNode):
         return {"__tag__": tag, **loader.construct_mapping(node, deep=True)}
     if isinstance(node, yaml.SequenceNode):

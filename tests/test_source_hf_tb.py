@@ -174,3 +174,21 @@ def test_hidden_folder_outside_a_run_is_named(tmp_path):
     assert [u for _, u in units] == [out]
     assert tmp_path / ".ipynb_checkpoints" in unknown
     assert not any(p.is_relative_to(out) for p in unknown)
+
+
+def test_an_unreadable_event_file_is_named_and_the_state_still_read(tmp_path):
+    """A git-LFS pointer in place of an event file: a note, not a problem stopping the import."""
+    out = _output_dir(tmp_path)
+    (out / "runs" / "Dec05_09-00-00_host").mkdir()
+    pointer = out / "runs" / "Dec05_09-00-00_host" / "events.out.tfevents.1800000000.host"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n")
+    rec, inputs = _one(out)
+    assert inputs.problems == []
+    assert any(n.startswith(f"{pointer}: not read") and "git-LFS" in n for n in inputs.notes)
+    assert rec.metrics["loss"].column("timestamp").null_count == 0
+    assert not any(str(pointer) in n for n in inputs.notes if "no source reads" in n)
+
+
+def test_text_summaries_are_named(tmp_path):
+    _, inputs = _one(_output_dir(tmp_path))
+    assert any("not scalars skipped" in n and "text: 1" in n for n in inputs.notes)

@@ -20,7 +20,12 @@ Rules:
 * Repeated steps (a resumed run, train and eval entries at one step): every point is kept, except a
   point equal to an earlier one of the same key (same step and value), which is an exact duplicate
   and dropped (`epoch` repeats at every eval entry). The count goes to the notes.
-* There are no times in a state file: timestamps are null (`DERIVED_TIMESTAMPS_TAG`), start/end None.
+* There are no times in a state file: timestamps are null (`DERIVED_TIMESTAMPS_TAG`), start/end None,
+  unless the run folder holds TensorBoard event files (`report_to=["tensorboard"]`): they are read
+  with the state as one run, tags mapped back to log_history keys (`state_key`), and give the
+  state's points their wall times; event-only points are added, disagreements noted.
+* Every other file of the run folder is named in a note, grouped by folder; hidden folders too.
+  The full rules: docs/formats/hf.md.
 * Params: `training_args.json` (when someone saved `TrainingArguments.to_dict()`) and `config.json`
   (the model config), flattened with model.flatten_params, config winning on a shared key as in
   transformers' MLflowCallback; then the state's own `train_batch_size`, `num_train_epochs`,
@@ -234,7 +239,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
     rec.tags[STEP_RULE_TAG] = "step = log_history[].step (the global step)"
     series.finish(rec, result, file)
     if layout is not None:
-        read_files = {state.resolve()} | set(layout.events)
+        read_files = {state.resolve()} | set(layout.found_events)
         read_files |= {(f / n).resolve() for f in (state.parent, run_dir)
                        for n in ("training_args.json", "config.json", "training_args.bin")}
         layout.report(read_files, result)
@@ -265,6 +270,7 @@ class _Layout:
         # Event file names start with their creation time (events.out.tfevents.<seconds>.<host>):
         # a resumed run's second logging folder comes after the first.
         self.events.sort(key=lambda f: (f.name, str(f)))
+        self.found_events = list(self.events)  # `events` keeps those read; the others get a note
 
     def report(self, read: set[Path], result: SourceResult) -> None:
         """One note naming the files not read, grouped by folder (folders holding the same file
@@ -297,13 +303,27 @@ _SHOWN = 5  # file names shown per folder in the note on files not read
 
 
 def _read_events(layout: _Layout, result: SourceResult) -> Optional["tfevents._Run"]:
+    """The run folder's event files as one TensorBoard run. They add to the state: what keeps
+    one from being read (a git-LFS pointer, a file corrupt from its start) is a note naming it,
+    not a problem that would stop the state's import; an unread file is named as not read."""
+    own = SourceResult()
     try:
-        return tfevents.read_events(layout.events, result)
+        run = tfevents.read_events(layout.events, own)
     except ImportError:
         result.notes.append(f"{layout.run_dir}: {len(layout.events)} TensorBoard event files not read "
                             f"(their wall times are lost): reading them needs the `tensorboard` package: "
                             f"{tfevents.INSTALL_HINT}")
+        layout.events = []
         return None
+    bad = {Path(p.file) for p in own.problems}
+    layout.events = [f for f in layout.events if f not in bad]
+    result.notes += own.notes + [f"{p.file}: not read{f' ({p.location})' if p.location else ''}: {p.message}"
+                                 for p in own.problems]
+    if run is not None and run.skipped:
+        result.notes.append(f"{layout.run_dir}: event values that are not scalars skipped (transformers "
+                            "writes its arguments and model config as text): "
+                            + ", ".join(f"{k}: {n}" for k, n in sorted(run.skipped.items())))
+    return run
 
 
 def state_key(tag: str) -> str:
@@ -368,8 +388,10 @@ def _merge(points, events, layout: _Layout, result: SourceResult):
     for k, by_step in tb.items():
         for step, cands in by_step.items():
             for ts, v, tag, used in cands:
-                if used or _f32(v) in state_values.get((k, step), ()):
-                    continue  # an event repeating a state point (`epoch` of train and eval logs)
+                known = state_values.setdefault((k, step), set())
+                if used or _f32(v) in known:
+                    continue  # repeats a point (`epoch` of the train and eval logs of one step)
+                known.add(_f32(v))
                 extra.append((k, step, v, ts))
                 extra_keys[k] = tag
     run_dir = layout.run_dir

@@ -5,7 +5,9 @@ a Keras or generic CSV, a text log, a YOLO results file) or a run folder (a Ligh
 folder, a Hugging Face Trainer output folder, a TensorBoard folder, a W&B run folder). A folder is
 walked (links to folders or files are not followed: they may lead out of the folder named, or to a
 file read anyway) and every file is offered to the sources in `order()`; the first that recognises
-it claims its unit, and what nobody recognises is reported, never skipped silently. A
+it claims its unit, and what nobody recognises is reported, never skipped silently. Hidden
+folders are not walked; they are reported too, unless they lie in a claimed run folder, whose
+source names what it does not read. A
 manifest is recognised by its first key, so a manifest with a typo further in is still read and
 its problems are reported.
 """
@@ -74,6 +76,9 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
             units.setdefault(_unit(module, path, path.parent), module)
             continue
         for folder, dirs, files in os.walk(path):
+            # Hidden folders (.ipynb_checkpoints: editors' autosave copies, .git) are left out and
+            # named; inside a claimed run folder its source decides (mlruns' .trash is read).
+            unknown += [Path(folder) / d for d in sorted(dirs) if d.startswith(".")]
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 file = Path(folder) / name
@@ -90,6 +95,10 @@ def discover(paths: list[Path], fmt: Optional[str] = None) -> tuple[list[tuple[M
     # A file seen before its run folder was claimed (a config.json beside a trainer_state.json),
     # or a link to a file that is read anyway (W&B's wandb/debug.log), is not unknown.
     folders = [u for u in units if u.is_dir()]
+    # A source that reads its whole run folder (OWNS_FOLDER: a Trainer output folder reads its
+    # TensorBoard events) takes the units found inside it before it was claimed.
+    owners = [u for u in folders if getattr(units[u], "OWNS_FOLDER", False)]
+    units = {u: m for u, m in units.items() if not any(u != o and u.is_relative_to(o) for o in owners)}
     unknown = [f for f in unknown if not any(f.is_relative_to(u) for u in folders)
                and not (f.is_symlink() and any(f.resolve().is_relative_to(u.resolve()) for u in folders))]
     return [(m, u) for u, m in units.items()], unknown

@@ -20,7 +20,12 @@ Rules:
 * Repeated steps (a resumed run, train and eval entries at one step): every point is kept, except a
   point equal to an earlier one of the same key (same step and value), which is an exact duplicate
   and dropped (`epoch` repeats at every eval entry). The count goes to the notes.
-* There are no times in a state file: timestamps are null (`DERIVED_TIMESTAMPS_TAG`), start/end None.
+* There are no times in a state file: timestamps are null (`DERIVED_TIMESTAMPS_TAG`), start/end None,
+  unless the run folder holds TensorBoard event files (`report_to=["tensorboard"]`): they are read
+  with the state as one run, tags mapped back to log_history keys (`state_key`), and give the
+  state's points their wall times; event-only points are added, disagreements noted.
+* Every other file of the run folder is named in a note, grouped by folder; hidden folders too.
+  The full rules: docs/formats/hf.md.
 * Params: `training_args.json` (when someone saved `TrainingArguments.to_dict()`) and `config.json`
   (the model config), flattened with model.flatten_params, config winning on a shared key as in
   transformers' MLflowCallback; then the state's own `train_batch_size`, `num_train_epochs`,
@@ -33,14 +38,19 @@ Rules:
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import struct
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import Problem
 from ..model import RunRecord, flatten_params
 from .base import SourceOptions, SourceResult, checked_params, import_key
+from . import tfevents
 from .textlog import STEP_RULE_TAG, SeriesBuilder
+from .times import seconds_ms
 
 NAME = "hf"
 
@@ -87,6 +97,10 @@ def unit(file: Path) -> Path:
 # A checkpoint folder is part of its run: naming one (or its state file) reads the run folder
 # above it (its newest state), the one source whose unit may lie above the folder named.
 UNIT_ABOVE_NAMED = True
+# The whole run folder is this source's: its TensorBoard event files (runs/<date>_<host>/) are read
+# with the state, and every other file in it is named in a note. Units found inside it before it
+# was claimed (an event folder sorted before `checkpoint-<N>`) are dropped by discovery.
+OWNS_FOLDER = True
 
 
 def detect(path: Path) -> bool:
@@ -168,7 +182,9 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         return result
 
     run_dir = _run_folder(state.resolve())
-    series = SeriesBuilder(dedupe=True)
+    points: list[tuple[str, int, float, int]] = []  # key, step, value, log_history index
+    seen: dict[str, set] = {}
+    dropped = 0
     skipped: dict[str, str] = {}
     for i, entry in enumerate(history):
         if not isinstance(entry, dict):
@@ -182,27 +198,212 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             if k == "step":
                 continue
             if type(v) in (int, float):
-                if why := series.add(k, step, float(v)):
-                    result.problems.append(Problem(file, f"log_history[{i}].step", why))
-                    break
+                mark = (step, struct.pack("<d", float(v)))  # bit identity, so NaN equals NaN
+                if mark in seen.setdefault(k, set()):
+                    dropped += 1
+                    continue
+                seen[k].add(mark)
+                points.append((k, step, float(v), i))
             else:
                 skipped.setdefault(k, f"log_history[{i}]")
     for k, where in skipped.items():
         result.notes.append(f"{file}: {where}.{k} and any like it are not numbers; not imported as metrics")
-    if series.dropped:
-        result.notes.append(f"{file}: {series.dropped} exact duplicate points (same key, step and value) dropped")
+    if dropped:
+        result.notes.append(f"{file}: {dropped} exact duplicate points (same key, step and value) dropped")
+
+    layout = _Layout(run_dir) if path.is_dir() else None
+    events = _read_events(layout, result) if layout and layout.events else None
+    stamps, extra = _merge(points, events, layout, result) if events else ([None] * len(points), [])
+    series = SeriesBuilder()
+    for (k, step, v, i), ts in zip(points, stamps):
+        if why := series.add(k, step, v, ts):
+            result.problems.append(Problem(file, f"log_history[{i}].step", why))
+    for k, step, v, ts in extra:
+        series.add(k, step, v, ts)
 
     rec = RunRecord(
         experiment=options.experiment or run_dir.parent.name or "Default",
         import_key=import_key(NAME, str(run_dir)),
         origin=f"{file}: log_history",
         name=run_dir.name or None)
-    rec.params = checked_params(_params(state, run_dir, doc, result), file, rec.origin, result.problems,
-                                result.notes)
+    params = _params(state, run_dir, doc, result)
+    if events is not None:
+        for k, v in events.params.items():  # hparams of the event files, where not already set
+            params.setdefault(k, v)
+        if events.first_wall is not None:
+            rec.start_time, rec.end_time = seconds_ms(events.first_wall), seconds_ms(events.last_wall)
+    rec.params = checked_params(params, file, rec.origin, result.problems, result.notes)
     for k in STATE_TAG_FIELDS:
         if doc.get(k) is not None:
             rec.tags[f"hf.{k}"] = str(doc[k])
     rec.tags[STEP_RULE_TAG] = "step = log_history[].step (the global step)"
     series.finish(rec, result, file)
+    if layout is not None:
+        read_files = {state.resolve()} | set(layout.found_events)
+        read_files |= {(f / n).resolve() for f in (state.parent, run_dir)
+                       for n in ("training_args.json", "config.json", "training_args.bin")}
+        layout.report(read_files, result)
     result.records.append(rec)
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of the run folder: TensorBoard event files, and the files no source reads
+# ---------------------------------------------------------------------------------------------
+
+class _Layout:
+    """The files of a run folder, walked once (links not followed, hidden folders left out)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.files: list[Path] = []  # every file and link, resolved folder + name
+        self.hidden: list[Path] = []  # hidden folders (editors' autosaves: .ipynb_checkpoints)
+        self.events: list[Path] = []  # TensorBoard event files, oldest first
+        for folder, dirs, names in os.walk(run_dir):
+            self.hidden += [Path(folder) / d for d in sorted(dirs) if d.startswith(".")]
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                f = Path(folder) / name
+                self.files.append(f)
+                if tfevents.is_event_file(f) and not f.is_symlink():
+                    self.events.append(f)
+        # Event file names start with their creation time (events.out.tfevents.<seconds>.<host>):
+        # a resumed run's second logging folder comes after the first.
+        self.events.sort(key=lambda f: (f.name, str(f)))
+        self.found_events = list(self.events)  # `events` keeps those read; the others get a note
+
+    def report(self, read: set[Path], result: SourceResult) -> None:
+        """One note naming the files not read, grouped by folder (folders holding the same file
+        names, such as checkpoints, together), and one naming the hidden folders left out."""
+        by_folder: dict[Path, list[str]] = {}
+        for f in self.files:
+            if f.is_symlink() or f.resolve() not in read:
+                by_folder.setdefault(f.parent, []).append(f.name)
+        groups: dict[tuple, list[str]] = {}
+        for folder, names in by_folder.items():
+            rel = folder.relative_to(self.run_dir).as_posix()
+            groups.setdefault(tuple(names), []).append("./" if rel == "." else rel + "/")
+        if groups:
+            parts = []
+            for names, folders in groups.items():
+                shown = ", ".join(names[:_SHOWN]) + (f", +{len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+                where = ", ".join(folders[:_SHOWN]) + (f" and {len(folders) - _SHOWN} more folders"
+                                                       if len(folders) > _SHOWN else "")
+                parts.append(f"{where} ({'each: ' if len(folders) > 1 else ''}{shown})")
+            total = sum(len(n) * len(f) for n, f in groups.items())
+            result.notes.append(f"{self.run_dir}: {total} files no source reads, not imported: "
+                                + "; ".join(parts))
+        if self.hidden:
+            result.notes.append(f"{self.run_dir}: hidden folders left out (editors' autosaves and "
+                                "the like): " + ", ".join(h.relative_to(self.run_dir).as_posix() + "/"
+                                                           for h in self.hidden))
+
+
+_SHOWN = 5  # file names shown per folder in the note on files not read
+
+
+def _read_events(layout: _Layout, result: SourceResult) -> Optional["tfevents._Run"]:
+    """The run folder's event files as one TensorBoard run. They add to the state: what keeps
+    one from being read (a git-LFS pointer, a file corrupt from its start) is a note naming it,
+    not a problem that would stop the state's import; an unread file is named as not read."""
+    own = SourceResult()
+    try:
+        run = tfevents.read_events(layout.events, own)
+    except ImportError:
+        result.notes.append(f"{layout.run_dir}: {len(layout.events)} TensorBoard event files not read "
+                            f"(their wall times are lost): reading them needs the `tensorboard` package: "
+                            f"{tfevents.INSTALL_HINT}")
+        layout.events = []
+        return None
+    bad = {Path(p.file) for p in own.problems}
+    layout.events = [f for f in layout.events if f not in bad]
+    result.notes += own.notes + [f"{p.file}: not read{f' ({p.location})' if p.location else ''}: {p.message}"
+                                 for p in own.problems]
+    if run is not None and run.skipped:
+        result.notes.append(f"{layout.run_dir}: event values that are not scalars skipped (transformers "
+                            "writes its arguments and model config as text): "
+                            + ", ".join(f"{k}: {n}" for k, n in sorted(run.skipped.items())))
+    return run
+
+
+def state_key(tag: str) -> str:
+    """The log_history key of a TensorBoard tag written by transformers' TensorBoardCallback,
+    which logs `rewrite_logs(logs)`: `eval_X` -> `eval/X`, `test_X` -> `test/X`, any other key
+    -> `train/X` (transformers/integrations/integration_utils.py). Undone here; a tag without
+    those prefixes (transformers before 4.0 wrote keys as they are, or a tag of one's own) is
+    kept as it is."""
+    head, sep, rest = tag.partition("/")
+    if sep and rest:
+        if head == "train":
+            return rest
+        if head in ("eval", "test"):
+            return f"{head}_{rest}"
+    return tag
+
+
+def _f32(v: float) -> bytes:
+    """The float32 an event file stores for `v` (`simple_value`), as bits: NaN equals NaN."""
+    try:
+        return struct.pack("<f", v)
+    except OverflowError:
+        return struct.pack("<f", math.copysign(math.inf, v))
+
+
+_DISAGREEMENTS_SHOWN = 5
+
+
+def _merge(points, events, layout: _Layout, result: SourceResult):
+    """(timestamp of each state point, [(key, step, value, timestamp)] of the points only the
+    event files hold). A state point takes the wall time of the event of the same key and step
+    with the same value (as float32, what an event file stores), else of the first one left at
+    that step, and the two values are noted as a disagreement; the state's value is kept."""
+    tb: dict[str, dict[int, list]] = {}  # key -> step -> [[timestamp, value, tag, used]]
+    for tag, (steps, stamps, values) in events.series.items():
+        by_step = tb.setdefault(state_key(tag), {})
+        for step, ts, v in zip(steps, stamps, values):
+            by_step.setdefault(step, []).append([ts, v, tag, False])
+    for by_step in tb.values():
+        for cands in by_step.values():
+            cands.sort(key=lambda c: (c[0] is None, c[0] or 0))
+    stamps: list[Optional[int]] = []
+    disagree: dict[str, list[str]] = {}
+    timed = 0
+    for k, step, v, _ in points:
+        cands = tb.get(k, {}).get(step, [])
+        mine = _f32(v)
+        c = (next((c for c in cands if not c[3] and _f32(c[1]) == mine), None)
+             or next((c for c in cands if not c[3]), None))
+        if c is None:
+            stamps.append(None)
+            continue
+        c[3] = True
+        stamps.append(c[0])
+        timed += c[0] is not None
+        if _f32(c[1]) != mine:
+            disagree.setdefault(k, []).append(f"step {step}: {v!r} vs {c[1]!r} ({c[2]!r})")
+    state_values: dict[tuple[str, int], set] = {}
+    for k, step, v, _ in points:
+        state_values.setdefault((k, step), set()).add(_f32(v))
+    extra, extra_keys = [], {}
+    for k, by_step in tb.items():
+        for step, cands in by_step.items():
+            for ts, v, tag, used in cands:
+                known = state_values.setdefault((k, step), set())
+                if used or _f32(v) in known:
+                    continue  # repeats a point (`epoch` of the train and eval logs of one step)
+                known.add(_f32(v))
+                extra.append((k, step, v, ts))
+                extra_keys[k] = tag
+    run_dir = layout.run_dir
+    files = ", ".join(f.relative_to(run_dir).as_posix() for f in layout.events)
+    msg = f"{run_dir}: TensorBoard event files read with the state ({files}): wall times for {timed} of {len(points)} points"
+    if extra:
+        msg += (f"; {len(extra)} points only the event files hold added, as "
+                + ", ".join(f"{k!r}" + (f" (tag {t!r})" if t != k else "") for k, t in sorted(extra_keys.items())))
+    result.notes.append(msg)
+    for k, where in disagree.items():
+        shown = "; ".join(where[:_DISAGREEMENTS_SHOWN]) + (f"; +{len(where) - _DISAGREEMENTS_SHOWN} more"
+                                                          if len(where) > _DISAGREEMENTS_SHOWN else "")
+        result.notes.append(f"{run_dir}: {k!r} disagrees with the TensorBoard event files at {len(where)} "
+                            f"steps (trainer_state.json's value kept; state vs event): {shown}")
+    return stamps, extra

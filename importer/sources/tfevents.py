@@ -100,8 +100,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
     """Every scalar point and the hparams of each run under `path` (see the module docstring)."""
     result = SourceResult()
     try:
-        from tensorboard.compat.proto import event_pb2
-        from tensorboard.util import tensor_util
+        event_pb2, tensor_util = _protos()
     except ImportError:
         result.problems.append(Problem(str(path), "", "reading TensorBoard event files needs the "
                                        f"`tensorboard` package: {INSTALL_HINT}"))
@@ -124,6 +123,25 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         identity = folder.resolve() if named_root is not None else path.resolve()
         result.records.append(_record(identity, folder, named_root, run, options, result))
     return result
+
+
+def _protos():
+    """tensorboard's Event protobuf and tensor_util (ImportError when it is not installed)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.util import tensor_util
+    return event_pb2, tensor_util
+
+
+def read_events(files: list[Path], result: SourceResult) -> Optional[_Run]:
+    """The event files `files`, in that order, read as one run (`_Run.series`: tag -> steps,
+    timestamps in ms, values; `params` from hparams), with this source's problems and notes. None
+    when no file could be read. ImportError when tensorboard is not installed. For another source
+    that finds event files inside its own run folder (a Hugging Face Trainer output folder)."""
+    event_pb2, tensor_util = _protos()
+    run, crc = _Run(), _crc32c()
+    for f in files:
+        _read_file(f, run, event_pb2, tensor_util, crc, result)
+    return run if run.files_read else None
 
 
 def _crc32c():

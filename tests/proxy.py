@@ -132,6 +132,7 @@ def main() -> None:
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
+    ThreadingHTTPServer.request_queue_size = 128  # connections opened at once (5: resets at 32)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     threading.Timer(args.max_seconds, server.shutdown).start()

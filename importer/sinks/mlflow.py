@@ -10,7 +10,7 @@ For each run:
    all agree on one before anything is written to it;
 4. log params and changed tags, then only the metric points the server does not have, in batches
    filled to the server's limits, several in flight; progress goes to the ledger as batches land;
-5. upload artifacts through the proxy and verify each by its SHA-256;
+5. upload artifacts through the proxy, while the points go, and verify each by its SHA-256;
 6. set the original end time and status last.
 
 Metric request bodies are built by Arrow compute from the columns, with no Python object per point.

@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
+import itertools
 import json
+import math
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -41,6 +45,11 @@ class ClientConfig:
     seconds, so the read timeout is generous; the connect timeout is not."""
 
     max_in_flight: int = 8
+    # A far server answers each request a round trip later, so the same number in flight carries
+    # fewer points per second (bench/bench_latency.py). Measured on the first requests, every
+    # LATENCY_STEP of round trip adds max_in_flight more, up to latency_scale times max_in_flight
+    # (8 on loopback, 16 at 50 ms, 32 from 150 ms); 1 keeps max_in_flight whatever the latency.
+    latency_scale: int = 4
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     retries: int = 8  # attempts after the first, with exponential backoff and jitter
@@ -54,13 +63,81 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         # Refused at once, not halfway through writing (0 in flight would send no metric at all).
-        if not (self.max_in_flight >= 1 and self.retries >= 0 and self.connect_timeout > 0
-                and self.read_timeout > 0 and 0 <= self.backoff_base <= self.backoff_max):
-            raise InputError(f"invalid client configuration {self}: max_in_flight must be at least 1, "
-                             "retries at least 0, timeouts above 0, 0 <= backoff_base <= backoff_max")
+        if not (self.max_in_flight >= 1 and self.latency_scale >= 1 and self.retries >= 0
+                and self.connect_timeout > 0 and self.read_timeout > 0
+                and 0 <= self.backoff_base <= self.backoff_max):
+            raise InputError(f"invalid client configuration {self}: max_in_flight and latency_scale "
+                             "must be at least 1, retries at least 0, timeouts above 0, "
+                             "0 <= backoff_base <= backoff_max")
 
 
 DEFAULT_CONFIG = ClientConfig()
+LATENCY_STEP = 0.05  # seconds of round trip per max_in_flight more requests in flight
+_PROBES = 2  # answers whose round trip is measured: the least of them is taken as the link's
+
+
+def in_flight_for(config: ClientConfig, round_trip: float) -> int:
+    """Requests in flight for a link whose round trip is `round_trip` seconds: the server's
+    throughput needs about throughput x round trip of them (Little's law), so max_in_flight more
+    per LATENCY_STEP, at most latency_scale times max_in_flight."""
+    steps = min(config.latency_scale, 1 + math.floor(round_trip / LATENCY_STEP))
+    return config.max_in_flight * max(1, steps)
+
+
+class _Slots:
+    """At most `limit` requests in flight. Waiting requests go in by class, then in arrival order:
+    every other request before metric batches (`bulk`). A run's other requests are steps that
+    follow one another (create, settle, params, artifacts, end state), each a round trip; queued
+    behind the batches of all runs, each step would wait for a whole queue, and on a far server
+    those waits add up to seconds per run. The limit can grow (`grow`), never shrink."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.busy = 0
+        self._waiting: list = []  # heap of (bulk, arrival, future)
+        self._arrival = itertools.count()
+
+    async def acquire(self, bulk: bool = False) -> None:
+        if self.busy < self.limit and not self._waiting:
+            self.busy += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (bulk, next(self._arrival), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # let in, then cancelled: give the slot back
+                self.release()
+            raise
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._let_in()
+
+    def grow(self, limit: int) -> None:
+        self.limit = max(self.limit, limit)
+        self._let_in()
+
+    def _let_in(self) -> None:
+        while self.busy < self.limit and self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.cancelled():  # its waiter was cancelled: skip it
+                self.busy += 1
+                turn.set_result(None)
+
+    def slot(self, bulk: bool = False) -> "_Slot":
+        return _Slot(self, bulk)
+
+
+class _Slot:
+    def __init__(self, slots: _Slots, bulk: bool):
+        self.slots, self.bulk = slots, bulk
+
+    async def __aenter__(self) -> None:
+        await self.slots.acquire(self.bulk)
+
+    async def __aexit__(self, *exc) -> None:
+        self.slots.release()
 
 
 def side_env(token_env: Optional[str] = None, username_env: Optional[str] = None,
@@ -151,12 +228,14 @@ class MlflowApi:
             verify = False
         elif env.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
             verify = env["MLFLOW_TRACKING_SERVER_CERT_PATH"]
-        limits = httpx.Limits(max_connections=config.max_in_flight * 2,
-                              max_keepalive_connections=config.max_in_flight if config.keepalive else 0)
+        most = config.max_in_flight * config.latency_scale  # the pool must not be the limit
+        limits = httpx.Limits(max_connections=most * 2, max_keepalive_connections=most if config.keepalive else 0)
         self._http = httpx.AsyncClient(
             base_url=self.url, auth=auth, headers=headers, verify=verify, limits=limits,
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout))
-        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._slots = _Slots(config.max_in_flight)
+        self.round_trip: Optional[float] = None  # the link's, once _PROBES answers have come
+        self._round_trips: list[float] = []
         self._bulk: Optional[bool] = None  # whether get-history-bulk may be used: see metric_history_pages
         self._bulk_probe = asyncio.Lock()
         self._offsets: Optional[bool] = None  # whether page tokens are offset_token's
@@ -171,27 +250,37 @@ class MlflowApi:
 
     # -- transport -----------------------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight at most: max_in_flight, more once the link's round trip is known
+        (`in_flight_for`)."""
+        return self._slots.limit
+
     async def request(self, method: str, path: str, *, json: Any = None, content: Any = None,
                       params: Optional[dict] = None, retry: bool = True,
-                      headers: Optional[dict] = None) -> httpx.Response:
+                      headers: Optional[dict] = None, bulk: bool = False) -> httpx.Response:
         """Send one request within the in-flight limit, retrying transient failures with backoff.
-        `content` may be a function giving a fresh body (an iterator) for each attempt."""
+        `content` may be a function giving a fresh body (an iterator) for each attempt. `bulk`: a
+        metric batch, which waits behind every other request (`_Slots`)."""
         async def attempt() -> httpx.Response:
             body = content() if callable(content) else content
             return await self._http.request(method, path, json=json, content=body, params=params,
                                             headers=headers)
-        return await self._retrying(f"{method} {path}", attempt, retry)
+        return await self._retrying(f"{method} {path}", attempt, retry, bulk)
 
-    async def _retrying(self, what: str, attempt, retry: bool = True) -> httpx.Response:
+    async def _retrying(self, what: str, attempt, retry: bool = True, bulk: bool = False) -> httpx.Response:
         """Run `attempt` until it gives a non-error answer. Raises ServerError for an error answer,
         RetryableError when retries ran out, and ConnectionFailed when the server cannot be reached
         at all or refuses our credentials."""
         tries = 0
         while True:
             try:
-                async with self._slots:
+                async with self._slots.slot(bulk):
                     self.requests += 1
+                    sent = time.monotonic()
                     resp = await attempt()
+                    if self.round_trip is None and resp.status_code < 500:
+                        self._measured(time.monotonic() - sent)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if not retry or tries >= self.config.retries:
                     raise ConnectionFailed(f"cannot reach the tracking server at {self.url} "
@@ -213,6 +302,13 @@ class MlflowApi:
             tries += 1
             self.retried += 1
             await asyncio.sleep(self.backoff(tries))
+
+    def _measured(self, seconds: float) -> None:
+        """One answer's round trip; after _PROBES of them, the in-flight limit for the link."""
+        self._round_trips.append(seconds)
+        if len(self._round_trips) >= _PROBES:
+            self.round_trip = min(self._round_trips)
+            self._slots.grow(in_flight_for(self.config, self.round_trip))
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (1, 2, ...): doubling up to a cap, with
@@ -342,7 +438,7 @@ class MlflowApi:
             await self.call("runs/log-batch", body)
         else:
             await self.request("POST", API + "runs/log-batch", content=body,
-                               headers={"Content-Type": "application/json"})
+                               headers={"Content-Type": "application/json"}, bulk=True)
 
     async def update_run(self, run_id: str, status: str, end_time: Optional[int]) -> None:
         body: dict[str, Any] = {"run_id": run_id, "status": status}
@@ -523,7 +619,7 @@ class MlflowApi:
     async def download(self, url_path: str) -> AsyncIterator[bytes]:
         """A stored artifact's bytes, streamed (no retry: a failure mid-way surfaces to the caller,
         which starts over)."""
-        async with self._slots:
+        async with self._slots.slot():
             async with self._http.stream("GET", url_path) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()

@@ -383,11 +383,17 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
 
     async with MlflowApi(uri, config, env) as api:
         summary = Summary(server=api.url, dry_run=dry_run)
-        try:
-            await api.health()  # unreachable: ConnectionFailed, exit code 3, before any work
-        except ServerError:
-            pass  # a deployment without /health: the next call tells
-        await api.call("experiments/search", {"max_results": 1})  # credentials refused: exit code 3
+        async def reachable() -> None:
+            try:
+                await api.health()  # unreachable: ConnectionFailed, exit code 3, before any work
+            except ServerError:
+                pass  # a deployment without /health: the next call tells
+
+        # Both at once: one round trip, not two, on a far server. Health's failure is the one told.
+        for result in await asyncio.gather(reachable(), api.call("experiments/search", {"max_results": 1}),
+                                           return_exceptions=True):  # credentials refused: exit code 3
+            if isinstance(result, BaseException):
+                raise result
         sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed,
                           prepared=prepared)
         created: dict[tuple[str, str], asyncio.Future] = {}

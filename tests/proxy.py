@@ -6,6 +6,9 @@
 Per request, at random: answer 503 without forwarding (--fail); close the connection without
 forwarding (--drop-before); forward, then close or reset the connection instead of answering, so the
 server acted but the client never hears of it (--drop-after); and sleep up to --delay-ms first.
+--latency-ms L makes it a far server instead: every request waits exactly L/2 before it is forwarded
+and L/2 before it is answered (one round trip of a link with L ms of latency), and answers leave at
+once (TCP_NODELAY, as nginx and most proxies send), so the link adds L and nothing else.
 Paths starting with --refuse get a 404, as from a server or gateway that has no such endpoint.
 `GET /__proxy_stats` returns the counts as JSON. Bounded: it exits after --max-seconds.
 """
@@ -35,6 +38,7 @@ def main() -> None:
     ap.add_argument("--drop-before", type=float, default=0.0)
     ap.add_argument("--drop-after", type=float, default=0.0)
     ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--refuse", default=None)
     ap.add_argument("--max-seconds", type=float, default=900)
     args = ap.parse_args()
@@ -43,8 +47,13 @@ def main() -> None:
     lock = threading.Lock()
     stats = {"requests": 0, "fail": 0, "drop_before": 0, "drop_after": 0, "forwarded": 0, "refused": 0}
 
+    half_trip = args.latency_ms / 2000
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body are two writes: with Nagle's algorithm a small body waits for the
+        # client's delayed ACK of the headers (about 40 ms on a kept-alive connection).
+        disable_nagle_algorithm = args.latency_ms > 0
 
         def log_message(self, *a) -> None:
             pass
@@ -83,7 +92,7 @@ def main() -> None:
                 roll = rng.random()
                 delay = rng.random() * args.delay_ms / 1000
                 reset = rng.random() < 0.5
-            time.sleep(delay)
+            time.sleep(delay + half_trip)
             if args.refuse and self.path.startswith(args.refuse):
                 with lock:
                     stats["refused"] += 1
@@ -112,6 +121,7 @@ def main() -> None:
                 return self._drop(reset)
             with lock:
                 stats["forwarded"] += 1
+            time.sleep(half_trip)
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in HOP and k.lower() != "content-length":
@@ -122,6 +132,7 @@ def main() -> None:
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
+    ThreadingHTTPServer.request_queue_size = 128  # connections opened at once (5: resets at 32)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     threading.Timer(args.max_seconds, server.shutdown).start()

@@ -10,7 +10,7 @@ For each run:
    all agree on one before anything is written to it;
 4. log params and changed tags, then only the metric points the server does not have, in batches
    filled to the server's limits, several in flight; progress goes to the ledger as batches land;
-5. upload artifacts through the proxy and verify each by its SHA-256;
+5. upload artifacts through the proxy, while the points go, and verify each by its SHA-256;
 6. set the original end time and status last.
 
 Metric request bodies are built by Arrow compute from the columns, with no Python object per point.
@@ -319,12 +319,13 @@ class MlflowSink:
         await self._log_params_tags(run_id, plan.params, tags)
         if plan.inputs:
             await self.api.log_inputs(run_id, plan.inputs)
-        out.points = await self._send_metrics(run_id, plan.pieces, plan.start_time)
+        # Artifacts go up while the points do: each is an upload and a download one after the
+        # other, which on a far server would otherwise add their round trips to the run's end.
+        out.points = await _together(self._send_metrics(run_id, plan.pieces, plan.start_time),
+                                     self._upload_all(run, plan.artifacts))
         self.ledger.save_progress(run_id, plan.lengths)
         if out.action == "appended" and plan.only_points and not out.points:
             out.action = "unchanged"
-        for art in plan.artifacts:
-            await self._upload(run, art)
         if plan.set_status:
             await self.api.update_run(run_id, rec.status, rec.end_time)
         if plan.delete:
@@ -601,7 +602,7 @@ class MlflowSink:
                 if reached:
                     self.ledger.save_progress(run_id, reached)
 
-        results = await asyncio.gather(*(worker() for _ in range(self.api.config.max_in_flight)),
+        results = await asyncio.gather(*(worker() for _ in range(self.api.in_flight)),
                                        return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
@@ -631,9 +632,27 @@ class MlflowSink:
                 self.ledger.save_artifact(run_id, art.dest, digest)
         return todo
 
+    async def _upload_all(self, run: dict, artifacts: list) -> None:
+        for art in artifacts:
+            await self._upload(run, art)
+
     async def _upload(self, run: dict, art) -> None:
         stored = await upload_verified(self.api, run["info"]["artifact_uri"], art)
         self.ledger.save_artifact(run["info"]["run_id"], art.dest, stored)
+
+
+async def _together(first, second):
+    """Run two coroutines at once; returns the first's result. When one fails the other is
+    cancelled and the failure raised."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # let them end before going on
+        raise
+    return tasks[0].result()
 
 
 async def upload_verified(api: MlflowApi, artifact_uri: str, art) -> str:

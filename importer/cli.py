@@ -259,7 +259,7 @@ def import_(
         "--dry-run", help="Say what would be created, appended or left unchanged, and write nothing.")] = False,
     on_param_conflict: ParamConflict = "error",
     in_flight: Annotated[int, typer.Option(
-        min=1, max=64, metavar="N", help="The most requests in flight at once.")] = ClientConfig.max_in_flight,
+        min=1, max=64, metavar="N", help="Requests in flight at once, per server, for a server nearby; a far server gets more, by its measured round trip (up to 4 times as many).")] = ClientConfig.max_in_flight,
     as_json: AsJson = False,
     quiet: Quiet = False,
     include_deleted: Annotated[bool, typer.Option(
@@ -395,7 +395,7 @@ Shard = Annotated[Optional[str], typer.Option(
     metavar="I/N", help="Take only the runs whose root run hashes to shard I of N (1 <= I <= N).")]
 NoModels = Annotated[bool, typer.Option("--no-models", help="Leave registered models out.")]
 InFlight = Annotated[int, typer.Option(
-    min=1, max=64, metavar="N", help="The most requests in flight at once, per server.")]
+    min=1, max=64, metavar="N", help="Requests in flight at once, per server, for a server nearby; a far server gets more, by its measured round trip (up to 4 times as many).")]
 
 
 def _cred(side: str, what: str):

@@ -45,7 +45,8 @@ def test_changed_point_is_reported_then_appended_on_request(uri, view, experimen
     first = run_importer("import", str(path), "--tracking-uri", uri, "--state", str(state), "--json")
     assert first.returncode == 0, first.stderr
     if not keep_ledger:
-        state.unlink()
+        for f in tmp_path.glob("ledger.db*"):
+            f.unlink()
 
     loss[1] = 0.4  # step 1 corrected at the source, and the log grew by one point
     loss.append(0.125)
@@ -63,8 +64,8 @@ def test_changed_point_is_reported_then_appended_on_request(uri, view, experimen
     assert history(view, experiment, "loss") == expected  # the stored value stays
     text = run_importer("import", str(path), "--tracking-uri", uri, "--state", str(state))
     assert text.returncode == 1  # said again on every import until the user chooses
-    assert "loss: 1 point" in text.stdout and run["info"]["run_id"] in text.stdout
-    assert "--on-metric-change append" in text.stdout
+    out = text.stdout.decode()
+    assert "loss: 1 point" in out and run["info"]["run_id"] in out and "--on-metric-change append" in out
 
     appended = run_importer("import", str(path), "--tracking-uri", uri, "--state", str(state), "--json",
                             "--on-metric-change", "append")
@@ -85,7 +86,7 @@ def test_unknown_metric_change_policy_writes_nothing(uri, view, experiment, tmp_
         importer.import_paths([path], uri, state=tmp_path / "l.db", on_metric_change="drop")
     cli = run_importer("import", str(path), "--tracking-uri", uri, "--state", str(tmp_path / "l.db"),
                        "--on-metric-change", "drop")
-    assert cli.returncode == 2 and "--on-metric-change" in cli.stderr
+    assert cli.returncode == 2 and b"--on-metric-change" in cli.stderr
     assert view.runs(experiment) == []
 
 

@@ -22,7 +22,8 @@ the ledger, or point `--state` at a new one, to have every run compared with the
 
     runs       (server, experiment, import_key) -> run_id, experiment_id, fingerprint, complete
     progress   (run_id, metric) -> points of the source's series already stored, in source order,
-               and a digest of those points (sinks.mlflow.SeriesDigest; null: not known)
+               and a digest of those points (sinks.mlflow.SeriesDigest; null: counted batch by
+               batch in the row's state; COMPARE: to be compared with the server's copy)
     artifacts  (run_id, dest) -> sha256 of the uploaded, verified file
     errors     one row per failed run and attempt
 """
@@ -35,6 +36,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Optional
 
+# A progress digest that matches no source: the series is compared with the server's copy on the
+# next import. Its points were left changed at the source (on_metric_change `leave`), or counted
+# without a digest in another state of the record than the one being written now.
+COMPARE = "compare"
 
 def default_path() -> Path:
     """`$XDG_STATE_HOME/importer/ledger.db`, else `~/.local/state/importer/ledger.db`."""
@@ -104,6 +109,18 @@ class Ledger:
             self.db["runs"].upsert({
                 "server": server, "experiment": experiment, "import_key": key, "run_id": run_id,
                 "experiment_id": experiment_id, "fingerprint": fingerprint, "complete": int(complete),
+                "origin": origin, "updated": time.time()}, pk=("server", "experiment", "import_key"))
+
+    def begin_state(self, server: str, experiment: str, key: str, *, run_id: str, experiment_id: str,
+                    origin: str, fingerprint: str) -> None:
+        """The run is written from now on in the record's state `fingerprint`; the run's counts
+        saved without a digest, in another state, are marked COMPARE (one transaction)."""
+        with self._writing():
+            self.db.execute("update progress set digest = ? where run_id = ? and digest is null",
+                            [COMPARE, run_id])
+            self.db["runs"].upsert({
+                "server": server, "experiment": experiment, "import_key": key, "run_id": run_id,
+                "experiment_id": experiment_id, "fingerprint": fingerprint, "complete": 0,
                 "origin": origin, "updated": time.time()}, pk=("server", "experiment", "import_key"))
 
     def forget_run(self, server: str, experiment: str, key: str, run_id: str) -> None:

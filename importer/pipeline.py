@@ -72,8 +72,9 @@ class Summary:
             "server": self.server, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
             "runs": {"created": self.count("created", "would-create"),
                      "appended": self.count("appended", "would-append"),
-                     "unchanged": self.count("unchanged"), "changed": len(self.changed),
-                     "failed": len(self.failed)},
+                     "unchanged": self.count("unchanged"), "failed": len(self.failed),
+                     # only when there are (as in text()): the four counts above are what scripts know
+                     **({"changed": len(self.changed)} if self.changed else {})},
             "points": self.points, "artifacts": self.artifacts,
             "requests": self.requests, "retried": self.retried,
             "notes": self.notes, "unrecognised": self.unrecognised,

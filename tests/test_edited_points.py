@@ -108,3 +108,34 @@ def test_fresh_ledger_records_every_key_compared(uri, view, experiment, tmp_path
     grown = importer.import_paths([path], uri, state=fresh)
     assert grown.count("appended") == 1 and grown.points == 2, grown.text()
     assert len(history(view, experiment, "b")) == 1202 and len(history(view, experiment, "a")) == 1200
+
+
+def _csv(path, rows: range, edited: dict[int, float] = {}) -> None:
+    with open(path, "w") as f:
+        f.write("step,wall,loss,acc\n")
+        f.writelines(f"{i},{1718000000 + i},{edited.get(i, 1 / (i + 1))!r},{i / 7!r}\n" for i in rows)
+
+
+def test_streamed_log_with_a_changed_point(uri, view, experiment, tmp_path, monkeypatch):
+    """A CSV log is streamed from the file; a value changed among the rows already sent is found
+    while the file is read (the ledger's digest of them), before any later point of its series
+    is sent, and the run is compared with the server."""
+    from importer.sources import table
+    from importer.sources.base import SourceOptions
+
+    monkeypatch.setattr(table, "_BLOCK", 1 << 14)  # many blocks: the change is mid-stream
+    options = SourceOptions(step_column="step", time_column="wall", experiment=experiment)
+    state, path = tmp_path / "ledger.db", tmp_path / "log.csv"
+    _csv(path, range(3000))
+    assert importer.import_paths([path], uri, state=state, options=options).points == 6000
+
+    _csv(path, range(3100), edited={2000: 0.5})
+    left = importer.import_paths([path], uri, state=state, options=options)
+    [out] = left.outcomes
+    assert out.action == "changed" and out.changed == {"loss": 1} and left.points == 200, left.text()
+    loss = dict(((s, v) for s, _, v in history(view, experiment, "loss")))
+    assert len(loss) == 3100 and loss[2000] == 1 / 2001
+
+    appended = importer.import_paths([path], uri, state=state, options=options, on_metric_change="append")
+    assert appended.outcomes[0].action == "appended" and appended.points == 1
+    assert [v for s, _, v in history(view, experiment, "loss") if s == 2000] == sorted([0.5, 1 / 2001])

@@ -3,7 +3,8 @@ on the server without asking it. Pure functions: no server, no ledger file."""
 
 import pytest
 
-from importer.sinks.mlflow import LEFT_CHANGED, LedgerTrust, ledger_trust
+from importer.ledger import COMPARE
+from importer.sinks.mlflow import LedgerTrust, ledger_trust
 
 FP = "f00d:error"  # a record's fingerprint with its conflict policy, as the sink makes it
 
@@ -75,7 +76,7 @@ def test_points_on_server(trust, sent, lengths, expected):
     (CHECK_THEN_COUNTS, "d1", "d1", True),
     (CHECK_THEN_COUNTS, "d1", "d2", False),  # a point among them changed at the source
     (RESUMED, "d1", "d2", False),  # the same record, with digests of an older state's points
-    (RESUMED, LEFT_CHANGED, "d1", False),  # left changed: compared until the user chooses
+    (RESUMED, COMPARE, "d1", False),  # left changed, or counted in another state: compare
     # none (a count saved batch by batch): only the very state it was counted in
     (RESUMED, None, None, True),
     (CHECK_THEN_COUNTS, None, None, False),
@@ -100,7 +101,7 @@ D = {"loss": "d", "gone": "d"}  # digests recorded for every series
     # what was sent is checked against its digest while it is read (sinks.mlflow._unsent) ...
     (CHECK_THEN_COUNTS, {"loss": 3}, {"loss": 5}, {}, False),  # ... none: compare with the server
     (RESUMED, {"loss": 3}, {"loss": 5}, {}, True),  # ... none needed: counted in this very state
-    (RESUMED, {"loss": 3}, {"loss": 5}, {"loss": LEFT_CHANGED}, False),  # known to differ
+    (RESUMED, {"loss": 3}, {"loss": 5}, {"loss": COMPARE}, False),  # known to differ
 ])
 def test_streamable(trust, sent, lengths, digests, expected):
     assert trust.streamable(sent, lengths, digests) is expected

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
 from ..files import sha256_file
-from ..ledger import Ledger
+from ..ledger import COMPARE, Ledger
 from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_FOUND, MlflowApi, pairs,
                           tag_filter)
 from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES,
@@ -46,9 +46,6 @@ from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RU
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
 METRIC_CHANGE_POLICIES = ("leave", "append")  # a point changed at the source: report it, or also send it
-# The ledger's digest of a series that differs from the server's copy, points left as stored: it
-# matches no source, so the series is compared again on every import until the user chooses.
-LEFT_CHANGED = "changed"
 _CHUNK = 1 << 20
 # Settling a new run (MlflowSink.settle): how often to look again while another importer decides,
 # when a pending copy from another host counts as abandoned, and how often a run is begun again
@@ -112,9 +109,10 @@ def batch_body(run_id: str, parts: list[pa.Array]) -> bytes:
 
 
 class SeriesDigest:
-    """A SHA-256 of a series' points in order (step, timestamp or its absence, value with one NaN),
-    the same however the series is cut into tables. The ledger keeps it with its count of points
-    sent, so a source that changed one of them is noticed without reading the server."""
+    """A SHA-256 of a series' points in order (step, timestamp or its absence, value), the same
+    however the series is cut into tables. The ledger keeps it with its count of points sent, so
+    a source that changed one of them is noticed without reading the server. Bits, not numbers:
+    a NaN with another payload differs, and costs only a comparison with the server."""
 
     def __init__(self) -> None:
         self._columns = [hashlib.sha256() for _ in range(3)]
@@ -123,11 +121,14 @@ class SeriesDigest:
         for batch in table.to_batches():
             if not batch.num_rows:
                 continue
-            values = batch.column("value")
-            columns = (batch.column("step"), pc.fill_null(batch.column("timestamp"), _NO_TIMESTAMP),
-                       pc.if_else(pc.is_nan(values), math.nan, values))
-            for h, col in zip(self._columns, columns):
-                h.update(memoryview(col.buffers()[1])[col.offset * 8:(col.offset + len(col)) * 8])
+            steps, stamps, values = (_data(batch.column(c)) for c in ("step", "timestamp", "value"))
+            nulls = batch.column("timestamp").null_count  # what lies under a null is undefined
+            if nulls == batch.num_rows:  # all derived (a log without times): no need to fill
+                stamps = _NO_TIMESTAMP.to_bytes(8, "little", signed=True) * nulls
+            elif nulls:
+                stamps = _data(pc.fill_null(batch.column("timestamp"), _NO_TIMESTAMP))
+            for h, data in zip(self._columns, (steps, stamps, values)):
+                h.update(data)
         return self
 
     def hexdigest(self) -> str:
@@ -135,6 +136,11 @@ class SeriesDigest:
 
 
 _NO_TIMESTAMP = -(1 << 63)  # a point without one (derived from the run's start time), in a digest
+
+
+def _data(col: pa.Array) -> memoryview:
+    """The values of a 64-bit column without nulls, as bytes, without a copy."""
+    return memoryview(col.buffers()[1])[col.offset * 8:(col.offset + len(col)) * 8]
 
 
 class MlflowSink:
@@ -340,7 +346,7 @@ class MlflowSink:
                 also = missing.get(key, (table.slice(0, 0), None))[0]
                 missing[key] = (pa.concat_tables([also, table]), None)
             else:
-                progress[key] = (progress[key][0], LEFT_CHANGED)
+                progress[key] = (progress[key][0], COMPARE)
         pieces = _aiter((k, t, base) for k, (t, base) in missing.items())
         return pieces, progress, sum(t.num_rows for t, _ in missing.values()), changed
 
@@ -352,9 +358,9 @@ class MlflowSink:
         if not created.done():
             created.set_result(run_id)
         if not self.dry_run and not found.trust.same_state:
-            self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
-                                 experiment_id=found.experiment_id, origin=rec.origin,
-                                 fingerprint=found.fingerprint)
+            self.ledger.begin_state(self.server, rec.experiment, rec.import_key, run_id=run_id,
+                                    experiment_id=found.experiment_id, origin=rec.origin,
+                                    fingerprint=found.fingerprint)
 
     async def _send(self, rec: RunRecord, found: Located, plan: WritePlan, out: Outcome,
                     created: asyncio.Future) -> None:
@@ -811,7 +817,7 @@ class LedgerTrust:
         including one the source no longer has (`lengths` None: unknown before reading), and what
         was sent of each can be checked while it is read (a digest; `_unsent`) or needs no check."""
         return (self.counts and (lengths is None or all(n <= lengths.get(k, 0) for k, n in sent.items()))
-                and all(self.same_state if digests.get(k) is None else digests[k] != LEFT_CHANGED
+                and all(self.same_state if digests.get(k) is None else digests[k] != COMPARE
                         for k, n in sent.items() if n))
 
 
@@ -823,7 +829,9 @@ def ledger_trust(row: Optional[Mapping[str, Any]], *, fingerprint: str, experime
     A complete row with this very fingerprint, in this experiment, is believed outright. Otherwise
     its run is to be checked on the server, and once there, its counts of points sent hold for
     a log (logs only grow at their end) and for a moved run only in the very state the ledger
-    recorded (a resumed import): elsewhere it may have changed anywhere."""
+    recorded (a resumed import): elsewhere it may have changed anywhere. Where they hold, each
+    still needs its digest to match the source's first points, or, without one, the very state
+    (`same_state`, `prefix_holds`): a log may have been corrected in place."""
     if row is None or experiment_id is None:
         return LedgerTrust()
     same = row["fingerprint"] == fingerprint
@@ -857,7 +865,7 @@ class WritePlan:
     inputs: list[dict]
     pieces: Any  # async iterable of (metric, points, index in the source series of the first or None)
     progress: dict[str, tuple[int, Optional[str]]]  # series -> its length and digest, recorded
-    # once every piece landed (LEFT_CHANGED: points changed at the source, left as stored)
+    # once every piece landed (COMPARE: points changed at the source, left as stored)
     artifacts: list
     set_status: bool  # end time and status, sent last
     delete: bool  # deleted at the source: deleted after all is written

@@ -12,8 +12,11 @@ row's run on the server before writing to it, but believes the ledger without as
   still the source's: the digest recorded with a count (of those first points, once a series was
   sent or compared whole) is the digest of the source's first points now, or, without one (a
   count saved batch by batch), the record is in the very state the row was begun in. A series
-  whose first points changed is compared with the server's copy instead. A run moved from
-  another store is believed only in the state its row recorded;
+  whose first points changed is compared with the server's copy instead. Not believed: the
+  counts of an import interrupted in another state of the record (batches may have landed
+  beyond them, and the record changed since), nor of one that compared with the server (its row
+  has no fingerprint until it completes), nor a run moved from another store in any other state
+  than its row's;
 - an artifact whose recorded hash matches the file: not downloaded to compare.
 
 So a stale ledger, one ahead of its server (a server restored from a backup, or replaced by
@@ -23,7 +26,7 @@ the ledger, or point `--state` at a new one, to have every run compared with the
     runs       (server, experiment, import_key) -> run_id, experiment_id, fingerprint, complete
     progress   (run_id, metric) -> points of the source's series already stored, in source order,
                and a digest of those points (sinks.mlflow.SeriesDigest; null: counted batch by
-               batch in the row's state; COMPARE: to be compared with the server's copy)
+               batch, in the row's state; COMPARE: to be compared with the server's copy)
     artifacts  (run_id, dest) -> sha256 of the uploaded, verified file
     errors     one row per failed run and attempt
 """
@@ -37,8 +40,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 # A progress digest that matches no source: the series is compared with the server's copy on the
-# next import. Its points were left changed at the source (on_metric_change `leave`), or counted
-# without a digest in another state of the record than the one being written now.
+# next import. Its points were left changed at the source (on_metric_change `leave`).
 COMPARE = "compare"
 
 def default_path() -> Path:
@@ -109,18 +111,6 @@ class Ledger:
             self.db["runs"].upsert({
                 "server": server, "experiment": experiment, "import_key": key, "run_id": run_id,
                 "experiment_id": experiment_id, "fingerprint": fingerprint, "complete": int(complete),
-                "origin": origin, "updated": time.time()}, pk=("server", "experiment", "import_key"))
-
-    def begin_state(self, server: str, experiment: str, key: str, *, run_id: str, experiment_id: str,
-                    origin: str, fingerprint: str) -> None:
-        """The run is written from now on in the record's state `fingerprint`; the run's counts
-        saved without a digest, in another state, are marked COMPARE (one transaction)."""
-        with self._writing():
-            self.db.execute("update progress set digest = ? where run_id = ? and digest is null",
-                            [COMPARE, run_id])
-            self.db["runs"].upsert({
-                "server": server, "experiment": experiment, "import_key": key, "run_id": run_id,
-                "experiment_id": experiment_id, "fingerprint": fingerprint, "complete": 0,
                 "origin": origin, "updated": time.time()}, pk=("server", "experiment", "import_key"))
 
     def forget_run(self, server: str, experiment: str, key: str, run_id: str) -> None:

@@ -4,12 +4,16 @@ compared: against a real `mlflow server`, read back through its REST API."""
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
 import importer
-from conftest import View, run_importer, write_json
+from conftest import ROOT, View, run_importer, write_json
 
 MAX_DOUBLE = sys.float_info.max
 T0 = 1_700_000_000_000
@@ -139,3 +143,49 @@ def test_streamed_log_with_a_changed_point(uri, view, experiment, tmp_path, monk
     appended = importer.import_paths([path], uri, state=state, options=options, on_metric_change="append")
     assert appended.outcomes[0].action == "appended" and appended.points == 1
     assert [v for s, _, v in history(view, experiment, "loss") if s == 2000] == sorted([0.5, 1 / 2001])
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_kill_9_between_changes_then_rerun_reports_exactly(uri, view, experiment, tmp_path, trial):
+    """Imports killed at random moments, before and after the source changed a point already
+    sent and grew: the rerun sends every new point and reports a run as changed exactly when the
+    value stored at that point is not the source's."""
+    from test_faults import family
+
+    doc = family(experiment, tmp_path, runs=3, keys=3, steps=3000)
+    path = write_json(tmp_path / "m.json", doc)
+    state = tmp_path / "ledger.db"
+    rng = random.Random(trial)
+    args = [sys.executable, "-m", "importer", "import", str(path), "--tracking-uri", uri,
+            "--state", str(state), "--quiet"]
+
+    def killed() -> None:
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    killed()  # the first import, unfinished
+    for child in doc["runs"][0]["runs"]:
+        child["metrics"]["k0"]["value"][1] = -1.0
+        for cols in child["metrics"].values():
+            cols["step"] += list(range(3000, 3500))
+            cols["timestamp"] += [1600000000000 + s * 1000 for s in range(3000, 3500)]
+            cols["value"] += [s / 3 for s in range(3000, 3500)]
+    write_json(path, doc)
+    killed()  # the changed source, unfinished
+
+    res = subprocess.run(args + ["--json"], cwd=ROOT, capture_output=True)
+    summary = json.loads(res.stdout)
+    outcomes = {d["import_key"]: d for d in summary["details"]}
+    runs = view.by_key(experiment)
+    for child in doc["runs"][0]["runs"]:
+        run_id = runs[child["id"]]["info"]["run_id"]
+        for key, cols in child["metrics"].items():
+            stored = view.history(run_id, key)
+            assert [p for p in stored if p[0] >= 3000] == sorted(zip(cols["step"], cols["timestamp"], cols["value"]))[3000:]
+            assert len(stored) == 3500, (child["id"], key)  # one value per step: nothing appended
+        [(_, _, at_1)] = [p for p in view.history(run_id, "k0") if p[0] == 1]
+        expected = {"k0": 1} if at_1 != -1.0 else {}
+        assert outcomes[child["id"]]["changed"] == expected, (child["id"], at_1)
+    assert res.returncode == (1 if summary["runs"].get("changed") else 0), res.stderr

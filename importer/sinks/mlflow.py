@@ -285,8 +285,8 @@ class MlflowSink:
         if out.changed and self.on_metric_change == "leave":
             out.action = "changed"
         elif out.changed:
-            out.notes += [f"{k}: {n:,} point{'s' * (n != 1)} changed at the source "
-                          f"{'would be ' if self.dry_run else ''}logged again with the new value "
+            out.notes += [f"{k}: {n:,} point{'s' * (n != 1)} changed at the source, "
+                          f"{'would be ' if self.dry_run else ''}logged again with its new value "
                           "(the stored one stays)" for k, n in out.changed.items()]
         return WritePlan(create=run is None, start_time=start, params=params, tags=tags,
                          own_id_tags=own_id_tags, inputs=inputs, pieces=pieces, progress=progress,
@@ -353,14 +353,18 @@ class MlflowSink:
     def _claim(self, rec: RunRecord, found: Located, run_id: str, out: Outcome,
                created: asyncio.Future) -> None:
         """The record's run is settled: its children may go on, and the ledger learns of it, and
-        in which state of the record the progress it saves from now on was made (its fingerprint)."""
+        in which state of the record the progress it saves from now on is made (its fingerprint),
+        so that a rerun in that state after a crash believes the counts. Not so when this import
+        compares with the server: the counts left by a crash would then say nothing of what
+        landed (no fingerprint: a rerun compares again)."""
         out.run_id = run_id
         if not created.done():
             created.set_result(run_id)
         if not self.dry_run and not found.trust.same_state:
-            self.ledger.begin_state(self.server, rec.experiment, rec.import_key, run_id=run_id,
-                                    experiment_id=found.experiment_id, origin=rec.origin,
-                                    fingerprint=found.fingerprint)
+            counted = found.run is None or found.trust.counts
+            self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
+                                 experiment_id=found.experiment_id, origin=rec.origin,
+                                 fingerprint=found.fingerprint if counted else "")
 
     async def _send(self, rec: RunRecord, found: Located, plan: WritePlan, out: Outcome,
                     created: asyncio.Future) -> None:
@@ -827,17 +831,19 @@ def ledger_trust(row: Optional[Mapping[str, Any]], *, fingerprint: str, experime
     record's, with the conflict policy; `moved`: read from another MLflow store.
 
     A complete row with this very fingerprint, in this experiment, is believed outright. Otherwise
-    its run is to be checked on the server, and once there, its counts of points sent hold for
-    a log (logs only grow at their end) and for a moved run only in the very state the ledger
-    recorded (a resumed import): elsewhere it may have changed anywhere. Where they hold, each
-    still needs its digest to match the source's first points, or, without one, the very state
-    (`same_state`, `prefix_holds`): a log may have been corrected in place."""
+    its run is to be checked on the server, and once there, its counts of points sent hold in
+    the very state the ledger recorded (a resumed import), and for a log (logs grow at their end)
+    also after a complete import in another state; not after one interrupted (batches may have
+    landed beyond the counts, and the record has changed since), nor for a moved run, which may
+    have changed anywhere. Where they hold, each still needs its digest to match the source's
+    first points, or, without one, the very state (`prefix_holds`): a log may be corrected in place."""
     if row is None or experiment_id is None:
         return LedgerTrust()
     same = row["fingerprint"] == fingerprint
     if row["complete"] and same and row["experiment_id"] == experiment_id:
         return LedgerTrust(unchanged=True, run_id=row["run_id"], counts=True, same_state=True)
-    return LedgerTrust(run_id=row["run_id"], counts=not moved or same, same_state=same)
+    return LedgerTrust(run_id=row["run_id"], counts=same or (bool(row["complete"]) and not moved),
+                       same_state=same)
 
 
 @dataclass

@@ -258,6 +258,9 @@ def import_(
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Say what would be created, appended or left unchanged, and write nothing.")] = False,
     on_param_conflict: ParamConflict = "error",
+    on_metric_change: Annotated[str, typer.Option(
+        metavar="POLICY", help="When the source changed metric points already sent: leave (report them, exit 1) "
+        "or append (log the new values as new points).")] = "leave",
     in_flight: Annotated[int, typer.Option(
         min=1, max=64, metavar="N", help="Requests in flight at once, per server, for a server nearby; a far server gets more, by its measured round trip (up to 4 times as many).")] = ClientConfig.max_in_flight,
     as_json: AsJson = False,
@@ -280,7 +283,8 @@ def import_(
         summary = pipeline.import_paths(
             paths, tracking_uri, experiment=experiment, fmt=fmt,
             options=_options(pattern, step_column, time_column, key_prefix, artifact_root), state=state,
-            dry_run=dry_run, on_param_conflict=on_param_conflict, include_deleted=include_deleted,
+            dry_run=dry_run, on_param_conflict=on_param_conflict, on_metric_change=on_metric_change,
+            include_deleted=include_deleted,
             config=ClientConfig(max_in_flight=in_flight), progress=bar)
     except ImporterError as e:
         raise _fail(e)
@@ -296,7 +300,7 @@ def _finish(summary, as_json: bool) -> None:
     typer.echo(pipeline.summary_json(summary) if as_json else summary.text())
     if any(o.unreachable for o in summary.failed):
         raise typer.Exit(EXIT_SERVER)
-    raise typer.Exit(EXIT_RUNS_FAILED if summary.failed else EXIT_OK)
+    raise typer.Exit(EXIT_RUNS_FAILED if summary.failed or summary.changed else EXIT_OK)
 
 
 @app.command(cls=_Command)

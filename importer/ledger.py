@@ -8,10 +8,15 @@ row's run on the server before writing to it, but believes the ledger without as
 
 - a row complete with the record's very fingerprint (and conflict policy) in the same experiment
   id: the run is reported `unchanged`, and not even looked up;
-- once its run is found: the per-metric counts of points sent; the points they cover are not
-  compared. A log is taken to grow only at its end, so this holds after it changed too (one
-  rewritten in place keeps the points first sent); a run moved from another store, only when
-  its fingerprint is the recorded one;
+- once its run is found: the per-metric counts of points sent, where the points they cover are
+  still the source's: the digest recorded with a count (of those first points, once a series was
+  sent or compared whole) is the digest of the source's first points now, or, without one (a
+  count saved batch by batch), the record is in the very state the row was begun in. A series
+  whose first points changed is compared with the server's copy instead. Not believed: the
+  counts of an import interrupted in another state of the record (batches may have landed
+  beyond them, and the record changed since), nor of one that compared with the server (its row
+  has no fingerprint until it completes), nor a run moved from another store in any other state
+  than its row's;
 - an artifact whose recorded hash matches the file: not downloaded to compare.
 
 So a stale ledger, one ahead of its server (a server restored from a backup, or replaced by
@@ -19,7 +24,9 @@ another under the same URL), can leave runs, points or artifacts missing without
 the ledger, or point `--state` at a new one, to have every run compared with the server again.
 
     runs       (server, experiment, import_key) -> run_id, experiment_id, fingerprint, complete
-    progress   (run_id, metric) -> points of the source's series already stored, in source order
+    progress   (run_id, metric) -> points of the source's series already stored, in source order,
+               and a digest of those points (sinks.mlflow.SeriesDigest; null: counted batch by
+               batch, in the row's state; COMPARE: to be compared with the server's copy)
     artifacts  (run_id, dest) -> sha256 of the uploaded, verified file
     errors     one row per failed run and attempt
 """
@@ -30,10 +37,11 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
-
-
+# A progress digest that matches no source: the series is compared with the server's copy on the
+# next import. Its points were left changed at the source (on_metric_change `leave`).
+COMPARE = "compare"
 
 def default_path() -> Path:
     """`$XDG_STATE_HOME/importer/ledger.db`, else `~/.local/state/importer/ledger.db`."""
@@ -77,8 +85,10 @@ class Ledger:
             "server": str, "experiment": str, "import_key": str, "run_id": str,
             "experiment_id": str, "fingerprint": str, "complete": int, "origin": str, "updated": float,
         }, pk=("server", "experiment", "import_key"), if_not_exists=True)
-        self.db["progress"].create({"run_id": str, "metric": str, "sent": int},
+        self.db["progress"].create({"run_id": str, "metric": str, "sent": int, "digest": str},
                                    pk=("run_id", "metric"), if_not_exists=True)
+        if "digest" not in self.db["progress"].columns_dict:  # a ledger older than the digests
+            self.db["progress"].add_column("digest", str)
         self.db["artifacts"].create({"run_id": str, "dest": str, "sha256": str},
                                     pk=("run_id", "dest"), if_not_exists=True)
         self.db["errors"].create({"server": str, "experiment": str, "import_key": str,
@@ -113,14 +123,18 @@ class Ledger:
 
     # -- progress ------------------------------------------------------------------------------
 
-    def progress(self, run_id: str) -> dict[str, int]:
-        """This is a read-only operation."""
-        return {r["metric"]: r["sent"] for r in self.db["progress"].rows_where("run_id = ?", [run_id])}
+    def progress(self, run_id: str) -> dict[str, tuple[int, Optional[str]]]:
+        """metric -> (points sent, their digest or None). This is a read-only operation."""
+        return {r["metric"]: (r["sent"], r["digest"])
+                for r in self.db["progress"].rows_where("run_id = ?", [run_id])}
 
-    def save_progress(self, run_id: str, sent: dict[str, int]) -> None:
+    def save_progress(self, run_id: str, sent: Mapping[str, int],
+                      digests: Mapping[str, Optional[str]] = {}) -> None:
+        """Record points sent per metric; a metric without a digest in `digests` loses the one
+        it had (it was of fewer points)."""
         with self._writing():
             self.db["progress"].upsert_all(
-                [{"run_id": run_id, "metric": k, "sent": v} for k, v in sent.items()],
+                [{"run_id": run_id, "metric": k, "sent": v, "digest": digests.get(k)} for k, v in sent.items()],
                 pk=("run_id", "metric"))
 
     def artifact(self, run_id: str, dest: str) -> Optional[str]:

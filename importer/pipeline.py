@@ -22,7 +22,7 @@ from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import ExperimentRecord, RunRecord, manifest_json_schema
 from .sinks import experiments, logged_models, registry
-from .sinks.mlflow import CONFLICT_POLICIES, EXPERIMENT_TAGS, MlflowSink, Outcome
+from .sinks.mlflow import CONFLICT_POLICIES, EXPERIMENT_TAGS, METRIC_CHANGE_POLICIES, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
 
 PathLike = Union[str, Path]
@@ -50,6 +50,12 @@ class Summary:
         return [o for o in self.outcomes if o.action == "failed"]
 
     @property
+    def changed(self) -> list[Outcome]:
+        """Runs whose source changed points already sent, left as stored: like failed ones, they
+        make the exit code 1 and are named, every time, until the user chooses."""
+        return [o for o in self.outcomes if o.action == "changed"]
+
+    @property
     def points(self) -> int:
         return sum(o.points for o in self.outcomes if o.action != "failed")
 
@@ -66,7 +72,9 @@ class Summary:
             "server": self.server, "dry_run": self.dry_run, "seconds": round(self.seconds, 3),
             "runs": {"created": self.count("created", "would-create"),
                      "appended": self.count("appended", "would-append"),
-                     "unchanged": self.count("unchanged"), "failed": len(self.failed)},
+                     "unchanged": self.count("unchanged"), "failed": len(self.failed),
+                     # only when there are (as in text()): the four counts above are what scripts know
+                     **({"changed": len(self.changed)} if self.changed else {})},
             "points": self.points, "artifacts": self.artifacts,
             "requests": self.requests, "retried": self.retried,
             "notes": self.notes, "unrecognised": self.unrecognised,
@@ -82,7 +90,9 @@ class Summary:
             f"in {self.seconds:.1f} s",
             f"  runs: {self.count('created', 'would-create')} {verb}created, "
             f"{self.count('appended', 'would-append')} {verb}appended, "
-            f"{self.count('unchanged')} unchanged, {len(self.failed)} failed",
+            f"{self.count('unchanged')} unchanged, "
+            + (f"{len(self.changed)} changed at the source, " if self.changed else "")
+            + f"{len(self.failed)} failed",
             f"  metric points {verb}sent: {self.points:,}{rate}; artifacts {verb}sent: {self.artifacts}",
         ]
         if self.retried:
@@ -99,6 +109,11 @@ class Summary:
         if self.unrecognised:
             lines.append(f"  not recognised ({len(self.unrecognised)} files, not imported): "
                          + ", ".join(self.unrecognised[:10]) + (" ..." if len(self.unrecognised) > 10 else ""))
+        for o in self.changed:
+            differ = ", ".join(f"{k}: {n:,} point{'s' * (n != 1)}" for k, n in o.changed.items())
+            lines.append(f"  CHANGED {o.origin} (run {o.run_id}): the source has other values than the "
+                         f"server at the same step and time ({differ}); left as stored. "
+                         "--on-metric-change append logs the new values as new points")
         for o in self.failed:
             lines.append(f"  FAILED {o.origin} (key {o.import_key!r}): {o.error}")
         for name, url in self.experiment_urls().items():
@@ -260,11 +275,13 @@ def schema() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_policy(on_param_conflict: str) -> None:
-    """An unknown conflict policy is an InputError, raised before anything is written."""
-    if on_param_conflict not in CONFLICT_POLICIES:
-        raise InputError(f"--on-param-conflict {on_param_conflict!r}: expected one of "
-                         + ", ".join(CONFLICT_POLICIES))
+def check_policy(on_param_conflict: str, on_metric_change: str = "leave") -> None:
+    """An unknown conflict or metric-change policy is an InputError, raised before anything is
+    written."""
+    for option, value, known in (("--on-param-conflict", on_param_conflict, CONFLICT_POLICIES),
+                                 ("--on-metric-change", on_metric_change, METRIC_CHANGE_POLICIES)):
+        if value not in known:
+            raise InputError(f"{option} {value!r}: expected one of " + ", ".join(known))
 
 
 def open_ledger(state: Optional[PathLike]) -> Ledger:
@@ -287,14 +304,17 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
                  experiment: Optional[str] = None, fmt: Optional[str] = None,
                  options: Optional[SourceOptions] = None, state: Optional[PathLike] = None,
                  dry_run: bool = False, on_param_conflict: str = "error",
+                 on_metric_change: str = "leave",
                  include_deleted: bool = False, config: ClientConfig = DEFAULT_CONFIG,
                  progress: Optional[Callable[[int, int], None]] = None) -> Summary:
     """Import manifests, training logs, `mlruns/` folders and bundles into an MLflow server.
     Validation of every input comes first: on any problem a ValidationError is raised and nothing
     is written. Runs deleted in the store they come from are left out unless `include_deleted`.
-    A run of a store that cannot be read fails alone: in the summary, not an error."""
+    A run of a store that cannot be read fails alone: in the summary, not an error.
+    `on_metric_change`: points the source changed after they were sent are left as stored and
+    reported (`leave`: the run's action is `changed`), or also logged with the new value (`append`)."""
     uri = tracking_uri_or_env(tracking_uri)
-    check_policy(on_param_conflict)
+    check_policy(on_param_conflict, on_metric_change)
     inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
     named: dict[str, ExperimentRecord] = {}
     for exp in inputs.experiments:
@@ -317,7 +337,8 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
                                                               EXPERIMENT_TAGS))
             inputs.notes += notes
         summary = asyncio.run(import_async(records, uri, ledger, dry_run=dry_run, policy=on_param_conflict,
-                                           config=config, progress=progress, prepared=prepared))
+                                           on_metric_change=on_metric_change, config=config,
+                                           progress=progress, prepared=prepared))
     finally:
         ledger.close()
     # A model with no source run goes with its experiment: not when that is left out, deleted.
@@ -352,21 +373,22 @@ async def _on_server(uri: str, config: ClientConfig, work, *args):
 
 def import_records(records: list[RunRecord], tracking_uri: str, *, state: Optional[PathLike] = None,
                    dry_run: bool = False, on_param_conflict: str = "error",
-                   config: ClientConfig = DEFAULT_CONFIG,
+                   on_metric_change: str = "leave", config: ClientConfig = DEFAULT_CONFIG,
                    progress: Optional[Callable[[int, int], None]] = None,
                    prepared: Optional[dict[str, bool]] = None) -> Summary:
-    check_policy(on_param_conflict)
+    check_policy(on_param_conflict, on_metric_change)
     ledger = open_ledger(state)
     try:
         return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
-                                        policy=on_param_conflict, config=config, progress=progress,
-                                        prepared=prepared))
+                                        policy=on_param_conflict, on_metric_change=on_metric_change,
+                                        config=config, progress=progress, prepared=prepared))
     finally:
         ledger.close()
 
 
 async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dry_run: bool = False,
-                       policy: str = "error", config: ClientConfig = DEFAULT_CONFIG, progress=None,
+                       policy: str = "error", on_metric_change: str = "leave",
+                       config: ClientConfig = DEFAULT_CONFIG, progress=None,
                        env: Optional[dict[str, str]] = None,
                        prepared: Optional[dict[str, bool]] = None) -> Summary:
     """Write `records` with bounded concurrency. `prepared`: the experiments experiments.prepare
@@ -394,8 +416,8 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
                                            return_exceptions=True):  # credentials refused: exit code 3
             if isinstance(result, BaseException):
                 raise result
-        sink = MlflowSink(api, ledger, on_param_conflict=policy, dry_run=dry_run, progress=landed,
-                          prepared=prepared)
+        sink = MlflowSink(api, ledger, on_param_conflict=policy, on_metric_change=on_metric_change,
+                          dry_run=dry_run, progress=landed, prepared=prepared)
         created: dict[tuple[str, str], asyncio.Future] = {}
         existing_parents: dict[str, asyncio.Task] = {}
         run_slots = asyncio.Semaphore(max(2, config.max_in_flight * 2))

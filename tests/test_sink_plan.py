@@ -3,6 +3,7 @@ on the server without asking it. Pure functions: no server, no ledger file."""
 
 import pytest
 
+from importer.ledger import COMPARE
 from importer.sinks.mlflow import LedgerTrust, ledger_trust
 
 FP = "f00d:error"  # a record's fingerprint with its conflict policy, as the sink makes it
@@ -14,8 +15,9 @@ def row(*, complete=True, fingerprint=FP, experiment_id="1", run_id="r1"):
 
 
 NOTHING = LedgerTrust()
-UNCHANGED = LedgerTrust(unchanged=True, run_id="r1", counts=True)
-CHECK_THEN_COUNTS = LedgerTrust(run_id="r1", counts=True)
+UNCHANGED = LedgerTrust(unchanged=True, run_id="r1", counts=True, same_state=True)
+RESUMED = LedgerTrust(run_id="r1", counts=True, same_state=True)  # counted in this very state
+CHECK_THEN_COUNTS = LedgerTrust(run_id="r1", counts=True)  # counts hold where their digests match
 CHECK_THEN_ASK = LedgerTrust(run_id="r1", counts=False)
 
 
@@ -29,15 +31,19 @@ CHECK_THEN_ASK = LedgerTrust(run_id="r1", counts=False)
     (row(), "1", False, UNCHANGED),
     (row(), "1", True, UNCHANGED),
     # sqlite's 0 is not complete: an interrupted import is resumed, never skipped
-    (row(complete=False), "1", False, CHECK_THEN_COUNTS),
-    (row(complete=False), "1", True, CHECK_THEN_COUNTS),
+    (row(complete=False), "1", False, RESUMED),
+    (row(complete=False), "1", True, RESUMED),
     # the experiment was deleted and made again under the same name: its old run is checked
-    (row(experiment_id="7"), "1", False, CHECK_THEN_COUNTS),
+    (row(experiment_id="7"), "1", False, RESUMED),
     # the policy is part of the fingerprint: another policy may write other params
     (row(fingerprint="f00d:keep"), "1", False, CHECK_THEN_COUNTS),
     # a log that changed: logs grow at their end, so the counts of its first points hold
     (row(fingerprint="beef:error"), "1", False, CHECK_THEN_COUNTS),
-    (row(fingerprint="beef:error", complete=False), "1", False, CHECK_THEN_COUNTS),
+    # ... but not after an import interrupted in another state: batches may have landed beyond
+    # the counts, and the record changed since (a point among them may be another value now)
+    (row(fingerprint="beef:error", complete=False), "1", False, CHECK_THEN_ASK),
+    # an import that compared with the server was begun without a fingerprint: compare again
+    (row(fingerprint="", complete=False), "1", False, CHECK_THEN_ASK),
     # a moved run that changed may have changed anywhere: its series are compared with the server
     (row(fingerprint="beef:error"), "1", True, CHECK_THEN_ASK),
     (row(fingerprint="beef:error", complete=False), "1", True, CHECK_THEN_ASK),
@@ -69,16 +75,37 @@ def test_points_on_server(trust, sent, lengths, expected):
     assert trust.points_on_server(sent, lengths) == expected
 
 
-@pytest.mark.parametrize("trust, sent, lengths, expected", [
-    (CHECK_THEN_ASK, {}, {"loss": 5}, False),  # must be compared with the server: read it whole
-    (NOTHING, {}, None, False),
-    (CHECK_THEN_COUNTS, {"loss": 3}, {"loss": 5}, True),  # grown
-    (CHECK_THEN_COUNTS, {"loss": 5}, {"loss": 5}, True),  # the same
-    (CHECK_THEN_COUNTS, {}, {"loss": 5}, True),  # nothing landed yet
-    (CHECK_THEN_COUNTS, {"loss": 6}, {"loss": 5}, False),  # shorter: rewritten
-    (CHECK_THEN_COUNTS, {"loss": 3, "gone": 1}, {"loss": 5}, False),  # a series vanished: rewritten
-    (CHECK_THEN_COUNTS, {"loss": 3, "gone": 0}, {"loss": 5}, True),  # ... unless none of it was sent
-    (CHECK_THEN_COUNTS, {"loss": 9}, None, True),  # lengths unknown before reading (a bundle)
+@pytest.mark.parametrize("trust, recorded, source, expected", [
+    # a digest recorded: the source's first points now must hash the same
+    (CHECK_THEN_COUNTS, "d1", "d1", True),
+    (CHECK_THEN_COUNTS, "d1", "d2", False),  # a point among them changed at the source
+    (RESUMED, "d1", "d2", False),  # the same record, with digests of an older state's points
+    (RESUMED, COMPARE, "d1", False),  # left changed, or counted in another state: compare
+    # none (a count saved batch by batch): only the very state it was counted in
+    (RESUMED, None, None, True),
+    (CHECK_THEN_COUNTS, None, None, False),
 ])
-def test_streamable(trust, sent, lengths, expected):
-    assert trust.streamable(sent, lengths) is expected
+def test_prefix_holds(trust, recorded, source, expected):
+    assert trust.prefix_holds(recorded, source) is expected
+
+
+D = {"loss": "d", "gone": "d"}  # digests recorded for every series
+
+
+@pytest.mark.parametrize("trust, sent, lengths, digests, expected", [
+    (CHECK_THEN_ASK, {}, {"loss": 5}, {}, False),  # must be compared with the server: read it whole
+    (NOTHING, {}, None, {}, False),
+    (CHECK_THEN_COUNTS, {"loss": 3}, {"loss": 5}, D, True),  # grown
+    (CHECK_THEN_COUNTS, {"loss": 5}, {"loss": 5}, D, True),  # the same
+    (CHECK_THEN_COUNTS, {}, {"loss": 5}, {}, True),  # nothing landed yet
+    (CHECK_THEN_COUNTS, {"loss": 6}, {"loss": 5}, D, False),  # shorter: rewritten
+    (CHECK_THEN_COUNTS, {"loss": 3, "gone": 1}, {"loss": 5}, D, False),  # a series vanished: rewritten
+    (CHECK_THEN_COUNTS, {"loss": 3, "gone": 0}, {"loss": 5}, D, True),  # ... unless none of it was sent
+    (CHECK_THEN_COUNTS, {"loss": 9}, None, D, True),  # lengths unknown before reading (a bundle)
+    # what was sent is checked against its digest while it is read (sinks.mlflow._unsent) ...
+    (CHECK_THEN_COUNTS, {"loss": 3}, {"loss": 5}, {}, False),  # ... none: compare with the server
+    (RESUMED, {"loss": 3}, {"loss": 5}, {}, True),  # ... none needed: counted in this very state
+    (RESUMED, {"loss": 3}, {"loss": 5}, {"loss": COMPARE}, False),  # known to differ
+])
+def test_streamable(trust, sent, lengths, digests, expected):
+    assert trust.streamable(sent, lengths, digests) is expected

@@ -9,7 +9,9 @@ For each run:
    `MlflowSink.settle`): another importer may have created the same run at the same moment, and
    all agree on one before anything is written to it;
 4. log params and changed tags, then only the metric points the server does not have, in batches
-   filled to the server's limits, several in flight; progress goes to the ledger as batches land;
+   filled to the server's limits, several in flight; progress goes to the ledger as batches land.
+   A point the source changed after it was sent (its step and time on the server with another
+   value) is reported, and sent again with its new value only on request (`on_metric_change`);
 5. upload artifacts through the proxy, while the points go, and verify each by its SHA-256;
 6. set the original end time and status last.
 
@@ -35,7 +37,7 @@ import pyarrow.compute as pc
 
 from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
 from ..files import sha256_file
-from ..ledger import Ledger
+from ..ledger import COMPARE, Ledger
 from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_FOUND, MlflowApi, pairs,
                           tag_filter)
 from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES,
@@ -43,6 +45,7 @@ from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RU
 
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
+METRIC_CHANGE_POLICIES = ("leave", "append")  # a point changed at the source: report it, or also send it
 _CHUNK = 1 << 20
 # Settling a new run (MlflowSink.settle): how often to look again while another importer decides,
 # when a pending copy from another host counts as abandoned, and how often a run is begun again
@@ -59,13 +62,16 @@ class Outcome:
     origin: str
     experiment: str
     import_key: str
-    action: str = "pending"  # created | appended | unchanged | failed (dry run: would-create, ...)
+    action: str = "pending"  # created | appended | unchanged | changed | failed (dry run: would-create, ...)
     run_id: Optional[str] = None
     experiment_id: Optional[str] = None
     points: int = 0
     params: int = 0
     artifacts: int = 0
     notes: list[str] = field(default_factory=list)
+    # metric -> source points whose step and time the server holds with other values: sent again
+    # (on_metric_change `append`), or left as stored (action `changed`: exit code 1)
+    changed: dict[str, int] = field(default_factory=dict)
     error: Optional[str] = None
     unreachable: bool = False  # failed because the server could not be reached (exit code 3)
 
@@ -102,15 +108,54 @@ def batch_body(run_id: str, parts: list[pa.Array]) -> bytes:
     return f'{{"run_id":"{run_id}","metrics":[{joined[0].as_py()}]}}'.encode()
 
 
+class SeriesDigest:
+    """A SHA-256 of a series' points in order (step, timestamp or its absence, value), the same
+    however the series is cut into tables. The ledger keeps it with its count of points sent, so
+    a source that changed one of them is noticed without reading the server. Bits, not numbers:
+    a NaN with another payload differs, and costs only a comparison with the server."""
+
+    def __init__(self) -> None:
+        self._columns = [hashlib.sha256() for _ in range(3)]
+
+    def update(self, table: pa.Table) -> SeriesDigest:
+        for batch in table.to_batches():
+            if not batch.num_rows:
+                continue
+            steps, stamps, values = (_data(batch.column(c)) for c in ("step", "timestamp", "value"))
+            nulls = batch.column("timestamp").null_count  # what lies under a null is undefined
+            if nulls == batch.num_rows:  # all derived (a log without times): no need to fill
+                stamps = _NO_TIMESTAMP.to_bytes(8, "little", signed=True) * nulls
+            elif nulls:
+                stamps = _data(pc.fill_null(batch.column("timestamp"), _NO_TIMESTAMP))
+            for h, data in zip(self._columns, (steps, stamps, values)):
+                h.update(data)
+        return self
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(b"".join(h.digest() for h in self._columns)).hexdigest()
+
+
+_NO_TIMESTAMP = -(1 << 63)  # a point without one (derived from the run's start time), in a digest
+
+
+def _data(col: pa.Array) -> memoryview:
+    """The values of a 64-bit column without nulls, as bytes, without a copy."""
+    return memoryview(col.buffers()[1])[col.offset * 8:(col.offset + len(col)) * 8]
+
+
 class MlflowSink:
     def __init__(self, api: MlflowApi, ledger: Ledger, *, on_param_conflict: str = "error",
-                 dry_run: bool = False, progress=None, prepared: Optional[dict[str, bool]] = None):
+                 on_metric_change: str = "leave", dry_run: bool = False, progress=None,
+                 prepared: Optional[dict[str, bool]] = None):
         if on_param_conflict not in CONFLICT_POLICIES:
             raise ValueError(f"on_param_conflict must be one of {CONFLICT_POLICIES}")
+        if on_metric_change not in METRIC_CHANGE_POLICIES:
+            raise ValueError(f"on_metric_change must be one of {METRIC_CHANGE_POLICIES}")
         self.api = api
         self.ledger = ledger
         self.server = api.url
         self.policy = on_param_conflict
+        self.on_metric_change = on_metric_change
         self.dry_run = dry_run
         self.progress = progress  # called with the number of points that just landed
         self._experiments: dict[str, asyncio.Task] = {}
@@ -160,10 +205,12 @@ class MlflowSink:
 
     async def _write(self, rec: RunRecord, parent_run_id: Optional[str], out: Outcome,
                      created: asyncio.Future) -> None:
+        may_stream = True
         for attempt in range(RESTARTS):
             found = await self._locate(rec, out, look=attempt > 0)
             if found is None:  # written completely in this very state, by the ledger's word
                 return
+            found.may_stream = may_stream
             plan = await self._plan(rec, parent_run_id, found, out, created)
             if self.dry_run:
                 return
@@ -171,6 +218,8 @@ class MlflowSink:
                 return await self._send(rec, found, plan, out, created)
             except _GaveWay:  # the run created went to the trash unwritten: write into the winner
                 continue
+            except _PrefixChanged:  # a streamed series changed where it was sent: compare it
+                may_stream = False
         raise ServerError(f"importers writing run {rec.import_key!r} at once did not agree on one run "
                           f"after {RESTARTS} attempts; run the import again", url=self.server)
 
@@ -202,8 +251,9 @@ class MlflowSink:
             run = await self.find(exp_id, rec.import_key, include_deleted=rec.lifecycle == "deleted")
         if run is not None and run["info"].get("lifecycle_stage") == "deleted" and not self.dry_run:
             await self.api.restore_run(run["info"]["run_id"])  # written to, then deleted again
-        progress = self.ledger.progress(run["info"]["run_id"]) if trust.counts else {}
-        return Located(exp_id, fingerprint, run, trust, progress)
+        progress = self.ledger.progress(run["info"]["run_id"]) if run and trust.counts else {}
+        return Located(exp_id, fingerprint, run, trust, {k: n for k, (n, _) in progress.items()},
+                       {k: d for k, (_, d) in progress.items()})
 
     async def _plan(self, rec: RunRecord, parent_run_id: Optional[str], found: Located, out: Outcome,
                     created: asyncio.Future) -> WritePlan:
@@ -221,7 +271,8 @@ class MlflowSink:
             out.action = "would-append" if self.dry_run else "appended"
             start = int(run["info"]["start_time"])
             self._claim(rec, found, run["info"]["run_id"], out, created)
-        pieces, lengths, out.points = await self._points_to_send(rec, found, start, stream)
+        pieces, progress, out.points, changed = await self._points_to_send(rec, found, start, stream)
+        out.changed = {k: t.num_rows for k, t in changed.items()}
         artifacts = rec.artifacts if run is None else await self._artifacts_to_send(run, rec)
         out.artifacts = len(artifacts)
         set_status = _status_differs(run["info"] if run else _CREATED_RUN_INFO, rec)
@@ -231,8 +282,14 @@ class MlflowSink:
         only_points = not (params or tags or inputs or artifacts or set_status or lifecycle_changed)
         if out.action == "would-append" and only_points and not out.points:
             out.action = "unchanged"
+        if out.changed and self.on_metric_change == "leave":
+            out.action = "changed"
+        elif out.changed:
+            out.notes += [f"{k}: {n:,} point{'s' * (n != 1)} changed at the source, "
+                          f"{'would be ' if self.dry_run else ''}logged again with its new value "
+                          "(the stored one stays)" for k, n in out.changed.items()]
         return WritePlan(create=run is None, start_time=start, params=params, tags=tags,
-                         own_id_tags=own_id_tags, inputs=inputs, pieces=pieces, lengths=lengths,
+                         own_id_tags=own_id_tags, inputs=inputs, pieces=pieces, progress=progress,
                          artifacts=artifacts, set_status=set_status, delete=rec.lifecycle == "deleted",
                          only_points=only_points)
 
@@ -242,7 +299,8 @@ class MlflowSink:
         # A run read on demand (a server, a bundle) is streamed straight from its source, page by
         # page, when no comparison with the server's copy is needed: memory stays flat.
         stream = (getattr(rec.load, "pages", None) is not None and not self.dry_run and _start_known(rec)
-                  and (found.run is None or found.trust.streamable(found.progress, _series_lengths(rec))))
+                  and found.may_stream and (found.run is None or found.trust.streamable(
+                      found.progress, _series_lengths(rec), found.digests)))
         if stream:
             rec.artifacts = await rec.load.artifacts()
         elif rec.load is not None:
@@ -267,36 +325,46 @@ class MlflowSink:
         tags.update({k: v.replace(rec.source_run_id, run["info"]["run_id"]) for k, v in own_id_tags.items()})
         return {k: v for k, v in tags.items() if stored.get(k) != v}, {}
 
-    async def _points_to_send(self, rec: RunRecord, found: Located, start_time: int,
-                              stream: bool) -> tuple[Any, dict[str, int], int]:
+    async def _points_to_send(self, rec: RunRecord, found: Located, start_time: int, stream: bool
+                              ) -> tuple[Any, dict[str, tuple[int, Optional[str]]], int, dict[str, pa.Table]]:
         """(pieces of (metric, points, source index of the first one or None), each series' length
-        to record as sent once they all landed, points to send: 0 when streamed, unknown). Missing
-        are all points of a new run; else those the ledger does not count, where it is trusted;
-        else those the server does not hold."""
+        and digest to record once they all landed, points to send: 0 when streamed, unknown;
+        points changed at the source, per metric). Missing are all points of a new run; else those
+        the ledger does not count, where it is trusted; else those the server does not hold.
+        Changed points are among the pieces with on_metric_change `append`."""
         if stream:
-            pieces = _unsent(_read_ahead(rec.load.pages()), found.progress)
-            return pieces, pieces.totals, 0  # totals: filled as the stream is read
+            pieces = _unsent(_read_ahead(rec.load.pages()), found)
+            return pieces, pieces.progress, 0, {}  # progress: filled as the stream is read
         if found.run is None:
-            missing = {k: (t, 0, t.num_rows) for k, t in rec.metrics.items() if t.num_rows}
+            missing = {k: (t, 0) for k, t in rec.metrics.items() if t.num_rows}
+            changed: dict[str, pa.Table] = {}
+            progress = {k: (t.num_rows, SeriesDigest().update(t).hexdigest()) for k, t in rec.metrics.items()}
         else:
-            series = {k: t.num_rows for k, t in rec.metrics.items()}
-            known = found.trust.points_on_server(found.progress, series)
-            missing = await self._missing_points(rec, found.run["info"]["run_id"], start_time, known)
-        pieces = _aiter((k, t, base) for k, (t, base, _) in missing.items())
-        # Series sent as a filtered set (after a diff with the server) are complete only once sent.
-        lengths = {k: n for k, (_, _, n) in missing.items()}
-        return pieces, lengths, sum(t.num_rows for t, _, _ in missing.values())
+            missing, changed, progress = await self._missing_points(rec, found, start_time)
+        for key, table in changed.items():
+            if self.on_metric_change == "append":
+                also = missing.get(key, (table.slice(0, 0), None))[0]
+                missing[key] = (pa.concat_tables([also, table]), None)
+            else:
+                progress[key] = (progress[key][0], COMPARE)
+        pieces = _aiter((k, t, base) for k, (t, base) in missing.items())
+        return pieces, progress, sum(t.num_rows for t, _ in missing.values()), changed
 
     def _claim(self, rec: RunRecord, found: Located, run_id: str, out: Outcome,
                created: asyncio.Future) -> None:
-        """The record's run is settled: its children may go on, and the ledger learns of it."""
+        """The record's run is settled: its children may go on, and the ledger learns of it, and
+        in which state of the record the progress it saves from now on is made (its fingerprint),
+        so that a rerun in that state after a crash believes the counts. Not so when this import
+        compares with the server: the counts left by a crash would then say nothing of what
+        landed (no fingerprint: a rerun compares again)."""
         out.run_id = run_id
         if not created.done():
             created.set_result(run_id)
-        if not self.dry_run and found.trust.run_id is None:  # the fingerprint says which state it began
+        if not self.dry_run and not found.trust.same_state:
+            counted = found.run is None or found.trust.counts
             self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
                                  experiment_id=found.experiment_id, origin=rec.origin,
-                                 fingerprint=found.fingerprint)
+                                 fingerprint=found.fingerprint if counted else "")
 
     async def _send(self, rec: RunRecord, found: Located, plan: WritePlan, out: Outcome,
                     created: asyncio.Future) -> None:
@@ -323,16 +391,18 @@ class MlflowSink:
         # other, which on a far server would otherwise add their round trips to the run's end.
         out.points = await _together(self._send_metrics(run_id, plan.pieces, plan.start_time),
                                      self._upload_all(run, plan.artifacts))
-        self.ledger.save_progress(run_id, plan.lengths)
+        self.ledger.save_progress(run_id, {k: n for k, (n, _) in plan.progress.items()},
+                                  {k: d for k, (_, d) in plan.progress.items()})
         if out.action == "appended" and plan.only_points and not out.points:
             out.action = "unchanged"
         if plan.set_status:
             await self.api.update_run(run_id, rec.status, rec.end_time)
         if plan.delete:
             await self.api.delete_run(run_id)
+        # Points left changed: not complete, so the next import compares again and says so again.
         self.ledger.save_run(self.server, rec.experiment, rec.import_key, run_id=run_id,
                              experiment_id=found.experiment_id, origin=rec.origin,
-                             fingerprint=found.fingerprint, complete=True)
+                             fingerprint=found.fingerprint, complete=out.action != "changed")
 
     async def find(self, exp_id: str, key: str, include_deleted: bool = False) -> Optional[dict]:
         """The run holding `key` in its import-key tag that every importer writes to (active, or
@@ -514,34 +584,65 @@ class MlflowSink:
                 body[kind].append({"key": k, "value": v})
             await self.api.log_batch(body)
 
-    async def _missing_points(self, rec: RunRecord, run_id: str, start_time: int,
-                              known: dict[str, Optional[int]]
-                              ) -> dict[str, tuple[pa.Table, Optional[int], int]]:
-        """metric -> (points to send, index in the source series of the first one or None when the
-        points are not a suffix, length of the source series). `known`: LedgerTrust.points_on_server."""
-        missing: dict[str, tuple[pa.Table, Optional[int], int]] = {}
+    async def _missing_points(self, rec: RunRecord, found: Located, start_time: int
+                              ) -> tuple[dict[str, tuple[pa.Table, Optional[int]]], dict[str, pa.Table],
+                                         dict[str, tuple[int, Optional[str]]]]:
+        """(metric -> (points the server lacks, index in the source series of the first one or None
+        when they are not a suffix); metric -> points changed at the source; metric -> its length
+        and digest, for every series: all are compared or counted). The ledger's count of a
+        series' first points holds where they are still the source's (LedgerTrust.prefix_holds);
+        every other series is compared with the server's copy."""
+        run_id = found.run["info"]["run_id"]
+        known = found.trust.points_on_server(found.progress, {k: t.num_rows for k, t in rec.metrics.items()})
+        missing: dict[str, tuple[pa.Table, Optional[int]]] = {}
+        changed: dict[str, pa.Table] = {}
+        progress: dict[str, tuple[int, Optional[str]]] = {}
         for key, table in rec.metrics.items():
-            done = known[key]
+            done, digest, hashed = known[key], SeriesDigest(), 0
+            recorded = found.digests.get(key)
+            if done and recorded is not None:  # hashed once: the prefix, then on to the whole
+                hashed = done
+                digest.update(table.slice(0, done))
+            if done and not found.trust.prefix_holds(recorded, digest.hexdigest() if hashed else None):
+                done = None
             if done is None:
-                diff = await self._diff_with_server(run_id, key, table, start_time)
+                diff, edits = await self._diff_with_server(run_id, key, table, start_time)
                 if diff.num_rows:
-                    missing[key] = (diff, None, table.num_rows)
+                    missing[key] = (diff, None)
+                if edits.num_rows:
+                    changed[key] = edits
             elif done < table.num_rows:
-                missing[key] = (table.slice(done), done, table.num_rows)
-        return missing
+                missing[key] = (table.slice(done), done)
+            progress[key] = (table.num_rows, digest.update(table.slice(hashed)).hexdigest())
+        return missing, changed, progress
 
-    async def _diff_with_server(self, run_id: str, key: str, table: pa.Table, start_time: int) -> pa.Table:
-        """The points of `table` the server does not hold (exact on step, timestamp and value)."""
+    async def _diff_with_server(self, run_id: str, key: str, table: pa.Table,
+                                start_time: int) -> tuple[pa.Table, pa.Table]:
+        """(points of `table` the server lacks, points changed at the source: their step and time
+        are on the server with other values only). A point is its step and timestamp (a derived
+        one: the run's start time); several may share them. Values compare as stored
+        (`stored_value`: NaN equals NaN, +-Infinity is +-MAX_DOUBLE). A point the server holds
+        exactly is there however often the source repeats it: the server keeps one copy."""
         stored = await self.api.metric_history(run_id, key)
         if not stored:
-            return table
-        have = {(int(m["step"]), int(m["timestamp"]), stored_value(m["value"])) for m in stored}
-        steps = table.column("step").to_pylist()
-        stamps = table.column("timestamp").to_pylist()
-        values = table.column("value").to_pylist()
-        keep = [(s, start_time if t is None else t, stored_value(v)) not in have
-                for s, t, v in zip(steps, stamps, values)]
-        return table.filter(pa.array(keep))
+            return table, table.slice(0, 0)
+        held: dict[tuple[int, int], set] = {}
+        for m in stored:
+            held.setdefault((int(m["step"]), int(m["timestamp"])), set()).add(stored_value(m["value"]))
+        points = [((s, start_time if t is None else t), stored_value(v)) for s, t, v in
+                  zip(table.column("step").to_pylist(), table.column("timestamp").to_pylist(),
+                      table.column("value").to_pylist())]
+        ours: dict[tuple[int, int], set] = {}
+        for at, v in points:
+            ours.setdefault(at, set()).add(v)
+        lacks, edited = [], []
+        for at, v in points:
+            there = held.get(at, set())
+            new = v not in there
+            other = new and bool(there - ours[at])  # the server's value there is no longer the source's
+            lacks.append(new and not other)
+            edited.append(other)
+        return table.filter(pa.array(lacks, pa.bool_())), table.filter(pa.array(edited, pa.bool_()))
 
     @staticmethod
     async def _batches(run_id: str, pieces, start_time: int):
@@ -681,6 +782,11 @@ class _GaveWay(Exception):
     """The run just created lost to another importer's copy and went to the trash unwritten."""
 
 
+class _PrefixChanged(Exception):
+    """A streamed series' first points are not those the ledger counts as sent (nothing of it was
+    sent): the run is written again, compared with the server."""
+
+
 def _new_pending_mark() -> str:
     return f"{int(time.time() * 1000)} {socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:12]}"
 
@@ -719,7 +825,8 @@ class LedgerTrust:
 
     unchanged: bool = False  # written completely in this very state: no request at all
     run_id: Optional[str] = None  # its run; the server is asked whether it is still there
-    counts: bool = False  # once it is: the ledger's count of points sent per series holds
+    counts: bool = False  # once it is: the ledger's count of points sent per series holds ...
+    same_state: bool = False  # ... even without a digest: counted in this very state of the record
 
     def points_on_server(self, sent: Mapping[str, int],
                          lengths: Mapping[str, int]) -> dict[str, Optional[int]]:
@@ -731,11 +838,21 @@ class LedgerTrust:
             return {key: None for key in lengths}
         return {key: sent.get(key, 0) if sent.get(key, 0) <= n else None for key, n in lengths.items()}
 
-    def streamable(self, sent: Mapping[str, int], lengths: Optional[Mapping[str, int]]) -> bool:
+    def prefix_holds(self, recorded: Optional[str], source: Optional[str]) -> bool:
+        """Whether a series' first points that the ledger counts as sent are the source's now:
+        the ledger's digest of them (`recorded`) is the source's (`source`: of as many of its first
+        points); without one (a count saved batch by batch), when counted in this very state."""
+        return recorded == source if recorded is not None else self.same_state
+
+    def streamable(self, sent: Mapping[str, int], lengths: Optional[Mapping[str, int]],
+                   digests: Mapping[str, Optional[str]]) -> bool:
         """Whether points can be sent to the existing run straight from a stream of the source,
-        with no comparison: the counts hold and no series is shorter than the ledger counts as sent,
-        including one the source no longer has (`lengths` None: unknown before reading)."""
-        return self.counts and (lengths is None or all(n <= lengths.get(k, 0) for k, n in sent.items()))
+        with no comparison: the counts hold, no series is shorter than the ledger counts as sent,
+        including one the source no longer has (`lengths` None: unknown before reading), and what
+        was sent of each can be checked while it is read (a digest; `_unsent`) or needs no check."""
+        return (self.counts and (lengths is None or all(n <= lengths.get(k, 0) for k, n in sent.items()))
+                and all(self.same_state if digests.get(k) is None else digests[k] != COMPARE
+                        for k, n in sent.items() if n))
 
 
 def ledger_trust(row: Optional[Mapping[str, Any]], *, fingerprint: str, experiment_id: Optional[str],
@@ -744,14 +861,19 @@ def ledger_trust(row: Optional[Mapping[str, Any]], *, fingerprint: str, experime
     record's, with the conflict policy; `moved`: read from another MLflow store.
 
     A complete row with this very fingerprint, in this experiment, is believed outright. Otherwise
-    its run is to be checked on the server, and once there, its counts of points sent hold for
-    a log (logs only grow at their end) and for a moved run only in the very state the ledger
-    recorded (a resumed import): elsewhere it may have changed anywhere."""
+    its run is to be checked on the server, and once there, its counts of points sent hold in
+    the very state the ledger recorded (a resumed import), and for a log (logs grow at their end)
+    also after a complete import in another state; not after one interrupted (batches may have
+    landed beyond the counts, and the record has changed since), nor for a moved run, which may
+    have changed anywhere. Where they hold, each still needs its digest to match the source's
+    first points, or, without one, the very state (`prefix_holds`): a log may be corrected in place."""
     if row is None or experiment_id is None:
         return LedgerTrust()
-    if row["complete"] and row["fingerprint"] == fingerprint and row["experiment_id"] == experiment_id:
-        return LedgerTrust(unchanged=True, run_id=row["run_id"], counts=True)
-    return LedgerTrust(run_id=row["run_id"], counts=not moved or row["fingerprint"] == fingerprint)
+    same = row["fingerprint"] == fingerprint
+    if row["complete"] and same and row["experiment_id"] == experiment_id:
+        return LedgerTrust(unchanged=True, run_id=row["run_id"], counts=True, same_state=True)
+    return LedgerTrust(run_id=row["run_id"], counts=same or (bool(row["complete"]) and not moved),
+                       same_state=same)
 
 
 @dataclass
@@ -763,6 +885,8 @@ class Located:
     run: Optional[dict]  # the run as the server gave it; None: none yet
     trust: LedgerTrust  # nothing, if the ledger's run was gone
     progress: dict[str, int]  # the ledger's points sent per series, where its counts hold
+    digests: dict[str, Optional[str]]  # ... and its digest of those points (SeriesDigest), if known
+    may_stream: bool = True  # False: a streamed series changed where it was sent (_PrefixChanged)
 
 
 @dataclass
@@ -776,7 +900,8 @@ class WritePlan:
     own_id_tags: dict[str, str]  # of a new run, naming the source run: logged with the new id
     inputs: list[dict]
     pieces: Any  # async iterable of (metric, points, index in the source series of the first or None)
-    lengths: dict[str, int]  # series -> its length, recorded as sent once every piece landed
+    progress: dict[str, tuple[int, Optional[str]]]  # series -> its length and digest, recorded
+    # once every piece landed (COMPARE: points changed at the source, left as stored)
     artifacts: list
     set_status: bool  # end time and status, sent last
     delete: bool  # deleted at the source: deleted after all is written
@@ -833,17 +958,28 @@ async def _read_ahead(pages, depth: int = 4):
 
 
 class _unsent:
-    """The pieces of a streamed run the ledger does not count as sent: `done` holds, per metric,
-    how many of its first points are on the server. `totals` is each series' length, once read."""
+    """The pieces of a streamed run the ledger does not count as sent (`found.progress`: per metric,
+    how many of its first points are on the server). Each series' first points are checked
+    against the ledger's digest of them (LedgerTrust.prefix_holds) before any later point of it
+    is sent: _PrefixChanged when they differ. `progress`: each series' length and digest, once read."""
 
-    def __init__(self, pages, done: dict[str, int]):
-        self.pages, self.done, self.totals = pages, done, {}
+    def __init__(self, pages, found: Located):
+        self.pages, self.found = pages, found
+        self.progress: dict[str, tuple[int, Optional[str]]] = {}
+        self._digests: dict[str, SeriesDigest] = {}
 
     async def __aiter__(self):
         async for key, table in self.pages:
-            base = self.totals.get(key, 0)
-            self.totals[key] = base + table.num_rows
-            skip = max(0, self.done.get(key, 0) - base)
+            digest = self._digests.setdefault(key, SeriesDigest())
+            base = self.progress.get(key, (0, None))[0]
+            done = self.found.progress.get(key, 0)
+            skip = min(max(0, done - base), table.num_rows)
+            digest.update(table.slice(0, skip))
+            recorded = self.found.digests.get(key)
+            if base < done <= base + table.num_rows and not self.found.trust.prefix_holds(
+                    recorded, None if recorded is None else digest.hexdigest()):
+                raise _PrefixChanged(key)
+            self.progress[key] = (base + table.num_rows, digest.update(table.slice(skip)).hexdigest())
             if skip < table.num_rows:
                 yield key, table.slice(skip), base + skip
 

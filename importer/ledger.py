@@ -43,6 +43,7 @@ from typing import Mapping, Optional
 # next import. Its points were left changed at the source (on_metric_change `leave`).
 COMPARE = "compare"
 
+
 def default_path() -> Path:
     """`$XDG_STATE_HOME/importer/ledger.db`, else `~/.local/state/importer/ledger.db`."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")

@@ -84,7 +84,7 @@ class _Command(_Help, TyperCommand):
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Register ML runs in an MLflow tracking server after the fact.")
-_state = {"debug": False}
+_state = {"debug": False, "own_process": False}
 
 TrackingUri = Annotated[Optional[str], typer.Option(
     "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True, metavar="URL",
@@ -113,17 +113,29 @@ def main(
         "--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = None,
 ) -> None:
     _state["debug"] = debug
+    if _state["own_process"]:  # here, not in run(): `--help` and `--version` load no pyarrow
+        _set_allocator()
+
+
+def run() -> None:
+    """The `importer` program (its console script and `python -m importer`): the commands, in a
+    process tuned for them. The tuning is here, not in `app` nor the package: a library, or a test
+    calling `app` in its own process, must not have its host's modules, environment or allocator
+    changed."""
+    _state["own_process"] = True
     if "pandas" not in sys.modules:
         # pyarrow (at its first array) and sqlite-utils import pandas whenever it is installed,
         # as it is next to mlflow: about 40 MB and 0.3 s for every command.
         sys.meta_path.insert(0, _Absent("pandas"))
-    # The two changes to this process below are made here, in the command's own process, and not
-    # by the package: a library does not change its host's environment or allocator.
     # Arrow's jemalloc (the CSV reader allocates from it) returns freed pages at once instead of
     # after a second: about 20 MB less at the peak of a 10-million-point CSV (bench/bench_parse.py).
     # It is read when pyarrow loads, which no command has done yet; arenas made later (the CSV
     # reader's threads get those) follow jemalloc_set_decay_ms.
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+    app(prog_name="importer")
+
+
+def _set_allocator() -> None:
     # Arrow's default pool here (mimalloc) kept ~33 MB more at the peak of a 5-million-point
     # import than the system allocator, at the same speed (bench/).
     import pyarrow as pa

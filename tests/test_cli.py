@@ -106,3 +106,17 @@ def test_usage_errors_exit_2():
     assert runner.invoke(app, ["import", "x", "--on-param-conflict", "merge"]).exit_code == 2
     assert runner.invoke(app, ["find", "--experiment", "e", "--tag", "novalue"]).exit_code == 2
     assert runner.invoke(app, ["nonsense"]).exit_code == 2
+
+
+def test_a_command_called_in_this_process_leaves_it_as_it_was(tmp_path):
+    """The program tunes its own process (pandas hidden, Arrow's allocator); `app` called in a
+    host's process (here the test's) must not: a later `import pandas` still works."""
+    import sys
+
+    import pyarrow as pa
+
+    pool, hooks = pa.default_memory_pool().backend_name, list(sys.meta_path)
+    manifest = tmp_path / "m.json"
+    manifest.write_text('{"format_version": 1, "experiment": "e", "runs": [{"name": "r"}]}')
+    assert CliRunner().invoke(app, ["validate", str(manifest)]).exit_code == 0
+    assert list(sys.meta_path) == hooks and pa.default_memory_pool().backend_name == pool

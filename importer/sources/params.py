@@ -35,7 +35,7 @@ import yaml
 from ..errors import Problem
 from ..model.values import MAX_PARAM_VALUE_LENGTH, key_problem, value_problem
 from .base import safe_metric_key
-from .yamlfile import DataLoader, tag_name
+from .yamlfile import DataLoader, load_yaml, tag_name
 
 # MLFlowLogger.log_hyperparams: `Param(key=k, value=str(v)[:250])` (lightning/pytorch/loggers/mlflow.py)
 LIGHTNING_VALUE_LENGTH = 250
@@ -122,17 +122,7 @@ ObjectLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.cons
 
 def load_objects(path: Path, problems: list[Problem]) -> Optional[Any]:
     """One YAML document read with ObjectLoader; a syntax error or non-UTF-8 text is a problem."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-        return yaml.load(text, Loader=ObjectLoader)  # noqa: S506 - ObjectLoader is a SafeLoader
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        problems.append(Problem(str(path), f"line {line}", "the file is not UTF-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problems.append(Problem(str(path), where, f"not valid YAML: {getattr(e, 'problem', e)}"))
-    return None
+    return load_yaml(path, problems, ObjectLoader)
 
 
 def _bounded(value: Any) -> None:

@@ -50,11 +50,12 @@ DataLoader.add_constructor("tag:yaml.org,2002:binary", _construct_text)
 DataLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_text)
 
 
-def load_yaml(path: Path, problems: list[Problem]) -> Optional[Any]:
-    """One YAML document read with DataLoader; a syntax error or non-UTF-8 text is a problem."""
+def load_yaml(path: Path, problems: list[Problem], loader: Optional[type] = None) -> Optional[Any]:
+    """One YAML document read with `loader` (DataLoader, or a SafeLoader subclass of it); a syntax
+    error or non-UTF-8 text is a problem."""
     try:
         text = path.read_bytes().decode("utf-8")
-        return yaml.load(text, Loader=DataLoader)  # noqa: S506 - DataLoader is a SafeLoader
+        return yaml.load(text, Loader=loader or DataLoader)  # noqa: S506 - a SafeLoader
     except UnicodeDecodeError as e:
         line = path.read_bytes()[:e.start].count(b"\n") + 1
         problems.append(Problem(str(path), f"line {line}", "the file is not UTF-8"))

@@ -140,8 +140,11 @@ def number_text(text: str) -> Any:
 
 def shown(v: Any) -> str:
     """A number for a message: short ones as they are, long ones cut (a million digits stay out)."""
-    text = v.text if isinstance(v, NumberText) else v if isinstance(v, str) else repr(v) if isinstance(v, float) else None
-    if text is None:  # an int: str() of a huge one is slow and may raise
+    if isinstance(v, NumberText):
+        text = v.text
+    elif isinstance(v, (str, float)):
+        text = v if isinstance(v, str) else repr(v)
+    else:  # an int: str() of a huge one is slow and may raise
         text = str(v) if v.bit_length() < 10000 else None
         if text is None:
             return f"an integer of about {int(v.bit_length() * 0.30103)} digits"

@@ -225,13 +225,22 @@ def checked_params(raw: dict[str, Any], file: str, origin: str, problems: list[P
     (a flat dict stays as it is); keys the server rejects are mapped with safe_metric_key
     (noted); values longer than the server keeps (it cuts them silently) are problems."""
     try:
-        _bounded(raw)
+        bounded(raw)
         flat = flatten_params(raw, prefix)
     except (ValueError, RecursionError) as e:
         problems.append(Problem(file, "params", str(e) or "the parameters nest too deeply"))
         return {}
+    return server_params(flat, file, origin, problems, notes)
+
+
+def server_params(flat: dict[str, str], file: str, origin: str, problems: list[Problem],
+                  notes: list[str], cut: Optional[int] = None, cut_by: str = "") -> dict[str, str]:
+    """Flat params as the server takes them: keys it rejects mapped with safe_metric_key (noted),
+    values longer than it keeps (it cuts them silently) problems. With `cut`, longer values are
+    first cut to that many characters, as `cut_by` (a framework's logger) cuts them (noted)."""
     out: dict[str, str] = {}
     renamed: dict[str, str] = {}
+    shortened: list[str] = []
     for k, v in flat.items():
         new = k if key_problem(k, "param") is None else safe_metric_key(k)
         if new != k:
@@ -239,6 +248,9 @@ def checked_params(raw: dict[str, Any], file: str, origin: str, problems: list[P
         if new in out:
             problems.append(Problem(file, f"params.{k}", f"param {new!r} is given twice"))
             continue
+        if cut is not None and len(v) > cut:
+            v = v[:cut]
+            shortened.append(new)
         if msg := value_problem(v, MAX_PARAM_VALUE_LENGTH):
             problems.append(Problem(file, f"params.{k}", msg))
             continue
@@ -246,19 +258,26 @@ def checked_params(raw: dict[str, Any], file: str, origin: str, problems: list[P
     if renamed:
         notes.append(f"{origin}: param keys the server rejects were renamed: "
                      + ", ".join(f"{k!r} -> {v!r}" for k, v in renamed.items()))
+    if shortened:
+        notes.append(f"{origin}: param values cut to their first {cut} characters as "
+                     f"{cut_by} cuts them: {', '.join(shortened)}")
     return out
 
 
-def _bounded(value: Any, budget: int = 100_000) -> None:
-    """Refuse cyclic or alias-exploded parameter trees before flattening them."""
+def _containers(node: Any) -> Optional[Any]:
+    return node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+
+
+def bounded(value: Any, children=_containers, budget: int = 100_000) -> None:
+    """Refuse cyclic or alias-exploded parameter trees before flattening them. `children` gives a
+    node's children, or None for a leaf."""
     stack, count = [(value, ())], 0
     while stack:
         node, path = stack.pop()
         count += 1
         if count > budget:
             raise ValueError(f"the parameters have more than {budget} entries (YAML aliases?)")
-        if isinstance(node, (dict, list)):
+        if (items := children(node)) is not None:
             if id(node) in path:
                 raise ValueError("the parameters refer to themselves (a YAML alias cycle)")
-            items = node.values() if isinstance(node, dict) else node
             stack.extend((child, path + (id(node),)) for child in items)

@@ -33,13 +33,11 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import Problem
-from ..model.values import MAX_PARAM_VALUE_LENGTH, key_problem, value_problem
-from .base import safe_metric_key
+from .base import bounded, server_params
 from .yamlfile import DataLoader, load_yaml, tag_name
 
 # MLFlowLogger.log_hyperparams: `Param(key=k, value=str(v)[:250])` (lightning/pytorch/loggers/mlflow.py)
 LIGHTNING_VALUE_LENGTH = 250
-_BUDGET = 100_000  # entries in a params tree (YAML alias bombs), as base.checked_params
 
 
 class Opaque:
@@ -125,22 +123,13 @@ def load_objects(path: Path, problems: list[Problem]) -> Optional[Any]:
     return load_yaml(path, problems, ObjectLoader)
 
 
-def _bounded(value: Any) -> None:
-    """Refuse cyclic or alias-exploded trees (dicts, lists, tuples) before str() or flattening."""
-    stack, count = [(value, frozenset())], 0
-    while stack:
-        node, path = stack.pop()
-        count += 1
-        if count > _BUDGET:
-            raise ValueError(f"the parameters have more than {_BUDGET} entries (YAML aliases?)")
-        children = node.values() if isinstance(node, dict) else \
-            node if isinstance(node, (list, tuple)) else \
-            [node.content] if isinstance(node, Opaque) else None
-        if children is not None:
-            if id(node) in path:
-                raise ValueError("the parameters refer to themselves (a YAML alias cycle)")
-            inner = path | {id(node)}
-            stack.extend((child, inner) for child in children)
+def _children(node: Any) -> Optional[Any]:
+    """The children of a params tree's node: of dicts, lists, tuples and Opaque values."""
+    if isinstance(node, dict):
+        return node.values()
+    if isinstance(node, (list, tuple)):
+        return node
+    return [node.content] if isinstance(node, Opaque) else None
 
 
 def flatten_slash(params: dict, parent: str = "") -> tuple[dict[str, Any], list[str]]:
@@ -162,39 +151,11 @@ def flatten_slash(params: dict, parent: str = "") -> tuple[dict[str, Any], list[
     return out, overwritten
 
 
-def _checked(flat: dict[str, str], file: str, origin: str, problems: list[Problem],
-             notes: list[str], cut: Optional[int]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    renamed: dict[str, str] = {}
-    shortened: list[str] = []
-    for k, v in flat.items():
-        new = k if key_problem(k, "param") is None else safe_metric_key(k)
-        if new != k:
-            renamed[k] = new
-        if new in out:
-            problems.append(Problem(file, f"params.{k}", f"param {new!r} is given twice"))
-            continue
-        if cut is not None and len(v) > cut:
-            v = v[:cut]
-            shortened.append(new)
-        if msg := value_problem(v, MAX_PARAM_VALUE_LENGTH):
-            problems.append(Problem(file, f"params.{k}", msg))
-            continue
-        out[new] = v
-    if renamed:
-        notes.append(f"{origin}: param keys the server rejects were renamed: "
-                     + ", ".join(f"{k!r} -> {v!r}" for k, v in renamed.items()))
-    if shortened:
-        notes.append(f"{origin}: param values cut to their first {cut} characters as "
-                     f"Lightning's MLFlowLogger cuts them: {', '.join(shortened)}")
-    return out
-
-
 def lightning_params(raw: dict, file: str, origin: str, problems: list[Problem],
                      notes: list[str]) -> dict[str, str]:
     """hparams as MLFlowLogger.log_hyperparams writes them (module docstring)."""
     try:
-        _bounded(raw)
+        bounded(raw, _children)
         flat, overwritten = flatten_slash(raw)
         texts = {k: str(v) for k, v in flat.items()}
     except (ValueError, RecursionError) as e:
@@ -203,16 +164,17 @@ def lightning_params(raw: dict, file: str, origin: str, problems: list[Problem],
     if overwritten:
         notes.append(f"{origin}: params given twice once flattened with '/', the later value "
                      f"kept as Lightning's _flatten_dict does: {', '.join(sorted(set(overwritten)))}")
-    return _checked(texts, file, origin, problems, notes, cut=LIGHTNING_VALUE_LENGTH)
+    return server_params(texts, file, origin, problems, notes, LIGHTNING_VALUE_LENGTH,
+                         "Lightning's MLFlowLogger")
 
 
 def ultralytics_params(raw: dict, file: str, origin: str, problems: list[Problem],
                        notes: list[str]) -> dict[str, str]:
     """args.yaml as Ultralytics' MLflow callback writes it: `str(value)` per top-level key."""
     try:
-        _bounded(raw)
+        bounded(raw, _children)
         texts = {str(k): str(v) for k, v in raw.items()}
     except (ValueError, RecursionError) as e:
         problems.append(Problem(file, "params", str(e) or "the parameters nest too deeply"))
         return {}
-    return _checked(texts, file, origin, problems, notes, cut=None)
+    return server_params(texts, file, origin, problems, notes)

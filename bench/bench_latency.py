@@ -45,22 +45,11 @@ from bench_import import API, ROOT, build_manifest, create_experiment  # noqa: E
 
 from importer.local_server import LocalServer, free_port  # noqa: E402
 
-PROXY = ROOT / "tests" / "proxy.py"
-
+sys.path.insert(0, str(ROOT / "tests"))
+import proxy  # noqa: E402  (tests/proxy.py: the fault tests' proxy, here a far link)
 
 def start_proxy(upstream: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(PROXY), "--upstream", upstream, "--port", str(port),
-                             "--latency-ms", str(latency_ms), "--max-seconds", "7200"])
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/__proxy_stats", timeout=1)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the proxy did not start")
+    return proxy.start(upstream, free_port(), max_seconds=7200, latency_ms=latency_ms)
 
 
 def _refused(resp: httpx.Response) -> None:

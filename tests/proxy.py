@@ -21,8 +21,11 @@ import json
 import random
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -137,6 +140,25 @@ def main() -> None:
     server.daemon_threads = True
     threading.Timer(args.max_seconds, server.shutdown).start()
     server.serve_forever()
+
+
+def start(upstream: str, port: int, max_seconds: float = 600, **options) -> tuple[subprocess.Popen, str]:
+    """This proxy as a process in front of `upstream`, listening on `port`, once it answers:
+    (the process, its URL). `options` are its flags: drop_after=0.5 is --drop-after 0.5."""
+    args = [sys.executable, __file__, "--upstream", upstream, "--port", str(port),
+            "--max-seconds", str(max_seconds)]
+    for k, v in options.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.Popen(args)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"{url}/__proxy_stats", timeout=1).close()
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the proxy did not start")
 
 
 if __name__ == "__main__":

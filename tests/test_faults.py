@@ -17,25 +17,10 @@ import pytest
 import importer
 from importer.local_server import LocalServer, free_port
 from conftest import ROOT, View, run_importer, tags_of, write_json
-
-PROXY = Path(__file__).parent / "proxy.py"
-
+import proxy
 
 def start_proxy(upstream: str, **faults) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    args = [sys.executable, str(PROXY), "--upstream", upstream, "--port", str(port), "--max-seconds", "600"]
-    for k, v in faults.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    proc = subprocess.Popen(args)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{url}/__proxy_stats", timeout=1)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("proxy did not start")
+    return proxy.start(upstream, free_port(), **faults)
 
 
 def family(experiment: str, tmp_path: Path, runs: int = 5, keys: int = 3, steps: int = 2000) -> dict:

@@ -27,10 +27,11 @@ Rules:
 * Every other file of the run folder is named in a note, grouped by folder; hidden folders too.
   The full rules: docs/formats/hf.md.
 * Params: `training_args.json` (when someone saved `TrainingArguments.to_dict()`) and `config.json`
-  (the model config), flattened with model.flatten_params, config winning on a shared key as in
-  transformers' MLflowCallback; then the state's own `train_batch_size`, `num_train_epochs`,
-  `max_steps`, `logging_steps`, `eval_steps`, `save_steps` where not already set. They are looked
-  for beside the state file and in the run folder. `training_args.bin` is a torch pickle: not read
+  (the model config), as transformers' MLflowCallback logs them (params.transformers_params: the
+  arguments win on a shared key, nothing flattened, Python's text of each value); without
+  training_args.json, the state's own `train_batch_size`, `num_train_epochs`, `max_steps`,
+  `logging_steps`, `eval_steps`, `save_steps` stand in. They are looked for beside the state file
+  and in the run folder. `training_args.bin` is a torch pickle: not read
   (never unpickle untrusted files), a note says so.
 * Tags: `hf.best_metric`, `hf.best_model_checkpoint`, `hf.best_global_step` when set.
 """
@@ -46,8 +47,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import Problem
-from ..model import RunRecord, flatten_params
+from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
+from .params import transformers_params
 from . import tfevents
 from .textlog import STEP_RULE_TAG, SeriesBuilder
 from .times import seconds_ms
@@ -137,30 +139,30 @@ def _load_json(path: Path, result: SourceResult) -> Any:
     return None
 
 
-def _params(state: Path, run_dir: Path, doc: dict, result: SourceResult) -> dict[str, str]:
+def _params(state: Path, run_dir: Path, doc: dict, origin: str, result: SourceResult) -> dict[str, str]:
+    """training_args.json and config.json as MLflowCallback logs them (params.transformers_params);
+    without training_args.json, the state's own fields stand in for the arguments."""
     folders = [state.parent] + ([run_dir] if run_dir != state.parent else [])
-    merged: dict[str, str] = {}
-    for name in ("training_args.json", "config.json"):  # config wins, as in MLflowCallback
+    loaded: dict[str, Optional[dict]] = {}
+    for name in ("training_args.json", "config.json"):
         found = next((f / name for f in folders if (f / name).is_file()), None)
-        if found is None:
-            continue
-        data = _load_json(found, result)
-        if isinstance(data, dict):
-            try:
-                merged.update(flatten_params(data))
-            except ValueError as e:
-                result.notes.append(f"{found}: not used as params ({e})")
-        elif data is not None:
+        data = _load_json(found, result) if found else None
+        if data is not None and not isinstance(data, dict):
             result.notes.append(f"{found}: not a JSON object; not used as params")
+            data = None
+        loaded[name] = data
     for f in folders:
         if (f / "training_args.bin").is_file():
             result.notes.append(f"{f / 'training_args.bin'}: a torch pickle; not read (save the "
                                 "arguments as training_args.json to import them)")
             break
-    for k in STATE_PARAM_FIELDS:
-        if doc.get(k) is not None:
-            merged.setdefault(k, flatten_params({k: doc[k]})[k])
-    return merged
+    params = transformers_params(loaded["training_args.json"], loaded["config.json"], str(state),
+                                 origin, result.problems, result.notes)
+    if loaded["training_args.json"] is None:
+        for k in STATE_PARAM_FIELDS:
+            if doc.get(k) is not None:
+                params.setdefault(k, str(doc[k]))
+    return params
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:
@@ -226,7 +228,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         import_key=import_key(NAME, str(run_dir)),
         origin=f"{file}: log_history",
         name=run_dir.name or None)
-    params = _params(state, run_dir, doc, result)
+    params = _params(state, run_dir, doc, rec.origin, result)
     if events is not None:
         for k, v in events.params.items():  # hparams of the event files, where not already set
             params.setdefault(k, v)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any, Optional
 from ..errors import Problem
 from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
+from .folder import RunFolder
 from .params import transformers_params
 from . import tfevents
 from .textlog import STEP_RULE_TAG, SeriesBuilder
@@ -250,58 +250,19 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# The rest of the run folder: TensorBoard event files, and the files no source reads
+# The rest of the run folder: TensorBoard event files, and the files not read
 # ---------------------------------------------------------------------------------------------
 
-class _Layout:
-    """The files of a run folder, walked once (links not followed, hidden folders left out)."""
+class _Layout(RunFolder):
+    """The run folder's files (folder.RunFolder), and its TensorBoard event files."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.files: list[Path] = []  # every file and link, resolved folder + name
-        self.hidden: list[Path] = []  # hidden folders (editors' autosaves: .ipynb_checkpoints)
-        self.events: list[Path] = []  # TensorBoard event files, oldest first
-        for folder, dirs, names in os.walk(run_dir):
-            self.hidden += [Path(folder) / d for d in sorted(dirs) if d.startswith(".")]
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(names):
-                f = Path(folder) / name
-                self.files.append(f)
-                if tfevents.is_event_file(f) and not f.is_symlink():
-                    self.events.append(f)
+        super().__init__(run_dir)
         # Event file names start with their creation time (events.out.tfevents.<seconds>.<host>):
         # a resumed run's second logging folder comes after the first.
-        self.events.sort(key=lambda f: (f.name, str(f)))
+        self.events = sorted((f for f in self.files if tfevents.is_event_file(f) and not f.is_symlink()),
+                             key=lambda f: (f.name, str(f)))
         self.found_events = list(self.events)  # `events` keeps those read; the others get a note
-
-    def report(self, read: set[Path], result: SourceResult) -> None:
-        """One note naming the files not read, grouped by folder (folders holding the same file
-        names, such as checkpoints, together), and one naming the hidden folders left out."""
-        by_folder: dict[Path, list[str]] = {}
-        for f in self.files:
-            if f.is_symlink() or f.resolve() not in read:
-                by_folder.setdefault(f.parent, []).append(f.name)
-        groups: dict[tuple, list[str]] = {}
-        for folder, names in by_folder.items():
-            rel = folder.relative_to(self.run_dir).as_posix()
-            groups.setdefault(tuple(names), []).append("./" if rel == "." else rel + "/")
-        if groups:
-            parts = []
-            for names, folders in groups.items():
-                shown = ", ".join(names[:_SHOWN]) + (f", +{len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
-                where = ", ".join(folders[:_SHOWN]) + (f" and {len(folders) - _SHOWN} more folders"
-                                                       if len(folders) > _SHOWN else "")
-                parts.append(f"{where} ({'each: ' if len(folders) > 1 else ''}{shown})")
-            total = sum(len(n) * len(f) for n, f in groups.items())
-            result.notes.append(f"{self.run_dir}: {total} files no source reads, not imported: "
-                                + "; ".join(parts))
-        if self.hidden:
-            result.notes.append(f"{self.run_dir}: hidden folders left out (editors' autosaves and "
-                                "the like): " + ", ".join(h.relative_to(self.run_dir).as_posix() + "/"
-                                                           for h in self.hidden))
-
-
-_SHOWN = 5  # file names shown per folder in the note on files not read
 
 
 def _read_events(layout: _Layout, result: SourceResult) -> Optional["tfevents._Run"]:

@@ -20,6 +20,7 @@ class Service:
     def __init__(self, tracking_uri: str, folder: Path, *args: str, host: str = "127.0.0.1",
                  token: str | None = None, port: int | None = None):
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.spool = folder / "spool"

@@ -56,6 +56,7 @@ class Jobs:
         self.artifacts_from = artifacts_from
         self.workers = workers
         self.states: dict[str, str] = {}  # queued / running, for jobs this process has not finished
+        self.finished = spool.count_finished()  # done / failed, in the spool: read once, then counted
         self.counters = Counters()
         self._queue: queue.Queue = queue.Queue()
         self._records: dict[str, list[RunRecord]] = {}  # read already when posted
@@ -95,8 +96,7 @@ class Jobs:
     def counts(self) -> dict[str, int]:
         with self._lock:
             live = list(self.states.values())
-        finished = self.spool.count_finished()
-        return {"queued": live.count("queued"), "running": live.count("running"), **finished}
+            return {"queued": live.count("queued"), "running": live.count("running"), **self.finished}
 
     def waiter(self, job_id: str) -> asyncio.Future:
         """A future of the running loop, resolved when the job finishes (now, if it has)."""
@@ -129,6 +129,7 @@ class Jobs:
             self.spool.finish(job_id, result)
             with self._lock:
                 del self.states[job_id]
+                self.finished[result["state"]] += 1
                 waiters = self._waiters.pop(job_id, [])
             for loop, fut in waiters:
                 loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(None))
@@ -149,7 +150,8 @@ class Jobs:
         except ConnectionFailed:
             return None
         except ImporterError as e:
-            self.counters.failures += 1
+            with self._lock:
+                self.counters.failures += 1
             return {"id": job_id, "state": "failed", "error": str(e), "summary": None, "runs": [],
                     "finished": int(time.time() * 1000)}
         if any(o.unreachable for o in summary.failed):

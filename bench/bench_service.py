@@ -11,7 +11,8 @@ contender into a fresh experiment:
    `importer import` process per manifest (as a training box would run it per run) and one
    `importer import` of all of them at once;
 2. one large manifest (1 run, --large-points points): posted, against `importer import` of the
-   file; the service's peak RSS during the post (sampled every 20 ms) against the import's.
+   file, --rounds times each, in turns; the service's peak RSS during the post (sampled every
+   20 ms) against the import's.
 
 Prints manifests/s, points/s and the ratios.
 """
@@ -86,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", type=int, default=20, help="small manifests per contender")
     ap.add_argument("--large-points", type=int, default=1_000_000, help="0 skips the large manifest")
+    ap.add_argument("--rounds", type=int, default=2, help="of the large manifest, each contender")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -146,23 +148,34 @@ def main() -> None:
 
             if args.large_points:
                 p = args.large_points
-                body = manifest("svc-large", "big", p)
-                big = tmp / "big.json"
-                big.write_bytes(manifest("import-large", "big", p))
-                print(f"one manifest of {p:,} points ({len(body) / 2**20:,.0f} MB of JSON)")
-                with Peak(service.pid) as peak:
-                    start = time.perf_counter()
-                    post(http, body)
-                    svc_seconds = time.perf_counter() - start
-                imp_seconds, imp_rss, _ = measure([sys.executable, "-m", "importer", "import", str(big),
+                print(f"one manifest of {p:,} points ({len(manifest('x', 'big', p)) / 2**20:,.0f} MB of JSON), "
+                      f"{args.rounds} rounds in turns (the machine's load swings): the best of each")
+                svc, imp = [], []
+                for r in range(args.rounds):
+                    def by_service():
+                        body = manifest(f"svc-large-{r}", "big", p)
+                        with Peak(service.pid) as peak:
+                            start = time.perf_counter()
+                            post(http, body)
+                            svc.append((time.perf_counter() - start, peak.peak))
+
+                    def by_import():
+                        big = tmp / f"big-{r}.json"
+                        big.write_bytes(manifest(f"import-large-{r}", "big", p))
+                        seconds, rss, _ = measure([sys.executable, "-m", "importer", "import", str(big),
                                                    "--tracking-uri", server.url, "--state",
                                                    str(tmp / "ledger-big.db"), "--quiet"])
-                print(f"  service                            {svc_seconds:7.1f} s  {p / svc_seconds:9,.0f} points/s  "
-                      f"peak RSS {peak.peak / 2**20:,.0f} MB (the whole service process)")
-                print(f"  importer import                    {imp_seconds:7.1f} s  {p / imp_seconds:9,.0f} points/s  "
-                      f"peak RSS {imp_rss / 2**20:,.0f} MB")
-                print(f"  service / import: {imp_seconds / svc_seconds:.2f}x the speed, "
-                      f"{peak.peak / imp_rss:.2f}x the memory")
+                        imp.append((seconds, rss))
+
+                    for contender in ((by_service, by_import) if r % 2 == 0 else (by_import, by_service)):
+                        contender()
+                for name, figures in (("service", svc), ("importer import", imp)):
+                    print(f"  {name:34s} " + ", ".join(f"{s:6.1f} s" for s, _ in figures)
+                          + f"  best {p / min(s for s, _ in figures):9,.0f} points/s"
+                          f"  peak RSS {max(m for _, m in figures) / 2**20:,.0f} MB"
+                          + (" (the whole service process)" if name == "service" else ""))
+                print(f"  service / import: {min(s for s, _ in imp) / min(s for s, _ in svc):.2f}x the speed, "
+                      f"{max(m for _, m in svc) / max(m for _, m in imp):.2f}x the peak memory")
         finally:
             service.terminate()
             service.wait(60)

@@ -139,11 +139,17 @@ def test_artifacts_from_a_named_folder_only(uri, tmp_path, experiment, view):
     (shared / "out").mkdir(parents=True)
     (shared / "out" / "model.bin").write_bytes(b"weights")
     (tmp_path / "secret.txt").write_text("not for the service")
+    (shared / "out" / "link.txt").symlink_to(tmp_path / "secret.txt")
     with Service(uri, tmp_path, "--artifacts-from", str(shared)) as svc, svc.client() as http:
         ok = http.post("/v1/runs", json=manifest(experiment, artifacts=[{"path": "out/model.bin"}]))
         assert ok.status_code == 201, ok.text
         outside = http.post("/v1/runs", json=manifest(experiment, "run-b", artifacts=[{"path": "../secret.txt"}]))
         assert outside.status_code == 422
+        linked = http.post("/v1/runs", json=manifest(experiment, "run-c", artifacts=[{"path": "out/link.txt"}]))
+        assert linked.status_code == 422 and "outside" in linked.text
+        folder = http.post("/v1/runs", json=manifest(experiment, "run-d", artifacts=[{"path": "out"}]))
+        assert folder.status_code == 422  # the folder holds the link
+    assert [r["name"] for r in view.runs(experiment)] == ["run-a"]
     assert view.artifact(view.by_key(experiment)["run-a"], "model.bin") == b"weights"
 
 
@@ -219,9 +225,8 @@ def test_checked_in_openapi_matches_the_models(service):
 
     doc = openapi_document()
     assert json.loads(OPENAPI.read_text()) == doc, (
-        "schemas/service.openapi.json is stale: regenerate it with `python -c 'import json; from "
-        "importer.service.app import openapi_document as d; print(json.dumps(d(), indent=2))' "
-        "> schemas/service.openapi.json`")
+        "schemas/service.openapi.json is stale: regenerate it with `make schema` "
+        "(python -m importer.service.app > schemas/service.openapi.json)")
     with service.client() as http:
         assert http.get("/openapi.json").json() == doc
     assert doc["components"]["schemas"]["Run"]["additionalProperties"] is False

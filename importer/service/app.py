@@ -382,6 +382,10 @@ def create_app(settings: Settings, jobs: Optional[Jobs] = None) -> FastAPI:
             schemas["ManifestDocument"] = {**manifest, "title": "ManifestDocument", "description": (
                 "A manifest, format version 1 (the run-manifest schema): {format_version: 1, "
                 "experiment, runs: [RUN, ...]}, or one RUN naming its experiment.")}
+            # A service started with a token wants it on every route but /healthz (401 otherwise).
+            doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            doc["security"] = [{"bearer": []}]
+            doc["paths"]["/healthz"]["get"]["security"] = []
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -443,3 +447,10 @@ def serve(settings: Settings, host: str, port: int, ssl_certfile: Optional[str] 
                 workers=settings.workers)
     uvicorn.run(create_app(settings, jobs), host=host, port=port, ssl_certfile=ssl_certfile,
                 ssl_keyfile=ssl_keyfile, log_level="info", timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":  # `make schema`: python -m importer.service.app > schemas/service.openapi.json
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(openapi_document(), indent=2) + "\n")

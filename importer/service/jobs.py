@@ -124,7 +124,9 @@ class Jobs:
                 with self._lock:
                     self.states[job_id] = "queued"
                     self.counters.retries += 1
-                threading.Timer(RETRY_AFTER, self._queue.put, (job_id,)).start()
+                later = threading.Timer(RETRY_AFTER, self._queue.put, (job_id,))
+                later.daemon = True  # the spool keeps the job: a stop need not wait for this
+                later.start()
                 continue
             self.spool.finish(job_id, result)
             with self._lock:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from contextlib import asynccontextmanager
 import ipaddress
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal, Optional, Union
@@ -26,7 +26,7 @@ from .. import pipeline
 from ..errors import ImporterError, InputError, Problem
 from ..mlflow_api import MlflowApi
 from ..model import Manifest, Run
-from .jobs import Jobs, read_manifest
+from .jobs import LATENCY_BUCKETS, Jobs, read_manifest
 from .spool import Incoming, Spool
 
 DEFAULT_MAX_BODY = 1 << 30  # 1 GiB: a 10-million-point manifest is about 400 MB of JSON
@@ -253,6 +253,7 @@ def create_app(settings: Settings, jobs: Optional[Jobs] = None) -> FastAPI:
     """The service's routes. `jobs` None: the app only describes itself (openapi_document)."""
     spool = jobs.spool if jobs else None
 
+    @asynccontextmanager
     async def lifespan(app):
         if jobs:
             jobs.start()
@@ -287,7 +288,11 @@ def create_app(settings: Settings, jobs: Optional[Jobs] = None) -> FastAPI:
         """Register the runs of a manifest. Answered once the manifest and its files are durably in
         the spool: 201 with the result when the job ends within `wait` seconds, else 202."""
         post, records, where = await received(request)
-        job = await run_in_threadpool(spool.accept, post, where)
+        try:
+            job = await run_in_threadpool(spool.accept, post, where)
+        except OSError:  # a full disk, say: nothing was accepted
+            post.discard()
+            raise
         for rec in records:  # read while in incoming/: the files are now in the job's folder
             for a in rec.artifacts:
                 if isinstance(a.source, Path) and a.source.is_relative_to(post.folder):
@@ -355,14 +360,12 @@ def create_app(settings: Settings, jobs: Optional[Jobs] = None) -> FastAPI:
     @app.get("/readyz", responses={503: {"model": ErrorOut}})
     async def readyz():
         """The service and its MLflow server answer."""
-        started = time.monotonic()
         try:
             async with MlflowApi(settings.tracking_uri) as api:
                 await api.health()
                 await api.call("experiments/search", {"max_results": 1})  # credentials accepted
         except ImporterError as e:
             raise Refused(503, str(e)) from None
-        jobs.counters.readyz_seconds = time.monotonic() - started
         return {"status": "ready"}
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -407,14 +410,15 @@ def _metrics_text(jobs: Jobs) -> str:
               "# TYPE importer_job_failures_total counter", f"importer_job_failures_total {c.failures}",
               "# HELP importer_job_retries_total Jobs put back because the MLflow server was unreachable.",
               "# TYPE importer_job_retries_total counter", f"importer_job_retries_total {c.retries}",
-              "# HELP importer_mlflow_requests_total Requests sent to the MLflow server by jobs.",
-              "# TYPE importer_mlflow_requests_total counter", f"importer_mlflow_requests_total {c.mlflow_requests}",
-              "# HELP importer_import_seconds_total Wall time of jobs' imports (requests overlap).",
-              "# TYPE importer_import_seconds_total counter", f"importer_import_seconds_total {c.mlflow_seconds:.6f}"]
-    if c.readyz_seconds is not None:
-        lines += ["# HELP importer_mlflow_latency_seconds The last /readyz round trip to the MLflow server.",
-                  "# TYPE importer_mlflow_latency_seconds gauge",
-                  f"importer_mlflow_latency_seconds {c.readyz_seconds:.6f}"]
+              "# HELP importer_mlflow_request_seconds The MLflow server's answers to the jobs' requests.",
+              "# TYPE importer_mlflow_request_seconds histogram"]
+    total = 0
+    for bound, n in zip(LATENCY_BUCKETS, c.latency_counts):
+        total += n
+        lines.append(f'importer_mlflow_request_seconds_bucket{{le="{bound}"}} {total}')
+    lines += [f'importer_mlflow_request_seconds_bucket{{le="+Inf"}} {c.latency_count}',
+              f"importer_mlflow_request_seconds_sum {c.latency_sum:.6f}",
+              f"importer_mlflow_request_seconds_count {c.latency_count}"]
     return "\n".join(lines) + "\n"
 
 

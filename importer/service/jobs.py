@@ -19,11 +19,13 @@ from typing import Optional
 
 from .. import pipeline
 from ..errors import ConnectionFailed, ImporterError, ValidationError
+from ..mlflow_api import ClientConfig
 from ..model import RunRecord
 from ..sources.manifest import ManifestReader
 from .spool import Spool
 
 RETRY_AFTER = 5.0
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def read_manifest(manifest: Path, base: Path, file: str) -> ManifestReader:
@@ -42,9 +44,10 @@ class Counters:
     artifacts: int = 0
     failures: int = 0  # jobs that ended failed
     retries: int = 0  # jobs put back because the MLflow server was unreachable
-    mlflow_requests: int = 0
-    mlflow_seconds: float = 0.0  # time spent in imports (their requests overlap), see /metrics
-    readyz_seconds: Optional[float] = None  # the last /readyz round trip to the MLflow server
+    # The MLflow server's answers to jobs' requests: a histogram of their seconds (LATENCY_BUCKETS).
+    latency_counts: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_count: int = 0
 
 
 class Jobs:
@@ -136,9 +139,18 @@ class Jobs:
             for loop, fut in waiters:
                 loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(None))
 
+    def _observe(self, seconds: float) -> None:
+        c = self.counters
+        with self._lock:
+            c.latency_sum += seconds
+            c.latency_count += 1
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    c.latency_counts[i] += 1
+                    break
+
     def _run(self, job_id: str, records: Optional[list[RunRecord]]) -> Optional[dict]:
         """The job's result, or None to try it again later."""
-        started = time.time()
         try:
             if records is None:
                 job = self.spool.jobs / job_id
@@ -148,13 +160,15 @@ class Jobs:
                 if reader.problems:  # was valid when posted: its --artifacts-from files changed
                     raise ValidationError(reader.problems)
                 records = reader.records
-            summary = pipeline.import_records(records, self.tracking_uri, state=self.state_path)
+            summary = pipeline.import_records(records, self.tracking_uri, state=self.state_path,
+                                              config=ClientConfig(observe=self._observe))
         except ConnectionFailed:
             return None
-        except ImporterError as e:
+        except Exception as e:  # the job fails, the worker goes on with the next
             with self._lock:
                 self.counters.failures += 1
-            return {"id": job_id, "state": "failed", "error": str(e), "summary": None, "runs": [],
+            error = str(e) if isinstance(e, (ImporterError, OSError)) else f"{type(e).__name__}: {e}"
+            return {"id": job_id, "state": "failed", "error": error, "summary": None, "runs": [],
                     "finished": int(time.time() * 1000)}
         if any(o.unreachable for o in summary.failed):
             return None
@@ -165,8 +179,6 @@ class Jobs:
             c.points += summary.points
             c.artifacts += summary.artifacts
             c.failures += bool(summary.failed)
-            c.mlflow_requests += summary.requests
-            c.mlflow_seconds += time.time() - started
         runs = [{"import_key": o.import_key, "experiment": o.experiment, "action": o.action,
                  "run_id": o.run_id, "error": o.error,
                  "url": (f"{summary.server}/#/experiments/{o.experiment_id}/runs/{o.run_id}"

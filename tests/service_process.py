@@ -22,7 +22,8 @@ class Service:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--ssl-certfile" in args else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.spool = folder / "spool"
         self.token = token
         self.args = ["--tracking-uri", tracking_uri, "--host", host, "--port", str(self.port),
@@ -43,7 +44,7 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the service exited ({self.process.returncode}): {self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
@@ -52,7 +53,7 @@ class Service:
 
     def client(self, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120, **kwargs)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120, verify=False, **kwargs)
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -200,6 +200,19 @@ def test_kill_9_after_202_then_restart_finishes_the_job_once(uri, tmp_path, expe
     assert len(view.history(job["runs"][0]["run_id"], "loss")) == 3000
 
 
+def test_tls_with_a_certificate_of_its_own(uri, tmp_path, experiment, view):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    with Service(uri, tmp_path, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)) as svc:
+        assert svc.url.startswith("https://")
+        with httpx.Client(base_url=svc.url, verify=False, timeout=60) as http:
+            assert http.post("/v1/runs", json=manifest(experiment)).status_code == 201
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the port
+            httpx.get(svc.url.replace("https", "http") + "/healthz", timeout=5).raise_for_status()
+    assert list(view.by_key(experiment)) == ["run-a"]
+
+
 def test_find_health_readiness_and_metrics(service, experiment):
     with service.client() as http:
         job = http.post("/v1/runs", json=manifest(experiment, points=10)).json()

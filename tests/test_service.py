@@ -79,6 +79,11 @@ def test_the_same_manifest_posted_concurrently_makes_one_run(service, experiment
     with service.client() as http:
         again = http.post("/v1/runs", json=doc).json()
     assert again["runs"][0]["action"] == "unchanged" and again["runs"][0]["run_id"] in ids
+    # Grown: the new points are appended to the same run.
+    with service.client() as http:
+        grown = http.post("/v1/runs", json=manifest(experiment, points=1500)).json()
+    assert grown["runs"][0]["action"] == "appended" and grown["summary"]["points"] == 500
+    assert len(view.history(grown["runs"][0]["run_id"], "loss")) == 1500 and len(view.runs(experiment)) == 1
 
 
 def test_multipart_artifacts_arrive_byte_identical(service, experiment, view):

@@ -298,6 +298,9 @@ class ManifestReader:
         if os.path.isabs(raw):
             self._problem(at, f"{raw!r} is absolute; artifact paths are relative to the manifest")
             return []
+        if os.path.normpath(raw).split(os.sep)[0] == "..":  # refused before anything out there is looked at
+            self._problem(at, f"{raw!r} leads outside the manifest's folder {self.base_dir}")
+            return []
         path = self.base_dir / raw
         if not path.exists():
             self._problem(at, f"{raw!r} does not exist (looked in {self.base_dir})")

@@ -41,6 +41,7 @@ class Summary:
     retried: int = 0  # requests sent again after a dropped connection, 429 or 5xx
     notes: list[str] = field(default_factory=list)  # from the sources: renamed keys, skipped values
     unrecognised: list[str] = field(default_factory=list)  # files in the named folders no source knows
+    model_versions: list[dict] = field(default_factory=list)  # registered from runs (registry.register_versions)
 
     def count(self, *actions: str) -> int:
         return sum(o.action in actions for o in self.outcomes)
@@ -78,7 +79,7 @@ class Summary:
             "points": self.points, "artifacts": self.artifacts,
             "requests": self.requests, "retried": self.retried,
             "notes": self.notes, "unrecognised": self.unrecognised,
-            "experiments": self.experiment_urls(),
+            "experiments": self.experiment_urls(), "model_versions": self.model_versions,
             "details": [asdict(o) for o in self.outcomes],
         }
 
@@ -118,6 +119,8 @@ class Summary:
             lines.append(f"  FAILED {o.origin} (key {o.import_key!r}): {o.error}")
         for name, url in self.experiment_urls().items():
             lines.append(f"  experiment {name!r}: {url}")
+        for v in self.model_versions:
+            lines.append(f"  model {v['name']!r} version {v['version']} ({v['action']}): {v['url']}")
         return "\n".join(lines)
 
 
@@ -343,7 +346,7 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
         ledger.close()
     # A model with no source run goes with its experiment: not when that is left out, deleted.
     logged = [m for m in inputs.logged_models if include_deleted or m.experiment not in gone]
-    if not dry_run and (logged or inputs.models or deleted):
+    if not dry_run and (logged or inputs.models or deleted or any(r.models for r in records)):
         inputs.notes += asyncio.run(_on_server(uri, config, after_runs, summary, records, logged,
                                                inputs.models, deleted))
     summary.outcomes += [Outcome(p.file, "", "", action="failed", error=f"{p.location}: {p.message}"
@@ -360,6 +363,7 @@ async def after_runs(dest: MlflowApi, summary: Summary, records: list[RunRecord]
     source (`deleted`, from experiments.prepare). Failures go into summary.outcomes; returns notes."""
     ids, notes, failed = await logged_models.copy(dest, logged, summary.outcomes, records)
     summary.outcomes += failed
+    summary.model_versions += await registry.register_versions(dest, records, summary.outcomes)
     if models:
         notes += await registry.copy_models(dest, models, summary.outcomes, ids)
         await logged_models.retag(dest, logged, ids)
@@ -379,11 +383,15 @@ def import_records(records: list[RunRecord], tracking_uri: str, *, state: Option
     check_policy(on_param_conflict, on_metric_change)
     ledger = open_ledger(state)
     try:
-        return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
-                                        policy=on_param_conflict, on_metric_change=on_metric_change,
-                                        config=config, progress=progress, prepared=prepared))
+        summary = asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
+                                           policy=on_param_conflict, on_metric_change=on_metric_change,
+                                           config=config, progress=progress, prepared=prepared))
     finally:
         ledger.close()
+    if not dry_run and any(r.models for r in records):
+        summary.model_versions = asyncio.run(_on_server(tracking_uri, config, registry.register_versions,
+                                                        records, summary.outcomes))
+    return summary
 
 
 async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dry_run: bool = False,

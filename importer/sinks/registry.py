@@ -16,11 +16,12 @@ carried over as the version's stage when set. A version of an MLflow 3 logged mo
 from __future__ import annotations
 
 from typing import Optional
+from urllib.parse import quote
 
 from ..errors import ImporterError, ServerError
 from ..mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs
-from ..model import (PLACEHOLDER_TAG, SOURCE_VERSION_TAG, RegisteredModel, first_version,
-                     store_run_id)
+from ..model import (MODEL_PATH_TAG, MODEL_RUN_KEY_TAG, PLACEHOLDER_TAG, SOURCE_VERSION_TAG,
+                     ModelToRegister, RegisteredModel, RunRecord, first_version, store_run_id)
 from .mlflow import Outcome
 
 
@@ -31,6 +32,24 @@ async def _get_model(api: MlflowApi, name: str) -> Optional[dict]:
         if e.error_code in NOT_FOUND:
             return None
         raise
+
+
+async def _get_or_create_model(api: MlflowApi, name: str, tags: Optional[dict[str, str]] = None,
+                               description: Optional[str] = None) -> dict:
+    """The registered model `name`, created (with `tags` and `description`) when missing."""
+    current = await _get_model(api, name)
+    if current is not None:
+        return current
+    body = {"name": name, "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+    if description:
+        body["description"] = description
+    try:
+        return await api.create_once("registered-models/create", body, "registered_model",
+                                     lambda: _get_model(api, name))
+    except ServerError as e:  # made meanwhile by another importer (a shard)
+        if e.error_code not in ALREADY_EXISTS:
+            raise
+        return await _get_model(api, name)
 
 
 def _by_tag(versions: list[dict], tag: str = SOURCE_VERSION_TAG) -> dict[str, dict]:
@@ -65,18 +84,7 @@ async def write_models(api: MlflowApi, models: list[RegisteredModel], runs: dict
     logged = logged or {}
     notes = []
     for model in models:
-        current = await _get_model(api, model.name)
-        if current is None:
-            body = {"name": model.name, "tags": [{"key": k, "value": v} for k, v in model.tags.items()]}
-            if model.description:
-                body["description"] = model.description
-            try:
-                current = await api.create_once("registered-models/create", body, "registered_model",
-                                                lambda: _get_model(api, model.name))
-            except ServerError as e:  # made meanwhile by another importer (a shard)
-                if e.error_code not in ALREADY_EXISTS:
-                    raise
-                current = await _get_model(api, model.name)
+        current = await _get_or_create_model(api, model.name, model.tags, model.description)
         if (current.get("description") or None) != model.description:
             await api.request("PATCH", "/api/2.0/mlflow/registered-models/update",
                               json={"name": model.name, "description": model.description or ""})
@@ -158,3 +166,82 @@ async def copy_models(api: MlflowApi, models: list[RegisteredModel], outcomes: l
     except ImporterError as e:
         outcomes.append(Outcome("registered models", "", "", action="failed", error=str(e)))
         return []
+
+
+# -- model versions registered from an imported run's artifacts (manifest `models`,
+#    `import --register-model`) ----------------------------------------------------------------
+
+def version_url(server: str, name: str, version: str) -> str:
+    """The version's page in the MLflow UI."""
+    return f"{server}/#/models/{quote(name, safe='')}/versions/{version}"
+
+
+async def _registered_from(api: MlflowApi, name: str, key: str, path: str, run_id: str) -> Optional[dict]:
+    """The version importer registered from artifact `path` of run `run_id` (import key `key`),
+    if any: found by its tags, so a rerun, or a retry after a lost answer, makes no second one."""
+    mine = [v for v in await api.model_versions(name)
+            if v.get("run_id") == run_id and pairs(v.get("tags")).get(MODEL_RUN_KEY_TAG) == key
+            and pairs(v.get("tags")).get(MODEL_PATH_TAG) == path]
+    return first_version(mine) if mine else None
+
+
+async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict) -> tuple[dict, str]:
+    """Register one version of `entry.name` from the run's artifacts (its `info`), or find the
+    one registered before; set its tags, description and the model's aliases. Returns the version
+    and "created" or "found"."""
+    model = await _get_or_create_model(api, entry.name)
+    run_id = run["run_id"]
+    action = "found"
+    version = await _registered_from(api, entry.name, key, entry.path, run_id)
+    if version is None:
+        # As mlflow.register_model("runs:/<run>/<path>") sends it: the artifact's URI and the run,
+        # which the UI links the version to. Our tags go in the same request, so a lost answer
+        # is found by them before the next attempt (create_once).
+        tags = {**entry.tags, MODEL_RUN_KEY_TAG: key, MODEL_PATH_TAG: entry.path}
+        body = {"name": entry.name, "source": f"{run['artifact_uri']}/{entry.path}", "run_id": run_id,
+                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if entry.description:
+            body["description"] = entry.description
+        version = await api.create_once("model-versions/create", body, "model_version",
+                                        lambda: _registered_from(api, entry.name, key, entry.path, run_id))
+        action = "created"
+    else:  # the manifest may have changed since
+        if (version.get("description") or None) != entry.description:
+            await api.request("PATCH", "/api/2.0/mlflow/model-versions/update",
+                              json={"name": entry.name, "version": version["version"],
+                                    "description": entry.description or ""})
+        have = pairs(version.get("tags"))
+        for k, v in entry.tags.items():
+            if have.get(k) != v:
+                await api.call("model-versions/set-tag",
+                               {"name": entry.name, "version": version["version"], "key": k, "value": v})
+    pointed = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    for alias in entry.aliases:
+        if pointed.get(alias) != version["version"]:
+            await api.call("registered-models/alias",
+                           {"name": entry.name, "alias": alias, "version": version["version"]})
+    return version, action
+
+
+async def register_versions(api: MlflowApi, records: list[RunRecord], outcomes: list) -> list[dict]:
+    """Register the model versions the runs carry (`RunRecord.models`), each from its run as
+    written (`outcomes`). Returns one entry per version, created or found, with its UI address;
+    a failure is added to `outcomes` (the run itself stays written)."""
+    written = {(o.experiment, o.import_key): o for o in outcomes}
+    versions = []
+    for rec in records:
+        out = written.get((rec.experiment, rec.import_key))
+        if not rec.models or out is None or out.action == "failed" or not out.run_id:
+            continue
+        for entry in rec.models:
+            try:
+                run = await api.get_run(out.run_id)
+                version, action = await _register(api, entry, rec.import_key, run["info"])
+            except ImporterError as e:
+                outcomes.append(Outcome(f"{rec.origin}: model {entry.name!r}", rec.experiment,
+                                        rec.import_key, action="failed", error=str(e)))
+                continue
+            versions.append({"name": entry.name, "version": version["version"], "action": action,
+                             "run_id": out.run_id, "path": entry.path, "aliases": entry.aliases,
+                             "url": version_url(api.url, entry.name, version["version"])})
+    return versions

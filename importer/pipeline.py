@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
-from .model import ExperimentRecord, RunRecord, manifest_json_schema
+from .model import ExperimentRecord, RunRecord, manifest_json_schema, model_name_problem
 from .sinks import experiments, logged_models, registry
 from .sinks.mlflow import CONFLICT_POLICIES, EXPERIMENT_TAGS, METRIC_CHANGE_POLICIES, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
@@ -147,13 +147,15 @@ class Inputs:
 
 def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
                 fmt: Optional[str] = None, options: Optional[SourceOptions] = None,
-                strict: bool = True, everything: bool = False) -> Inputs:
+                strict: bool = True, everything: bool = False,
+                register_model: Optional[str] = None) -> Inputs:
     """Read and validate every input; raise ValidationError listing all problems (unless not
     `strict`: then they are in `problems`), with `everything` those too that lose only what they
     name and an import gets past (`skipped`: a broken model of a store). A folder is walked and
     each file offered to every source (see importer.sources); `fmt` forces one. `-` reads a
-    manifest from standard input. Nothing touches a server."""
-    from .sources import discover, manifest  # every format: only commands that read inputs load them
+    manifest from standard input. Nothing touches a server. `register_model`: the saved models of
+    training folders become artifacts and versions of it (sources.model_files)."""
+    from .sources import discover, manifest, model_files  # every format: only commands that read inputs load them
 
     paths = list(paths)
     options = replace(options or SourceOptions(), **({"experiment": experiment} if experiment else {}))
@@ -177,6 +179,7 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
         if unit.resolve() in artifacts:
             continue
         result = module.read(unit, options)
+        artifacts.update(p.resolve() for p in model_files.attach(module.NAME, result, register_model))
         if module is manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
         elif module.NAME == "mlruns":  # those inside the store are its own already
@@ -309,16 +312,21 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
                  dry_run: bool = False, on_param_conflict: str = "error",
                  on_metric_change: str = "leave",
                  include_deleted: bool = False, config: ClientConfig = DEFAULT_CONFIG,
-                 progress: Optional[Callable[[int, int], None]] = None) -> Summary:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 register_model: Optional[str] = None) -> Summary:
     """Import manifests, training logs, `mlruns/` folders and bundles into an MLflow server.
     Validation of every input comes first: on any problem a ValidationError is raised and nothing
     is written. Runs deleted in the store they come from are left out unless `include_deleted`.
     A run of a store that cannot be read fails alone: in the summary, not an error.
     `on_metric_change`: points the source changed after they were sent are left as stored and
-    reported (`leave`: the run's action is `changed`), or also logged with the new value (`append`)."""
+    reported (`leave`: the run's action is `changed`), or also logged with the new value (`append`).
+    `register_model`: a training folder's saved model is uploaded under `model/` and registered as
+    a version of that model (one per run)."""
     uri = tracking_uri_or_env(tracking_uri)
     check_policy(on_param_conflict, on_metric_change)
-    inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
+    if register_model is not None and (problem := model_name_problem(register_model)):
+        raise InputError(f"--register-model: {problem}")
+    inputs = read_inputs(paths, experiment, fmt=fmt, options=options, register_model=register_model)
     named: dict[str, ExperimentRecord] = {}
     for exp in inputs.experiments:
         named.setdefault(exp.name, exp)

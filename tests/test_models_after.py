@@ -167,6 +167,8 @@ def test_hf_folder_with_register_model(tmp_path, uri, experiment, state, view):
     plain = _import(out, uri, state, "--experiment", experiment, "--dry-run")
     assert any("model files seen, not uploaded: config.json, model.safetensors, tokenizer.json" in n
                for n in plain["notes"]), plain["notes"]
+    refused = run_importer("import", str(out), "--tracking-uri", uri, "--register-model", "latest/x")
+    assert refused.returncode == 2 and "--register-model: model name 'latest/x'" in refused.stderr.decode()
     summary = _import(out, uri, state, "--experiment", experiment, "--register-model", name)
     assert [(v["name"], v["version"], v["action"]) for v in summary["model_versions"]] == [(name, "1", "created")]
     [run] = view.runs(experiment)
@@ -215,3 +217,37 @@ def test_yolo_runs_each_get_a_version_and_verify_carries_them(tmp_path, uri, exp
         assert f"model {name}" in checked.stdout.decode(), checked.stdout.decode()
     finally:
         dest.stop()
+
+
+def _read(path: Path, register: str | None):
+    from importer.pipeline import read_inputs
+    return read_inputs([path], "exp", register_model=register)
+
+
+def test_lightning_and_keras_model_files(tmp_path):
+    """Which file is the model, without a server: Lightning's best checkpoint, not last.ckpt;
+    Keras's file of the log's name; nothing uploaded without --register-model."""
+    version = tmp_path / "lightning_logs" / "version_0"
+    (version / "checkpoints").mkdir(parents=True)
+    (version / "metrics.csv").write_text("epoch,step,train_loss\n0,9,0.5\n1,19,0.4\n")
+    (version / "checkpoints" / "epoch=1-step=20.ckpt").write_bytes(b"best")
+    (version / "checkpoints" / "last.ckpt").write_bytes(b"last")
+    keras_dir = tmp_path / "keras"
+    keras_dir.mkdir()
+    (keras_dir / "train.csv").write_text("epoch,loss\n0,0.5\n1,0.4\n0,0.6\n1,0.3\n")  # two fit() calls
+    (keras_dir / "train.keras").write_bytes(b"keras")
+    (keras_dir / "other.h5").write_bytes(b"h5")
+
+    plain = _read(tmp_path, None)
+    assert not [a for r in plain.records for a in r.artifacts] and not [m for r in plain.records for m in r.models]
+    assert any("model files seen, not uploaded: checkpoints/epoch=1-step=20.ckpt" in n for n in plain.notes), plain.notes
+    # The model is named in a note, not listed as unrecognised; a file that is no run's model is.
+    assert str(keras_dir / "train.keras") not in plain.unrecognised
+    assert str(keras_dir / "other.h5") in plain.unrecognised
+
+    inputs = _read(tmp_path, "clf")
+    models = {r.name: ([a.dest for a in r.artifacts], [(m.name, m.path) for m in r.models]) for r in inputs.records}
+    assert models["version_0"] == (["model/epoch=1-step=20.ckpt"], [("clf", "model")])
+    assert models["train (run 2)"] == (["model/train.keras"], [("clf", "model")])
+    assert models["train"] == ([], [])  # the file is the last fit()'s
+    assert str(keras_dir / "train.keras") not in inputs.unrecognised

@@ -251,3 +251,23 @@ def test_lightning_and_keras_model_files(tmp_path):
     assert models["train (run 2)"] == (["model/train.keras"], [("clf", "model")])
     assert models["train"] == ([], [])  # the file is the last fit()'s
     assert str(keras_dir / "train.keras") not in inputs.unrecognised
+
+
+def test_hf_without_a_final_save_takes_the_best_checkpoint(tmp_path):
+    out = tmp_path / "hf-out"
+    for n in (5, 10):
+        ckpt = out / f"checkpoint-{n}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "config.json").write_text("{}")
+        (ckpt / "model.safetensors").write_bytes(f"w{n}".encode())
+        (ckpt / "optimizer.pt").write_bytes(b"opt")
+    state = {"global_step": 10, "best_model_checkpoint": "/elsewhere/hf-out/checkpoint-5",
+             "log_history": [{"step": 5, "loss": 0.9}, {"step": 10, "loss": 0.8}]}
+    (out / "trainer_state.json").write_text(json.dumps(state))
+    [rec] = _read(out, "hf-model").records
+    assert sorted(str(a.source.relative_to(out)) for a in rec.artifacts) == [
+        "checkpoint-5/config.json", "checkpoint-5/model.safetensors"]
+    (out / "trainer_state.json").write_text(json.dumps({**state, "best_model_checkpoint": None}))
+    inputs = _read(out, "hf-model")
+    assert [a.source.parent.name for a in inputs.records[0].artifacts] == ["checkpoint-10"] * 2
+    assert any("checkpoint-10/ is taken (the newest checkpoint)" in n for n in inputs.notes), inputs.notes

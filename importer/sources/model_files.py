@@ -9,7 +9,9 @@ Rules, by the source's format name:
 
 * `hf`: a Trainer output folder holding `config.json` and weights (`model.safetensors`,
   `pytorch_model.bin`, or their shards with the index): those, `generation_config.json` and the
-  tokenizer's files. Checkpoint folders, optimizer and trainer state are not the model.
+  tokenizer's files. Without them, the same files of the checkpoint trainer_state.json names as
+  `best_model_checkpoint`, else of the newest `checkpoint-<N>` holding them (a note says which).
+  Optimizer, scheduler and trainer state are not the model.
 * `lightning`: the version folder's `checkpoints/*.ckpt`: one named `best*`; else the one
   checkpoint that is not `last.ckpt` (ModelCheckpoint keeps the best one, save_top_k=1); else
   `last.ckpt`; with several candidates, the newest by modification time (a note says so).
@@ -20,6 +22,7 @@ Rules, by the source's format name:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,11 +38,38 @@ _HF_EXTRA = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
              "sentencepiece.bpe.model", "tokenizer.model", "preprocessor_config.json", "chat_template.jinja")
 
 
-def hf(folder: Path, log: Path, notes: list[str]) -> list[Path]:
+def _hf_saved(folder: Path) -> list[Path]:
     weights = sorted({p for pattern in _HF_WEIGHTS for p in folder.glob(pattern) if p.is_file()})
     if not (folder / "config.json").is_file() or not weights:
         return []
     return [folder / "config.json"] + weights + [folder / n for n in _HF_EXTRA if (folder / n).is_file()]
+
+
+def _hf_best_checkpoint(folder: Path) -> Optional[Path]:
+    """The checkpoint folder trainer_state.json names as best (`best_model_checkpoint`, set when
+    the Trainer tracks a metric), if it is inside the run folder."""
+    try:
+        best = json.loads((folder / "trainer_state.json").read_text()).get("best_model_checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    candidate = folder / Path(best).name if isinstance(best, str) and best else None
+    return candidate if candidate is not None and candidate.is_dir() else None
+
+
+def hf(folder: Path, log: Path, notes: list[str]) -> list[Path]:
+    saved = _hf_saved(folder)
+    if saved:
+        return saved
+    # No final save_model(): the best checkpoint, else the newest one holding a model.
+    best = _hf_best_checkpoint(folder)
+    checkpoints = sorted((p for p in folder.glob("checkpoint-*") if p.name[11:].isdigit()),
+                         key=lambda p: int(p.name[11:]), reverse=True)
+    for ckpt in ([best] if best else []) + checkpoints:
+        if saved := _hf_saved(ckpt):
+            why = "best_model_checkpoint in trainer_state.json" if ckpt == best else "the newest checkpoint"
+            notes.append(f"{folder}: no model saved in the output folder; {ckpt.name}/ is taken ({why})")
+            return saved
+    return []
 
 
 def lightning(folder: Path, log: Path, notes: list[str]) -> list[Path]:

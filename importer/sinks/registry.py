@@ -15,6 +15,7 @@ carried over as the version's stage when set. A version of an MLflow 3 logged mo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Optional
 from urllib.parse import quote
 
@@ -179,17 +180,20 @@ def version_url(server: str, name: str, version: str) -> str:
 async def _registered_from(api: MlflowApi, name: str, key: str, path: str, run_id: str) -> Optional[dict]:
     """The version importer registered from artifact `path` of run `run_id` (import key `key`),
     if any: found by its tags, so a rerun, or a retry after a lost answer, makes no second one."""
-    mine = [v for v in await api.model_versions(name)
-            if v.get("run_id") == run_id and pairs(v.get("tags")).get(MODEL_RUN_KEY_TAG) == key
-            and pairs(v.get("tags")).get(MODEL_PATH_TAG) == path]
+    # The run's versions only: a model with thousands of versions is not listed for each one.
+    where = "name='{}' and run_id='{}'".format(name.replace("'", "\\'"), run_id)
+    versions = [v async for v in api.paged("model-versions/search", {"filter": where, "max_results": 1000},
+                                           "model_versions", get=True)]
+    mine = [v for v in versions if v.get("run_id") == run_id
+            and pairs(v.get("tags")).get(MODEL_RUN_KEY_TAG) == key and pairs(v.get("tags")).get(MODEL_PATH_TAG) == path]
     return first_version(mine) if mine else None
 
 
-async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict) -> tuple[dict, str]:
-    """Register one version of `entry.name` from the run's artifacts (its `info`), or find the
-    one registered before; set its tags, description and the model's aliases. Returns the version
-    and "created" or "found"."""
-    model = await _get_or_create_model(api, entry.name)
+async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict,
+                    model: dict) -> tuple[dict, str]:
+    """Register one version of `entry.name` (`model`, as registered-models/get gave it before)
+    from the run's artifacts (its `info`), or find the one registered before; set its tags,
+    description and the model's aliases. Returns the version and "created" or "found"."""
     run_id = run["run_id"]
     action = "found"
     version = await _registered_from(api, entry.name, key, entry.path, run_id)
@@ -228,20 +232,39 @@ async def register_versions(api: MlflowApi, records: list[RunRecord], outcomes: 
     written (`outcomes`). Returns one entry per version, created or found, with its UI address;
     a failure is added to `outcomes` (the run itself stays written)."""
     written = {(o.experiment, o.import_key): o for o in outcomes}
-    versions = []
-    for rec in records:
-        out = written.get((rec.experiment, rec.import_key))
-        if not rec.models or out is None or out.action == "failed" or not out.run_id:
-            continue
-        for entry in rec.models:
+    todo = [(rec, out, entry) for rec in records if rec.models
+            and (out := written.get((rec.experiment, rec.import_key))) is not None
+            and out.action != "failed" and out.run_id for entry in rec.models]
+    models: dict[str, dict] = {}
+    failed: list[Outcome] = []
+
+    def fail(rec: RunRecord, entry: ModelToRegister, e: Exception) -> None:
+        failed.append(Outcome(f"{rec.origin}: model {entry.name!r}", rec.experiment, rec.import_key,
+                              action="failed", error=str(e)))
+
+    for rec, _, entry in todo:  # each model once, before its versions
+        if entry.name not in models:
+            try:
+                models[entry.name] = await _get_or_create_model(api, entry.name)
+            except ImporterError as e:
+                fail(rec, entry, e)
+    # Versions of different runs in parallel: an alias is claimed by one run only (validated).
+    slots = asyncio.Semaphore(api.config.max_in_flight)
+
+    async def one(rec: RunRecord, out, entry: ModelToRegister) -> Optional[dict]:
+        if entry.name not in models:
+            return None
+        async with slots:
             try:
                 run = await api.get_run(out.run_id)
-                version, action = await _register(api, entry, rec.import_key, run["info"])
+                version, action = await _register(api, entry, rec.import_key, run["info"], models[entry.name])
             except ImporterError as e:
-                outcomes.append(Outcome(f"{rec.origin}: model {entry.name!r}", rec.experiment,
-                                        rec.import_key, action="failed", error=str(e)))
-                continue
-            versions.append({"name": entry.name, "version": version["version"], "action": action,
-                             "run_id": out.run_id, "path": entry.path, "aliases": entry.aliases,
-                             "url": version_url(api.url, entry.name, version["version"])})
-    return versions
+                fail(rec, entry, e)
+                return None
+        return {"name": entry.name, "version": version["version"], "action": action,
+                "run_id": out.run_id, "path": entry.path, "aliases": entry.aliases,
+                "url": version_url(api.url, entry.name, version["version"])}
+
+    done = await asyncio.gather(*(one(*item) for item in todo))
+    outcomes += failed
+    return [v for v in done if v is not None]

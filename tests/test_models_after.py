@@ -92,13 +92,13 @@ def test_manifest_model_loads_back_and_rerun_creates_nothing(sklearn_folder, uri
     assert len(_versions(uri, name)) == 1
 
 
-def test_lost_answer_to_create_model_version_makes_one_version(sklearn_folder, uri, experiment, state):
-    """Every answer to model-versions/create is lost after the server acted: the importer finds the
-    version by its tags before trying again, and makes no second one."""
+@pytest.mark.parametrize("endpoint", ("model-versions/create", "registered-models/create"))
+def test_lost_answer_to_create_makes_one_version(sklearn_folder, uri, experiment, state, endpoint):
+    """Every answer to the create is lost after the server acted: the importer finds what it made
+    (the version by its tags, the model by its name) before trying again, and makes no second."""
     name = f"lost-{uuid.uuid4().hex[:8]}"
     manifest = _manifest(sklearn_folder, experiment, name)
-    proxy, proxy_url = start_proxy(uri, _free_port(), drop_after=1.0,
-                                   only="/api/2.0/mlflow/model-versions/create")
+    proxy, proxy_url = start_proxy(uri, _free_port(), drop_after=1.0, only=f"/api/2.0/mlflow/{endpoint}")
     try:
         summary = _import(manifest, proxy_url, state)
         stats = httpx.get(f"{proxy_url}/__proxy_stats").json()
@@ -271,3 +271,14 @@ def test_hf_without_a_final_save_takes_the_best_checkpoint(tmp_path):
     inputs = _read(out, "hf-model")
     assert [a.source.parent.name for a in inputs.records[0].artifacts] == ["checkpoint-10"] * 2
     assert any("checkpoint-10/ is taken (the newest checkpoint)" in n for n in inputs.notes), inputs.notes
+
+
+def test_import_records_registers_too(sklearn_folder, uri, experiment, state):
+    """The library's import_records (records read elsewhere, as a service does) registers them."""
+    import importer
+
+    name = f"rec-{uuid.uuid4().hex[:8]}"
+    records = importer.read_inputs([_manifest(sklearn_folder, experiment, name)]).records
+    summary = importer.import_records(records, uri, state=state)
+    assert [(v["name"], v["action"]) for v in summary.model_versions] == [(name, "created")]
+    assert f"model {name!r} version 1 (created): {uri}/#/models/{name}/versions/1" in summary.text()

@@ -1,5 +1,7 @@
 """Registered models written to a server, each version pointing at the migrated run (read from
-a server by sources/server.py, from files by the store sources).
+a server by sources/server.py, from files by the store sources); and versions registered from an
+imported run's own artifacts (`register_versions`: manifest `models`, `import --register-model`,
+see docs/models.md).
 
 A version is matched on the destination by its tag `importer.source_version`, so a rerun creates
 no second copy. The server numbers versions itself, one more than the last it made, and never

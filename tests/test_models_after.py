@@ -282,3 +282,18 @@ def test_import_records_registers_too(sklearn_folder, uri, experiment, state):
     summary = importer.import_records(records, uri, state=state)
     assert [(v["name"], v["action"]) for v in summary.model_versions] == [(name, "created")]
     assert f"model {name!r} version 1 (created): {uri}/#/models/{name}/versions/1" in summary.text()
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_importers_at_once_register_one_version(sklearn_folder, uri, experiment, tmp_path, trial):
+    """Four importers (own ledgers) import the same run with a model at the same moment: one
+    version stays, and each importer reports that one."""
+    from test_races import race
+
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    manifest = _manifest(sklearn_folder, experiment, name)
+    results = race(manifest, uri, [tmp_path / f"ledger-{i}.db" for i in range(4)])
+    assert all(r.returncode == 0 for r in results), [r.stderr.decode()[-2000:] for r in results]
+    versions = _versions(uri, name)
+    assert len(versions) == 1, versions
+    assert {a["alias"]: a["version"] for a in _model(uri, name)["aliases"]} == {"champion": versions[0]["version"]}

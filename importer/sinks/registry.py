@@ -211,6 +211,13 @@ async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict,
         version = await api.create_once("model-versions/create", body, "model_version",
                                         lambda: _registered_from(api, entry.name, key, entry.path, run_id))
         action = "created"
+        # Importers registering the same run at once (a daemon and a cron scan) may each have
+        # made one: the first made (lowest number) stays, by a rule each computes alike; the
+        # others delete their own (its number stays used up).
+        first = await _registered_from(api, entry.name, key, entry.path, run_id)
+        if first is not None and first["version"] != version["version"]:
+            await _delete_version(api, entry.name, version["version"])
+            version, action = first, "found"
     else:  # the manifest may have changed since
         if (version.get("description") or None) != entry.description:
             await api.request("PATCH", "/api/2.0/mlflow/model-versions/update",

@@ -283,6 +283,9 @@ def import_(
     artifact_root: Annotated[Optional[list[str]], typer.Option(
         "--artifact-root", metavar="OLD=NEW", help="mlruns/ folders: read the artifacts stored under OLD (such as "
         "file:///C:/Users/me/project) from the folder NEW; repeatable.")] = None,
+    register_model: Annotated[Optional[str], typer.Option(
+        "--register-model", metavar="NAME", help="Training folders (Hugging Face, Lightning, YOLO, Keras): upload "
+        "each run's saved model under model/ and register it as a version of NAME.")] = None,
 ) -> None:
     """Register the runs of manifests, training logs, mlruns/ folders and export bundles in an MLflow server."""
     from . import pipeline
@@ -296,7 +299,7 @@ def import_(
             paths, tracking_uri, experiment=experiment, fmt=fmt,
             options=_options(pattern, step_column, time_column, key_prefix, artifact_root), state=state,
             dry_run=dry_run, on_param_conflict=on_param_conflict, on_metric_change=on_metric_change,
-            include_deleted=include_deleted,
+            include_deleted=include_deleted, register_model=register_model,
             config=ClientConfig(max_in_flight=in_flight), progress=bar)
     except ImporterError as e:
         raise _fail(e)

@@ -156,6 +156,7 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
     manifest from standard input. Nothing touches a server. `register_model`: the saved models of
     training folders become artifacts and versions of it (sources.model_files)."""
     from .sources import discover, manifest, model_files  # every format: only commands that read inputs load them
+    from .sources.folder import name_unread
 
     paths = list(paths)
     options = replace(options or SourceOptions(), **({"experiment": experiment} if experiment else {}))
@@ -179,7 +180,9 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
         if unit.resolve() in artifacts:
             continue
         result = module.read(unit, options)
-        artifacts.update(p.resolve() for p in model_files.attach(module.NAME, result, register_model))
+        models = model_files.attach(module.NAME, result, register_model)
+        artifacts.update(p.resolve() for p in models)
+        name_unread(result, models)
         if module is manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
         elif module.NAME == "mlruns":  # those inside the store are its own already

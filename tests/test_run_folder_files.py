@@ -29,14 +29,21 @@ def _add(folder: Path, *names: str) -> None:
         (folder / name).write_bytes(b"x")
 
 
+def _model_note(notes: list[str]) -> str:
+    (note,) = [n for n in notes if "model files seen, not uploaded" in n]
+    return note
+
+
 def test_lightning_version_folder_names_its_checkpoints(tmp_path):
     version = _copy("lightning", tmp_path) / "lightning_logs" / "version_0"
-    _add(version, "checkpoints/epoch=1-step=20.ckpt", ".ipynb_checkpoints/metrics-checkpoint.csv")
+    # LightningCLI's config.yaml, ModelCheckpoint's checkpoint, an editor's autosave
+    _add(version, "config.yaml", "checkpoints/epoch=1-step=20.ckpt", ".ipynb_checkpoints/metrics-checkpoint.csv")
     inputs = read_inputs([tmp_path / "lightning"])
     assert len(inputs.records) == 1 and not inputs.unrecognised
     note = _not_read(inputs.notes)
-    assert "1 files not read" in note and "checkpoints/ (epoch=1-step=20.ckpt)" in note
-    assert "metrics.csv" not in note.replace("metrics-checkpoint.csv", "")
+    assert "1 files not read" in note and "./ (config.yaml)" in note
+    assert "checkpoints/epoch=1-step=20.ckpt" in _model_note(inputs.notes)  # named there, not twice
+    assert "metrics.csv" not in note.replace("metrics-checkpoint.csv", "") and ".ckpt" not in note
     assert any(".ipynb_checkpoints/" in n and "hidden folders" in n for n in inputs.notes)
 
 
@@ -46,8 +53,19 @@ def test_yolo_run_folder_names_weights_and_plots(tmp_path):
     inputs = read_inputs([tmp_path / "yolo"])
     assert len(inputs.records) == 1
     note = _not_read(inputs.notes)
-    assert "./ (confusion_matrix.png)" in note and "weights/ (best.pt, last.pt)" in note
+    assert "./ (confusion_matrix.png)" in note and "weights/ (last.pt)" in note
+    assert "weights/best.pt" in _model_note(inputs.notes)
     assert "results.csv" not in note and "args.yaml" not in note
+
+
+def test_uploaded_model_files_are_not_named_as_not_read(tmp_path):
+    train = _copy("yolo", tmp_path) / "runs" / "detect" / "train"
+    _add(train, "weights/best.pt", "weights/last.pt")
+    inputs = read_inputs([tmp_path / "yolo"], register_model="detector")
+    (rec,) = inputs.records
+    assert [a.dest for a in rec.artifacts] == ["model/best.pt"]
+    assert "best.pt" not in _not_read(inputs.notes)
+    assert not any("model files seen" in n for n in inputs.notes)
 
 
 def test_tensorboard_folder_names_what_is_not_an_event_file(tmp_path):

@@ -28,17 +28,24 @@ class RunFolder:
             self.files += [Path(folder) / name for name in sorted(names)]
 
     def report(self, read: set[Path], result: SourceResult) -> None:
-        """One note naming the files not in `read` (resolved paths), grouped by folder (folders
+        """Hand the files not in `read` (resolved paths) to `result.unread`, to be named once the
+        model files among them are known (`name_unread`). A link is never read: it may lead out."""
+        self.unread = [f for f in self.files if f.is_symlink() or f.resolve() not in read]
+        result.unread.append(self)
+
+    def notes(self, taken: set[Path]) -> list[str]:
+        """One note naming the files not read nor `taken` (as a model), grouped by folder (folders
         holding the same file names, such as checkpoints, together), and one naming the hidden
-        folders left out. A link is never read: it may lead out of the folder."""
+        folders left out."""
         by_folder: dict[Path, list[str]] = {}
-        for f in self.files:
-            if f.is_symlink() or f.resolve() not in read:
+        for f in self.unread:
+            if f.is_symlink() or f.resolve() not in taken:
                 by_folder.setdefault(f.parent, []).append(f.name)
         groups: dict[tuple, list[str]] = {}
         for folder, names in by_folder.items():
             rel = folder.relative_to(self.run_dir).as_posix()
             groups.setdefault(tuple(names), []).append("./" if rel == "." else rel + "/")
+        notes = []
         if groups:
             parts = []
             for names, folders in groups.items():
@@ -47,8 +54,17 @@ class RunFolder:
                                                        if len(folders) > _SHOWN else "")
                 parts.append(f"{where} ({'each: ' if len(folders) > 1 else ''}{shown})")
             total = sum(len(n) * len(f) for n, f in groups.items())
-            result.notes.append(f"{self.run_dir}: {total} files not read, not imported: " + "; ".join(parts))
+            notes.append(f"{self.run_dir}: {total} files not read, not imported: " + "; ".join(parts))
         if self.hidden:
-            result.notes.append(f"{self.run_dir}: hidden folders left out (editors' autosaves and "
-                                "the like): " + ", ".join(h.relative_to(self.run_dir).as_posix() + "/"
-                                                           for h in self.hidden))
+            notes.append(f"{self.run_dir}: hidden folders left out (editors' autosaves and the like): "
+                         + ", ".join(h.relative_to(self.run_dir).as_posix() + "/" for h in self.hidden))
+        return notes
+
+
+def name_unread(result: SourceResult, models: list[Path]) -> None:
+    """The notes on the files of `result`'s run folders not read, but for the saved `models`
+    (sources.model_files names those in a note of its own, or uploads them)."""
+    taken = {p.resolve() for p in models}
+    for folder in result.unread:
+        result.notes += folder.notes(taken)
+    result.unread.clear()

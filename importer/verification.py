@@ -20,7 +20,7 @@ import pyarrow as pa
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, optional_int, pairs
 from .model import (IMPORT_KEY_TAG, SOURCE_MODEL_TAG, SOURCE_RUN_ID_TAG, SOURCE_VERSION_TAG, LoggedModel,
                     RunRecord, first_logged_model, first_version, is_pending, model_point, oldest_run,
-                    store_run_id, stored_value)
+                    store_run_id, stored_value, with_import_key)
 from .sources import server
 from .sources.server import Selection
 
@@ -155,11 +155,12 @@ async def _compare_run(a: MlflowApi, b: MlflowApi, rec: RunRecord, dest_runs: di
         report_parent = dest_runs.get(want_parent, {}).get("info", {}).get("run_id", "(not moved)")
     if parent != report_parent:
         diff("parent", want_parent, parent)
-    for k, v in rec.tags.items():
+    want_tags = with_import_key(rec.tags, rec.import_key)  # as the sink writes them
+    for k, v in want_tags.items():
         got = tags.get(k)
         if got != v and got != v.replace(src_id, info["run_id"]):
             diff(f"tag {k}", v, got if got is not None else "(missing)")
-    extra = set(tags) - set(rec.tags) - {IMPORT_KEY_TAG, SOURCE_RUN_ID_TAG}
+    extra = set(tags) - set(want_tags) - {SOURCE_RUN_ID_TAG}
     for k in sorted(extra):
         diff(f"tag {k}", "(missing)", tags[k])
     async with sem:

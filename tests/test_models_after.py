@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import run_importer, write_json
+from conftest import View, run_importer, tags_of, write_json
 from importer.local_server import LocalServer
 from proxy import start as start_proxy
 
@@ -204,12 +204,14 @@ def test_yolo_runs_each_get_a_version_and_verify_carries_them(tmp_path, uri, exp
         assert moved.returncode == 0, moved.stderr.decode() + moved.stdout.decode()
         assert sorted(v["run_id"] is not None for v in _versions(dest.url, name)) == [True, True]
         checked = run_importer("verify", "--from", uri, "--to", dest.url, "--experiment", experiment)
-        report = checked.stdout.decode()
-        # Registered models are compared (version, run, source path); the only differences are
-        # the runs' own import keys, which a move replaces by `mlflow-run-<id>` for any run that
-        # was imported (verify compares that tag: a known limit, not about models).
-        rows = [line for line in report.splitlines()[4:] if line.strip()]
-        assert all("tag importer.import_key" in line for line in rows), report
+        # Registered models are compared (version, run, source path), and the runs' import keys:
+        # a move gives a run `mlflow-run-<id>` and keeps the key it was imported with in
+        # importer.first_import_key.
+        assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+        for run in View(dest.url).runs(experiment):
+            tags = tags_of(run)
+            assert tags["importer.first_import_key"].startswith("yolo-"), tags
+            assert tags["importer.import_key"] == "mlflow-run-" + tags["importer.source_run_id"]
         # ... and a version missing on the destination would be told.
         httpx.request("DELETE", f"{dest.url}/api/2.0/mlflow/model-versions/delete",
                       json={"name": name, "version": "2"}, timeout=30).raise_for_status()

@@ -19,7 +19,8 @@ from .records import (DERIVED_TIMESTAMPS_NOTE, DERIVED_TIMESTAMPS_TAG, EXPERIMEN
                       FIELD_TAGS, IMPORT_KEY_TAG, INFINITE_VALUES_TAG, LONG_PARAMS_DIR,
                       LONG_PARAMS_TAG, METRIC_SCHEMA, MODEL_PATH_TAG, MODEL_RUN_KEY_TAG, OPTIONAL_METRIC_FIELDS, PENDING_TAG,
                       SOURCE_RUN_ID_TAG, ArtifactFile, ExperimentRecord, ModelToRegister, RunRecord, derived_key,
-                      is_pending, oldest_run, spill_long_params, store_import_key, store_run_id)
+                      is_pending, oldest_run, spill_long_params, store_import_key, store_run_id,
+                      with_import_key, FIRST_IMPORT_KEY_TAG)
 from .values import (INT64_MAX, INT64_MIN, MAX_DOUBLE, MAX_KEY_LENGTH, MAX_MODEL_TAG_VALUE_LENGTH,
                      MAX_PARAM_VALUE_LENGTH, alias_problem, model_name_problem,
                      MAX_TAG_VALUE_LENGTH, RUN_ID, SPECIAL_VALUES, flatten_params, key_problem,
@@ -37,7 +38,7 @@ __all__ = [
     "MODEL_PATH_TAG", "MODEL_RUN_KEY_TAG",
     "OPTIONAL_METRIC_FIELDS", "PENDING_TAG", "SOURCE_RUN_ID_TAG", "ArtifactFile", "ExperimentRecord",
     "ModelToRegister", "RunRecord", "derived_key", "is_pending", "oldest_run", "spill_long_params", "store_import_key",
-    "store_run_id",
+    "store_run_id", "with_import_key", "FIRST_IMPORT_KEY_TAG",
     "INT64_MAX", "INT64_MIN", "MAX_DOUBLE", "MAX_KEY_LENGTH", "MAX_MODEL_TAG_VALUE_LENGTH",
     "MAX_PARAM_VALUE_LENGTH", "alias_problem", "model_name_problem",
     "MAX_TAG_VALUE_LENGTH", "RUN_ID", "SPECIAL_VALUES", "flatten_params", "key_problem",

@@ -20,6 +20,7 @@ from .values import MAX_PARAM_VALUE_LENGTH
 # Tags importer writes on every run it creates; `IMPORT_KEY_TAG` is how a run is found again.
 IMPORT_KEY_TAG = "importer.import_key"
 SOURCE_RUN_ID_TAG = "importer.source_run_id"  # a run moved from another MLflow store: its id there
+FIRST_IMPORT_KEY_TAG = "importer.first_import_key"  # ... and the import key it had there (with_import_key)
 LONG_PARAMS_TAG = "importer.long_params"  # params longer than the server keeps (see spill_long_params)
 LONG_PARAMS_DIR = "importer/long_params"
 DERIVED_TIMESTAMPS_TAG = "importer.derived_timestamps"
@@ -53,6 +54,18 @@ def store_import_key(run_id: str) -> str:
     a bundle, an mlflow-export-import folder): its run id there. Run ids are UUIDs, so the same
     run reached by any of these paths lands on the same destination run."""
     return _STORE_KEY_PREFIX + run_id
+
+
+def with_import_key(tags: dict[str, str], import_key: str) -> dict[str, str]:
+    """A run's tags as written, with `import_key` in IMPORT_KEY_TAG. A run moved on from the store
+    it was imported into carries that store's key (a manifest's `id`): it is kept in
+    FIRST_IMPORT_KEY_TAG (the first one, through any number of moves), not overwritten unseen."""
+    out = dict(tags)
+    earlier = out.get(IMPORT_KEY_TAG)
+    if earlier is not None and earlier != import_key:
+        out.setdefault(FIRST_IMPORT_KEY_TAG, earlier)
+    out[IMPORT_KEY_TAG] = import_key
+    return out
 
 
 def store_run_id(import_key: Optional[str]) -> Optional[str]:

@@ -41,7 +41,7 @@ from ..ledger import COMPARE, Ledger
 from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_FOUND, MlflowApi, pairs,
                           tag_filter)
 from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES,
-                     RunRecord, is_pending, oldest_run, spill_long_params, stored_value)
+                     RunRecord, is_pending, oldest_run, spill_long_params, stored_value, with_import_key)
 
 EXPERIMENT_TAGS = {EXPERIMENT_KIND_TAG: "custom_model_development"}  # classic runs view in the UI
 CONFLICT_POLICIES = ("error", "keep", "rename")
@@ -522,8 +522,7 @@ class MlflowSink:
 
     @staticmethod
     def _tags(rec: RunRecord, parent_run_id: Optional[str]) -> dict[str, str]:
-        tags = dict(rec.tags)
-        tags[IMPORT_KEY_TAG] = rec.import_key
+        tags = with_import_key(rec.tags, rec.import_key)
         if rec.source_run_id is not None:
             tags[SOURCE_RUN_ID_TAG] = rec.source_run_id
         system = {"mlflow.runName": rec.name, "mlflow.user": rec.user, "mlflow.source.name": rec.source,

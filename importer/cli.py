@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,7 +49,7 @@ if "httpx" not in sys.modules:
     # 35 ms of every start.
     sys.meta_path.insert(0, _Absent("httpx._main"))
 
-from .errors import ConnectionFailed, ImporterError, InputError  # noqa: E402
+from .errors import ConnectionFailed, ImporterError, InputError, ValidationError  # noqa: E402
 from .mlflow_api import ClientConfig, side_env  # noqa: E402
 
 # The commands import what they use when they run (`export` reads no log format), so that the
@@ -327,6 +328,8 @@ def validate(
     step_column: StepColumn = None,
     time_column: TimeColumn = None,
     key_prefix: KeyPrefix = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Write the result as JSON on stdout: ok, runs, "
+                                          "points, artifacts, problems (file, location, message), notes.")] = False,
 ) -> None:
     """Check inputs without a server, and list every problem with its file, location and rule."""
     from . import pipeline
@@ -334,10 +337,21 @@ def validate(
     try:
         inputs = pipeline.read_inputs(paths, experiment, fmt=fmt, everything=True,
                                       options=_options(pattern, step_column, time_column, key_prefix))
+    except ValidationError as e:
+        if not as_json:
+            raise _fail(e)
+        typer.echo(json.dumps({"ok": False, "runs": 0, "points": 0, "artifacts": 0,
+                               "problems": [asdict(p) for p in e.problems], "notes": [], "unrecognised": []}))
+        raise typer.Exit(EXIT_INPUT)
     except ImporterError as e:
         raise _fail(e)
     records = inputs.records
     points = sum(r.point_count for r in records)
+    if as_json:
+        typer.echo(json.dumps({"ok": True, "runs": len(records), "points": points,
+                               "artifacts": sum(len(r.artifacts) for r in records), "problems": [],
+                               "notes": inputs.notes, "unrecognised": [str(p) for p in inputs.unrecognised]}))
+        return
     typer.echo(f"ok: {len(records)} runs, {points:,} metric points, "
                f"{sum(len(r.artifacts) for r in records)} artifact files")
     for note in inputs.notes:

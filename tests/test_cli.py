@@ -120,3 +120,23 @@ def test_a_command_called_in_this_process_leaves_it_as_it_was(tmp_path):
     manifest.write_text('{"format_version": 1, "experiment": "e", "runs": [{"name": "r"}]}')
     assert CliRunner().invoke(app, ["validate", str(manifest)]).exit_code == 0
     assert list(sys.meta_path) == hooks and pa.default_memory_pool().backend_name == pool
+
+
+def test_validate_json_lists_problems_with_file_location_and_message(tmp_path):
+    """`importer validate --json`: the shape the service's POST /v1/validate answers, plus the file."""
+    import json
+
+    good = tmp_path / "good.json"
+    good.write_text('{"format_version": 1, "experiment": "e", "runs": [{"id": "r", '
+                    '"metrics": {"loss": [{"step": 0, "value": 1.5}, {"step": 1, "value": 1.25}]}}]}')
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format_version": 1, "experiment": "e", "runs": [{"id": "r", "metricz": {}}]}')
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(good), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == {
+        "ok": True, "runs": 1, "points": 2, "artifacts": 0, "problems": [], "notes": [], "unrecognised": []}
+    refused = runner.invoke(app, ["validate", str(bad), "--json"])
+    assert refused.exit_code == 2
+    (problem,) = json.loads(refused.stdout)["problems"]
+    assert problem == {"file": str(bad), "location": "runs[0].metricz",
+                       "message": "unknown field 'metricz' (check the spelling)"}

@@ -11,7 +11,8 @@ Prints, all measured in this run on this machine:
 2. `importer validate` of the whole tree: discovery and reading of every file, no server (what a
    first scan pays before the server), time and peak RSS;
 3. a first `importer scan` of --first-files of them into a real `mlflow server` (SQLite,
-   loopback), with its rate in runs/s: the first scan of the whole tree is limited by the server,
+   loopback), with its rate in runs/s, beside `importer import` of the same files into another
+   experiment: the first scan of the whole tree is limited by the server,
    not by discovery (at that rate 100,000 runs take an hour or so, so it is not run whole);
 4. a rescan of the --first-files, nothing changed: nothing read, nothing sent;
 5. the rescan of the whole tree, unchanged: the ledger is filled by the bench with the rows a
@@ -124,6 +125,10 @@ def main() -> None:
             n = min(args.first_files, args.files)
             print(f"first scan of {n:,} files into the server: {seconds:.1f} s, {n / seconds:.0f} runs/s, "
                   f"peak RSS {rss:.0f} MB (exit {code}){' ' + err[-300:] if code else ''}")
+            seconds, rss, code, err = importer("import", str(small), "--tracking-uri", server.url, "--state",
+                                               str(tmp / "import.db"), "--experiment", "bench-import", "--quiet")
+            print(f"importer import of the same {n:,} files (the reference): {seconds:.1f} s, "
+                  f"{n / seconds:.0f} runs/s, peak RSS {rss:.0f} MB (exit {code})")
             seconds, rss, code, err = importer(*scan)
             print(f"rescan of those {n:,} files, unchanged: {seconds:.2f} s, peak RSS {rss:.0f} MB (exit {code})")
 

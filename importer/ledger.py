@@ -188,9 +188,12 @@ class Ledger:
     # -- units (scan and watch) ----------------------------------------------------------------
 
     def units(self, server: str, experiment: str) -> dict[str, dict]:
-        """path -> unit row, for one server and --experiment. This is a read-only operation."""
+        """path -> what a pass needs of a unit (format, signature, state, imported), for one server
+        and --experiment; only those columns: a ledger of 100,000 units is held whole by a pass.
+        This is a read-only operation."""
         return {r["path"]: r for r in self.db["units"].rows_where(
-            "server = ? and experiment = ?", [server, experiment])}
+            "server = ? and experiment = ?", [server, experiment],
+            select="path, format, signature, state, imported")}
 
     def all_units(self) -> list[dict]:
         """Every unit row, of every server. This is a read-only operation."""

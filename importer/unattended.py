@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import pyarrow.compute as pc
 
@@ -158,7 +158,7 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
     server = safe_url(uri).rstrip("/")
     exp = experiment or ""
     known = ledger.units(server, exp)
-    paths = [Path(p) for p in paths]
+    paths = [Path(p).absolute() for p in paths]  # the ledger's keys, from wherever it runs
     for p in paths:
         if not p.exists():
             raise InputError(f"{p}: no such file or folder")
@@ -175,7 +175,7 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
     units, unknown = discover(paths, known=unchanged_format)
     result = Pass(pipeline.Summary(server=server, dry_run=False, title="Scanned into"))
     result.summary.unrecognised = [str(u) for u in unknown]
-    todo: list[tuple[ModuleType, Path, str, float, bool]] = []  # module, unit, sig, newest, finish
+    todo: list[_Todo] = []
     waiting: list[dict] = []
     at = clock()
     for module, unit in units:
@@ -186,7 +186,7 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
         row = known.get(str(unit))
         if row is not None and row["signature"] == sig and row["state"] != "settling":
             if row["state"] == "growing" and at - newest >= finish_after:
-                todo.append((module, unit, sig, newest, True))
+                todo.append(_Todo(module, unit, sig, newest, True, row["state"]))
                 result.units["finished"] += 1
                 continue
             result.units["unchanged"] += 1
@@ -203,12 +203,23 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
                 result.events.append({"event": "settling", "unit": str(unit)})
             continue
         result.units["new" if row is None or not row["imported"] else "changed"] += 1
-        todo.append((module, unit, sig, newest, at - newest >= finish_after))
+        todo.append(_Todo(module, unit, sig, newest, at - newest >= finish_after, row and row["state"]))
     ledger.save_units(waiting)
     for start in range(0, len(todo), BATCH_UNITS):
         _import_batch(todo[start:start + BATCH_UNITS], uri, ledger, server, exp, experiment,
                       finish_after, config, result, clock)
     return result
+
+
+class _Todo(NamedTuple):
+    """A unit to read and write, and what the pass knows of it."""
+
+    module: ModuleType
+    unit: Path
+    sig: str
+    newest: float  # its newest file's modification time
+    finished: bool  # quiet for finish_after: its runs get their end time and final status
+    before: Optional[str]  # its state in the ledger until now
 
 
 def _row(server: str, exp: str, unit: Path, module: ModuleType, sig: str, newest: float, state: str,
@@ -230,7 +241,7 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
     owners: list[int] = []  # per record, its unit's index in `batch`
     rows: dict[int, dict] = {}
     at = clock()
-    for i, (module, unit, sig, newest, finished) in enumerate(batch):
+    for i, (module, unit, sig, newest, finished, _) in enumerate(batch):
         try:
             inputs = pipeline.read_inputs([unit], experiment, fmt=module.NAME, strict=False)
         except ImporterError as e:
@@ -265,7 +276,7 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
             if out.unreachable:  # not the unit's fault: left as it was, tried again next pass
                 del rows[i]
                 continue
-            module, unit, sig, newest, _ = batch[i]
+            module, unit, sig, newest, _, _ = batch[i]
             rows[i] = _row(server, exp, unit, module, sig, newest, "failed", at,
                            error=(out.origin, "", out.error or "failed"))
     for i, row in rows.items():
@@ -274,11 +285,11 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
             result.events.append({"event": "failed", "unit": row["path"], "file": row["error_file"],
                                   "where": row["error_where"], "reason": row["error"]})
         else:
-            finished = batch[i][4] and row["state"] == "imported"
+            finished = batch[i].before == "growing" and row["state"] == "imported"
             result.events.append({"event": "finished" if finished else row["state"], "unit": row["path"],
                                   "runs": row["runs"]})
         if row["state"] == "growing":  # due again when it may have finished
-            _due(result, batch[i][3] + finish_after)
+            _due(result, batch[i].newest + finish_after)
     ledger.save_units(list(rows.values()))
 
 

@@ -31,7 +31,7 @@ the ledger, or point `--state` at a new one, to have every run compared with the
     errors     one row per failed run and attempt
     units      (server, experiment, path) -> what `scan` and `watch` last saw of a file or run
                folder: its format, a signature of its files (size, mtime_ns, inode), its state
-               (imported, growing, failed, settling, empty), the last error (file, where, reason)
+               (imported, growing, failed, settling, empty, artifact), the last error (file, where, reason)
                and times. A unit whose signature is unchanged is not read again.
 """
 
@@ -45,8 +45,9 @@ from typing import Mapping, Optional
 
 # The states of a unit (see `units`): imported; growing (imported while its files still change:
 # its runs are RUNNING); failed (retried when its signature changes); settling (changed, waiting
-# to be quiet); empty (recognised, but no run in it yet: a log with only its header).
-UNIT_STATES = ("imported", "growing", "failed", "settling", "empty")
+# to be quiet); empty (recognised, but no run in it yet: a log with only its header); artifact (a
+# file a manifest or store names as an artifact: no run of its own).
+UNIT_STATES = ("imported", "growing", "failed", "settling", "empty", "artifact")
 
 # A progress digest that matches no source: the series is compared with the server's copy on the
 # next import. Its points were left changed at the source (on_metric_change `leave`).

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from . import pipeline
 from .errors import ConnectionFailed, ImporterError, InputError, ValidationError
-from .ledger import Ledger
+from .ledger import UNIT_STATES, Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, safe_url
 from .model import RunRecord
 from .sinks.mlflow import Outcome
@@ -184,6 +184,8 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
         except OSError:  # gone since discovery
             continue
         row = known.get(str(unit))
+        if row is not None and row["state"] == "artifact":  # a manifest's or store's file: no run
+            continue
         if row is not None and row["signature"] == sig and row["state"] != "settling":
             if row["state"] == "growing" and at - newest >= finish_after:
                 todo.append(_Todo(module, unit, sig, newest, True, row["state"]))
@@ -205,9 +207,14 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
         result.units["new" if row is None or not row["imported"] else "changed"] += 1
         todo.append(_Todo(module, unit, sig, newest, at - newest >= finish_after, row and row["state"]))
     ledger.save_units(waiting)
+    # Manifests and stores first, as read_inputs does: files they name as artifacts are no runs.
+    todo.sort(key=lambda t: (t.module.NAME != "manifest", t.module.NAME != "mlruns"))
+    artifacts: set[Path] = set()
     for start in range(0, len(todo), BATCH_UNITS):
         _import_batch(todo[start:start + BATCH_UNITS], uri, ledger, server, exp, experiment,
-                      finish_after, config, result, clock)
+                      finish_after, config, result, clock, artifacts)
+    if artifacts:
+        result.summary.unrecognised = [u for u in result.summary.unrecognised if Path(u).resolve() not in artifacts]
     return result
 
 
@@ -234,14 +241,19 @@ def _row(server: str, exp: str, unit: Path, module: ModuleType, sig: str, newest
 
 
 def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experiment: Optional[str],
-                  finish_after: float, config: ClientConfig, result: Pass, clock) -> None:
+                  finish_after: float, config: ClientConfig, result: Pass, clock, artifacts: set[Path]) -> None:
     """Read each unit of `batch` alone (a bad one fails alone), then write all their runs in one
-    import, and record in the ledger what became of each unit."""
+    import, and record in the ledger what became of each unit. `artifacts`: the files named as
+    artifacts by the manifests and stores read so far in this pass (their rows say `artifact`)."""
     records: list[RunRecord] = []
     owners: list[int] = []  # per record, its unit's index in `batch`
+    keys: dict[tuple[str, str], int] = {}  # (experiment, import key) -> the unit that has the run
     rows: dict[int, dict] = {}
     at = clock()
     for i, (module, unit, sig, newest, finished, _) in enumerate(batch):
+        if unit.resolve() in artifacts:
+            rows[i] = _row(server, exp, unit, module, sig, newest, "artifact", at)
+            continue
         try:
             inputs = pipeline.read_inputs([unit], experiment, fmt=module.NAME, strict=False)
         except ImporterError as e:
@@ -258,15 +270,34 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
             continue
         if inputs.experiments or inputs.models or inputs.logged_models:
             # A store or bundle brings experiments and models besides runs: the whole import verb.
-            rows[i] = _import_store(module, unit, sig, newest, uri, ledger, server, exp, experiment, config,
-                                     result, at)
+            row = _import_store(module, unit, sig, newest, uri, ledger, server, exp, experiment, config,
+                                result, at)
+            if row is not None:
+                rows[i] = row
             continue
+        twice = [r for r in inputs.records if (r.experiment, r.import_key) in keys]
+        if twice:  # two units would write one run (two manifests naming the same id)
+            other = batch[keys[(twice[0].experiment, twice[0].import_key)]].unit
+            rows[i] = _failed(server, exp, unit, module, sig, newest, at,
+                              (str(unit), "", f"run {twice[0].import_key!r} of experiment "
+                               f"{twice[0].experiment!r} is also in {other}"), result)
+            continue
+        result.summary.notes += inputs.notes
+        if module.NAME in ("manifest", "mlruns"):
+            artifacts.update(a.source.resolve() for r in inputs.records for a in r.artifacts
+                             if isinstance(a.source, Path) and not a.source.is_relative_to(unit))
         for rec in inputs.records:
+            keys[(rec.experiment, rec.import_key)] = i
             _set_status(rec, newest, finished)
             records.append(rec)
             owners.append(i)
-        rows[i] = _row(server, exp, unit, module, sig, newest, "imported" if finished else "growing", at,
-                       runs=len(inputs.records))
+        if inputs.skipped:  # the runs go in without what these name; as `import`, a failure
+            first = inputs.skipped[0]
+            rows[i] = _failed(server, exp, unit, module, sig, newest, at,
+                              (first.file, first.location, first.message), result)
+        else:
+            rows[i] = _row(server, exp, unit, module, sig, newest, "imported" if finished else "growing",
+                           at, runs=len(inputs.records))
     if records:
         summary = pipeline.import_records(records, uri, state=ledger.path, config=config)
         _merge(result.summary, summary)
@@ -284,7 +315,7 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
             result.units["failed"] += 1
             result.events.append({"event": "failed", "unit": row["path"], "file": row["error_file"],
                                   "where": row["error_where"], "reason": row["error"]})
-        else:
+        elif row["state"] != "artifact":
             finished = batch[i].before == "growing" and row["state"] == "imported"
             result.events.append({"event": "finished" if finished else row["state"], "unit": row["path"],
                                   "runs": row["runs"]})
@@ -310,18 +341,23 @@ def _failed(server, exp, unit, module, sig, newest, at, error, result: Pass) -> 
 
 
 def _import_store(module, unit, sig, newest, uri, ledger: Ledger, server, exp, experiment, config,
-                  result: Pass, at) -> dict:
-    """A store or bundle: imported by the import verb, with its experiments and models."""
+                  result: Pass, at) -> Optional[dict]:
+    """A store or bundle: imported by the import verb, with its experiments and models. None when
+    the server could not be reached."""
     try:
         summary = pipeline.import_paths([unit], uri, experiment=experiment, fmt=module.NAME,
                                         state=ledger.path, config=config)
     except ValidationError as e:
         p = e.problems[0]
         return _failed(server, exp, unit, module, sig, newest, at, (p.file, p.location, p.message), result)
+    except InputError as e:
+        return _failed(server, exp, unit, module, sig, newest, at, (str(unit), "", str(e)), result)
     _merge(result.summary, summary)
-    bad = [o for o in summary.failed if not o.unreachable]
-    if bad:
-        return _row(server, exp, unit, module, sig, newest, "failed", at, error=(bad[0].origin, "", bad[0].error))
+    if any(o.unreachable for o in summary.failed):
+        return None  # not the unit's fault: left as it was, tried again next pass
+    if summary.failed:
+        bad = summary.failed[0]
+        return _row(server, exp, unit, module, sig, newest, "failed", at, error=(bad.origin, "", bad.error or ""))
     return _row(server, exp, unit, module, sig, newest, "imported", at, runs=len(summary.outcomes))
 
 
@@ -371,7 +407,7 @@ def status(state: Optional[pipeline.PathLike] = None) -> dict:
         rows = ledger.all_units()
     finally:
         ledger.close()
-    counts = {s: 0 for s in ("imported", "growing", "failed", "settling", "empty")}
+    counts = {s: 0 for s in UNIT_STATES}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     keep = ("server", "experiment", "path", "format", "runs", "modified", "seen")

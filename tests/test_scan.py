@@ -159,3 +159,21 @@ def test_status_of_an_empty_ledger_and_scan_of_a_missing_folder(uri, state, tmp_
     assert ok.returncode == 0 and b"0 imported" in ok.stdout
     missing = run_importer("scan", str(tmp_path / "nope"), "--tracking-uri", uri, "--state", str(state))
     assert missing.returncode == 2 and b"no such file or folder" in missing.stderr
+
+
+def test_scan_writes_what_import_writes(uri, tmp_path, view):
+    """sample_logs/ (every format, a manifest naming a CSV as its artifact, stores): scanned, then
+    imported with another ledger, which finds every run as the scan left it."""
+    scanned = run_importer("scan", "sample_logs", "--tracking-uri", uri, "--state", str(tmp_path / "scan.db"),
+                           "--finish-after", "0", "--json")
+    assert scanned.returncode == 0, scanned.stdout.decode()[-2000:] + scanned.stderr.decode()
+    report = json.loads(scanned.stdout)
+    imported = run_importer("import", "sample_logs", "--tracking-uri", uri, "--state", str(tmp_path / "import.db"),
+                            "--json")
+    assert imported.returncode == 0, imported.stderr.decode()
+    again = json.loads(imported.stdout)
+    # The artifact CSV is no run of its own: the same runs, by import key, and nothing to write.
+    assert sorted((o["experiment"], o["import_key"]) for o in report["details"]) == \
+        sorted((o["experiment"], o["import_key"]) for o in again["details"])
+    assert (again["runs"]["created"], again["runs"]["appended"], again["points"]) == (0, 0, 0)
+    assert report["unrecognised"] == again["unrecognised"]

@@ -449,7 +449,8 @@ class Log:
         self.stream = stream or sys.stderr
 
     def __call__(self, event: str, **fields) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
         if self.as_json:
             line = json.dumps({"time": stamp, "event": event, **fields})
         else:
@@ -517,10 +518,18 @@ def watch(paths: list[pipeline.PathLike], tracking_uri: Optional[str] = None, *,
     log("stopped")
 
 
+NATIVE_OBSERVER = None  # watchdog's best observer for this system, unless set (tests)
+
+
+def _native():
+    from watchdog.observers import Observer  # loaded by watch only: scan and status need none of it
+
+    return Observer
+
+
 def _start_observer(folders: list[Path], polling: Optional[float], woken: threading.Event,
                     ledger_path: Path, log: Log):
     from watchdog.events import FileSystemEventHandler
-    from watchdog.observers import Observer
     from watchdog.observers.polling import PollingObserver
 
     own = (str(ledger_path), str(ledger_path) + "-wal", str(ledger_path) + "-shm", str(ledger_path) + ".lock")
@@ -537,7 +546,7 @@ def _start_observer(folders: list[Path], polling: Optional[float], woken: thread
         return observer
 
     if polling is None:
-        observer = Observer()
+        observer = (NATIVE_OBSERVER or _native())()
         try:
             return started(observer)
         except OSError as e:  # the inotify watch or instance limit, most often

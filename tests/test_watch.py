@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import proxy
+import pytest
 from conftest import ROOT, run_importer
 from test_scan import append_rows, by_name, keras_csv, losses
 
@@ -70,13 +71,16 @@ def until(predicate, what: str, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("observer", [(), ("--polling", "0.3")], ids=["native", "polling"])
 def test_a_csv_growing_row_by_row_is_running_then_finished_with_exact_points(uri, experiment, state,
-                                                                             tmp_path, view):
+                                                                             tmp_path, view, observer):
     folder = tmp_path / "logs"
     folder.mkdir()
-    daemon = Daemon(folder, uri, experiment, state, "--settle", "0.3", "--finish-after", "3")
+    daemon = Daemon(folder, uri, experiment, state, "--settle", "0.3", "--finish-after", "3", *observer)
     try:
         daemon.wait_for(lambda: daemon.logged("started"), "the start")
+        started = [e for e in daemon.events() if e["event"] == "started"][0]
+        assert started["observer"] == ("PollingObserver" if observer else "InotifyObserver")
         log = keras_csv(folder / "train.csv", epochs=1)
         for epoch in range(1, 6):
             time.sleep(0.5)  # a trainer writing one epoch at a time
@@ -202,3 +206,35 @@ def test_once_is_scan_and_a_link_out_of_the_folder_is_not_followed(uri, experime
     assert once.returncode == 0, once.stderr.decode()
     assert b"units: 1 new" in once.stdout
     assert sorted(by_name(view, experiment)) == ["mine"]
+
+
+def test_a_native_observer_that_cannot_start_is_said_then_polling_takes_over(tmp_path):
+    """The kernel's answer when the inotify watch limit is reached (ENOSPC), raised by the real
+    observer's start: the limit itself is not exhausted here, other processes share it."""
+    import errno
+    import threading
+
+    from watchdog.observers import inotify
+
+    from importer import unattended
+
+    class Exhausted(inotify.InotifyObserver):
+        def start(self):
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    lines = []
+    log = unattended.Log(as_json=True, stream=type("S", (), {"write": lines.append, "flush": lambda self: None})())
+    original = unattended.NATIVE_OBSERVER
+    unattended.NATIVE_OBSERVER = Exhausted
+    try:
+        observer = unattended._start_observer([tmp_path], None, threading.Event(), tmp_path / "l.db", log)
+    finally:
+        unattended.NATIVE_OBSERVER = original
+    try:
+        assert type(observer).__name__ == "PollingObserver"
+        said = json.loads(lines[0])
+        assert said["event"] == "observer-failed" and "inotify watch limit" in said["reason"]
+        assert "max_user_watches" in said["hint"]
+    finally:
+        observer.stop()
+        observer.join()

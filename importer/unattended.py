@@ -304,7 +304,7 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
         for out, i in zip(summary.outcomes, owners):
             if out.action != "failed" or i not in rows:
                 continue
-            if out.unreachable:  # not the unit's fault: left as it was, tried again next pass
+            if _server_trouble(out):  # not the unit's fault: left as it was, tried again next pass
                 del rows[i]
                 continue
             module, unit, sig, newest, _, _ = batch[i]
@@ -322,6 +322,11 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
         if row["state"] == "growing":  # due again when it may have finished
             _due(result, batch[i].newest + finish_after)
     ledger.save_units(list(rows.values()))
+
+
+def _server_trouble(out: Outcome) -> bool:
+    """A run that failed because the server could not be reached, or kept answering 429 or 5xx."""
+    return out.unreachable or out.retryable
 
 
 def _merge(into: pipeline.Summary, summary: pipeline.Summary) -> None:
@@ -353,7 +358,7 @@ def _import_store(module, unit, sig, newest, uri, ledger: Ledger, server, exp, e
     except InputError as e:
         return _failed(server, exp, unit, module, sig, newest, at, (str(unit), "", str(e)), result)
     _merge(result.summary, summary)
-    if any(o.unreachable for o in summary.failed):
+    if any(_server_trouble(o) for o in summary.failed):
         return None  # not the unit's fault: left as it was, tried again next pass
     if summary.failed:
         bad = summary.failed[0]
@@ -598,7 +603,7 @@ def _follow(folders, uri, ledger, experiment, settle, finish_after, config, log:
             if path not in told:
                 told.add(path)
                 log("not-recognised", unit=path)
-        unreachable = [o for o in result.summary.failed if o.unreachable]
+        unreachable = [o for o in result.summary.failed if _server_trouble(o)]
         if unreachable:
             backoff = min(BACKOFF_MAX, max(1.0, backoff * 2))
             log("server-unreachable", reason=unreachable[0].error, runs=len(unreachable),

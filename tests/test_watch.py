@@ -13,7 +13,7 @@ from pathlib import Path
 
 import proxy
 import pytest
-from conftest import ROOT, run_importer
+from conftest import ROOT, params_of, run_importer, tags_of
 from test_scan import append_rows, by_name, keras_csv, losses
 
 from importer.local_server import free_port
@@ -238,3 +238,58 @@ def test_a_native_observer_that_cannot_start_is_said_then_polling_takes_over(tmp
     finally:
         observer.stop()
         observer.join()
+
+
+def test_a_lightning_folder_and_a_text_log_written_over_time_arrive_as_import_reads_them(
+        uri, experiment, state, tmp_path, view):
+    """A whole Lightning version folder appearing (hparams first, metrics in two flushes) and a
+    text log appended line by line: each one run, with what `importer import` of the finished
+    files writes (into another experiment), and finished with the source's end time."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    daemon = Daemon(folder, uri, experiment, state, "--settle", "1", "--finish-after", "2")
+    try:
+        daemon.wait_for(lambda: daemon.logged("started"), "the start")
+        source = ROOT / "sample_logs" / "lightning" / "lightning_logs" / "version_0"
+        version = folder / "lightning_logs" / "version_0"
+        version.mkdir(parents=True)
+        (version / "hparams.yaml").write_bytes((source / "hparams.yaml").read_bytes())
+        rows = (source / "metrics.csv").read_bytes().splitlines(keepends=True)
+        with open(version / "metrics.csv", "wb") as f:
+            f.write(b"".join(rows[:8]))
+            f.flush()
+            time.sleep(0.3)
+            f.write(b"".join(rows[8:]))
+        with open(folder / "train.log", "wb") as f:
+            for line in (ROOT / "sample_logs" / "text" / "resnet18-cifar10.log").read_bytes().splitlines(keepends=True):
+                f.write(line)
+                f.flush()
+                time.sleep(0.05)
+
+        def finished() -> bool:
+            runs = view.runs(experiment)
+            return len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs)
+        until(finished, "both runs finished")
+    finally:
+        code, _ = daemon.stop()
+    assert code == 0
+    reference = f"{experiment}-ref"
+    done = run_importer("import", str(folder), "--tracking-uri", uri, "--experiment", reference,
+                        "--state", str(tmp_path / "ref.db"))
+    assert done.returncode == 0, done.stderr.decode()
+    mine, ref = view.by_key(experiment), view.by_key(reference)
+    assert sorted(mine) == sorted(ref) and len(mine) == 2
+    for key, want in ref.items():
+        got = mine[key]
+        assert params_of(got) == params_of(want) and tags_of(got).keys() == tags_of(want).keys()
+        # Times derived from the run's start (Lightning's file has none) differ between two imports.
+        derived = "importer.derived_timestamps" in tags_of(want)
+        metrics = sorted(m["key"] for m in want["data"]["metrics"])
+        assert sorted(m["key"] for m in got["data"]["metrics"]) == metrics
+        for metric in metrics:
+            points = [view.history(r["info"]["run_id"], metric) for r in (got, want)]
+            if derived:
+                points = [[(step, value) for step, _, value in p] for p in points]
+            assert points[0] == points[1] and points[0]
+        if not derived:  # the text log's own end time
+            assert got["info"]["end_time"] == want["info"]["end_time"]

@@ -293,3 +293,33 @@ def test_a_lightning_folder_and_a_text_log_written_over_time_arrive_as_import_re
             assert points[0] == points[1] and points[0]
         if not derived:  # the text log's own end time
             assert got["info"]["end_time"] == want["info"]["end_time"]
+
+
+def test_a_tensorboard_file_flushed_in_chunks_is_one_run_with_every_point(uri, experiment, state, tmp_path, view):
+    import tensorboardX
+
+    t0 = 1_700_000_000
+    run_folder = tmp_path / "logs" / "tb" / "run1"
+    run_folder.mkdir(parents=True)
+    daemon = Daemon(tmp_path / "logs", uri, experiment, state, "--settle", "0.4", "--finish-after", "2")
+    try:
+        daemon.wait_for(lambda: daemon.logged("started"), "the start")
+        writer = tensorboardX.SummaryWriter(str(run_folder))
+        for chunk in range(3):
+            for step in range(chunk * 5, chunk * 5 + 5):
+                writer.add_scalar("loss", step * 0.5, step, walltime=t0 + step)
+            writer.flush()
+            time.sleep(1.0)  # a trainer's next epoch
+        writer.close()
+
+        def finished() -> bool:
+            runs = view.runs(experiment)
+            return len(runs) == 1 and runs[0]["info"]["status"] == "FINISHED"
+        until(finished, "the run finished")
+    finally:
+        daemon.stop()
+    run = view.runs(experiment)[0]
+    assert view.history(run["info"]["run_id"], "loss") == [(s, (t0 + s) * 1000, s * 0.5) for s in range(15)]
+    # The source's own end time (its last event's wall time), as `inspect` reads the finished file.
+    inspected = run_importer("inspect", str(run_folder), "--json")
+    assert int(run["info"]["end_time"]) == json.loads(inspected.stdout)["runs"][0]["end_time"]

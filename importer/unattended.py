@@ -133,6 +133,7 @@ class Pass:
         "failed_before": 0})  # failed in an earlier pass, unchanged since: not read again
     events: list[dict] = field(default_factory=list)  # one per unit acted on, for watch's log
     next_due: Optional[float] = None  # epoch seconds when a settling or growing unit is next due
+    walk_seconds: float = 0.0  # of walking the folders and taking the signatures
 
     def to_dict(self) -> dict:
         return {**self.summary.to_dict(), "units": self.units}
@@ -155,6 +156,7 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
     """Import the units of `paths` that are new or changed since the ledger last saw them, those
     quiet for `settle` seconds; finish those quiet for `finish_after`. The caller holds the lock."""
     clock = now or time.time
+    walk_started = time.monotonic()
     server = safe_url(uri).rstrip("/")
     exp = experiment or ""
     known = ledger.units(server, exp)
@@ -207,6 +209,7 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
         result.units["new" if row is None or not row["imported"] else "changed"] += 1
         todo.append(_Todo(module, unit, sig, newest, at - newest >= finish_after, row and row["state"]))
     ledger.save_units(waiting)
+    result.walk_seconds = time.monotonic() - walk_started
     # Manifests and stores first, as read_inputs does: files they name as artifacts are no runs.
     todo.sort(key=lambda t: (t.module.NAME != "manifest", t.module.NAME != "mlruns"))
     artifacts: set[Path] = set()
@@ -473,6 +476,7 @@ class Stopped(BaseException):
 _READ_ONLY_EVENTS = {"opened", "closed_no_write"}
 POLL_DEFAULT = 5.0  # seconds between polls with --polling and no value, or when inotify fails
 BACKOFF_MAX = 60.0
+THROTTLE_MAX = 5.0  # seconds between passes at most, for the throttle (see _follow)
 RESCAN_EVERY = 600.0  # a full pass even without events: the native observer may miss some (overflow)
 
 
@@ -571,13 +575,17 @@ def _follow(folders, uri, ledger, experiment, settle, finish_after, config, log:
     due: Optional[float] = None
     last_full = 0.0
     told: set[str] = set()  # files not recognised, logged once each
+    took = 0.0  # seconds the last pass took
     woken.set()  # the catch-up pass
     while not stop.is_set():
         wait = RESCAN_EVERY - (time.monotonic() - last_full)
         if due is not None:
             wait = min(wait, due - time.time())
         woken.wait(timeout=max(0.0, wait))
-        if stop.is_set():
+        # Events come in bursts, and a pass walks every folder: a pass waits twice as long as the
+        # last walk took (capped), so a log appended every second costs a folder of 100,000 files
+        # a walk every few seconds, not one per line.
+        if stop.wait(min(2 * took, THROTTLE_MAX)) or stop.is_set():
             return
         woken.clear()
         last_full = time.monotonic()
@@ -597,6 +605,7 @@ def _follow(folders, uri, ledger, experiment, settle, finish_after, config, log:
             continue
         finally:
             importing[0] = False
+        took = result.walk_seconds
         for event in result.events:
             log(**event)
         for path in result.summary.unrecognised:

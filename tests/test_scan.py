@@ -177,3 +177,22 @@ def test_scan_writes_what_import_writes(uri, tmp_path, view):
         sorted((o["experiment"], o["import_key"]) for o in again["details"])
     assert (again["runs"]["created"], again["runs"]["appended"], again["points"]) == (0, 0, 0)
     assert report["unrecognised"] == again["unrecognised"]
+
+
+def test_a_store_with_models_is_scanned_as_import_reads_it_and_not_again(uri, tmp_path):
+    """An mlruns/ store (experiments, runs, registered models) is one unit, written by the import
+    verb whole; an import with another ledger then finds nothing to write."""
+    import shutil
+
+    store = tmp_path / "project"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "mlruns" / "project", store, symlinks=True)
+    args = ("--tracking-uri", uri, "--json")
+    scanned = run_importer("scan", str(store), "--state", str(tmp_path / "scan.db"), "--finish-after", "0", *args)
+    assert scanned.returncode == 0, scanned.stderr.decode()
+    report = json.loads(scanned.stdout)
+    imported = json.loads(run_importer("import", str(store), "--state", str(tmp_path / "import.db"), *args).stdout)
+    assert report["details"] and sorted(o["import_key"] for o in report["details"]) == \
+        sorted(o["import_key"] for o in imported["details"])
+    assert (imported["runs"]["created"], imported["runs"]["appended"], imported["points"]) == (0, 0, 0)
+    again = json.loads(run_importer("scan", str(store), "--state", str(tmp_path / "scan.db"), *args).stdout)
+    assert again["details"] == [] and again["units"]["unchanged"] >= 1

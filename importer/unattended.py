@@ -61,6 +61,7 @@ class ScanLock:
     kernel releases it when the process ends however it ends, so no stale lock is ever left."""
 
     def __init__(self, ledger_path: Path):
+        self.ledger = Path(ledger_path)
         self.path = Path(str(ledger_path) + ".lock")
         self._fd: Optional[int] = None
 
@@ -73,7 +74,7 @@ class ScanLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise LockHeld(f"another importer scan or watch (pid {holder}) is working on the ledger "
-                           f"{str(ledger_path_of(self.path))}; try again when it is done") from None
+                           f"{self.ledger}; try again when it is done") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -83,10 +84,6 @@ class ScanLock:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the lock
             self._fd = None
-
-
-def ledger_path_of(lock_path: Path) -> Path:
-    return Path(str(lock_path)[:-len(".lock")])
 
 
 # ---------------------------------------------------------------------------------------------

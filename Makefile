@@ -14,9 +14,10 @@ test: $(VENV)/.test     ## the whole test suite, against real mlflow servers it 
 bench: $(VENV)/.test    ## throughput and memory figures (minutes; not a test)
 	$(BIN)/python bench/bench_import.py
 
-schema: $(VENV)/.server ## regenerate the checked-in JSON Schema
+schema: $(VENV)/.test   ## regenerate the checked-in JSON Schemas and the service's OpenAPI document
 	$(BIN)/importer schema > schemas/run-manifest.schema.json
 	$(BIN)/importer schema --bundle > schemas/bundle.schema.json
+	$(BIN)/python -m importer.service.app > schemas/service.openapi.json
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)

@@ -283,6 +283,9 @@ def import_(
     artifact_root: Annotated[Optional[list[str]], typer.Option(
         "--artifact-root", metavar="OLD=NEW", help="mlruns/ folders: read the artifacts stored under OLD (such as "
         "file:///C:/Users/me/project) from the folder NEW; repeatable.")] = None,
+    register_model: Annotated[Optional[str], typer.Option(
+        "--register-model", metavar="NAME", help="Training folders (Hugging Face, Lightning, YOLO, Keras): upload "
+        "each run's saved model under model/ and register it as a version of NAME.")] = None,
 ) -> None:
     """Register the runs of manifests, training logs, mlruns/ folders and export bundles in an MLflow server."""
     from . import pipeline
@@ -296,7 +299,7 @@ def import_(
             paths, tracking_uri, experiment=experiment, fmt=fmt,
             options=_options(pattern, step_column, time_column, key_prefix, artifact_root), state=state,
             dry_run=dry_run, on_param_conflict=on_param_conflict, on_metric_change=on_metric_change,
-            include_deleted=include_deleted,
+            include_deleted=include_deleted, register_model=register_model,
             config=ClientConfig(max_in_flight=in_flight), progress=bar)
     except ImporterError as e:
         raise _fail(e)
@@ -657,6 +660,84 @@ def watch(
     except ImporterError as e:
         raise _fail(e)
     raise typer.Exit(EXIT_OK)
+
+
+# -- the registration service: `serve` and its client `submit` (importer/service/) ------------------
+
+TokenFile = Annotated[Optional[Path], typer.Option(
+    metavar="FILE", help="A file holding the service's token; else $IMPORTER_SERVICE_TOKEN.")]
+
+
+def _service_token(token_file: Optional[Path]) -> Optional[str]:
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            raise _fail(InputError(f"--token-file {token_file}: {e.strerror}"))
+        if not token:
+            raise _fail(InputError(f"--token-file {token_file} is empty"))
+        return token
+    return os.environ.get("IMPORTER_SERVICE_TOKEN") or None
+
+
+@app.command(cls=_Command)
+def serve(
+    tracking_uri: TrackingUri = None,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="The address to listen on; any but loopback "
+                                      "needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="The port to listen on.")] = 8080,
+    spool: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", help="Where posted manifests and files wait for their import; by default "
+        "$XDG_STATE_HOME/importer/spool, else ~/.local/state/importer/spool.")] = None,
+    state: State = None,
+    max_body: Annotated[int, typer.Option(metavar="BYTES", min=1, help="The largest body taken; "
+                                          "larger ones are refused with 413.")] = 1 << 30,
+    artifacts_from: Annotated[Optional[Path], typer.Option(
+        metavar="DIR", help="Let manifests posted without parts name artifact files inside DIR.")] = None,
+    token_file: TokenFile = None,
+    ssl_certfile: Annotated[Optional[str], typer.Option(metavar="FILE", help="Serve HTTPS with this certificate.")] = None,
+    ssl_keyfile: Annotated[Optional[str], typer.Option(metavar="FILE", help="The certificate's key.")] = None,
+) -> None:
+    """Run the registration service: an HTTP API that registers posted run manifests (needs importer[service])."""
+    try:
+        from .service.app import Settings, serve as run_service
+    except ImportError as e:
+        typer.echo(f"error: `importer serve` needs the service extra ({e.name} is missing): "
+                   "pip install 'importer[service]'", err=True)
+        raise typer.Exit(EXIT_INPUT)
+    from .ledger import default_path
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise _fail(InputError("no tracking server: set --tracking-uri or MLFLOW_TRACKING_URI"))
+    settings = Settings(tracking_uri=uri, spool=spool or default_path().parent / "spool", state=state,
+                        max_body=max_body, artifacts_from=artifacts_from, token=_service_token(token_file))
+    try:
+        run_service(settings, host, port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+    except ImporterError as e:
+        raise _fail(e)
+
+
+@app.command(cls=_Command)
+def submit(
+    paths: Paths,
+    service: Annotated[str, typer.Option(metavar="URL", help="The service, for example http://127.0.0.1:8080.")],
+    token_file: TokenFile = None,
+    experiment: Experiment = None,
+    fmt: Format = None,
+    as_json: AsJson = False,
+) -> None:
+    """Read any input importer reads and register its runs through an `importer serve` service."""
+    from .service.client import submit as submit_paths
+
+    try:
+        result = submit_paths(paths, service, _service_token(token_file), experiment=experiment, fmt=fmt)
+    except ImporterError as e:
+        raise _fail(e)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.text())
+    if result.unreachable:
+        raise typer.Exit(EXIT_SERVER)
+    raise typer.Exit(EXIT_RUNS_FAILED if result.failed else EXIT_OK)
 
 
 @app.command(cls=_Command)

@@ -19,9 +19,11 @@ row's run on the server before writing to it, but believes the ledger without as
   than its row's;
 - an artifact whose recorded hash matches the file: not downloaded to compare.
 
-So a stale ledger, one ahead of its server (a server restored from a backup, or replaced by
-another under the same URL), can leave runs, points or artifacts missing without a word. Delete
-the ledger, or point `--state` at a new one, to have every run compared with the server again.
+A server wiped or replaced under the same URL is noticed: the import makes the experiment anew,
+and no row of an experiment it made is believed (sinks/mlflow.py `_locate`). A server restored
+from a backup that still holds the experiment is not: a stale ledger, one ahead of such a server,
+can leave runs, points or artifacts missing without a word. Delete the ledger, or point `--state`
+at a new one, to have every run compared with the server again.
 
     runs       (server, experiment, import_key) -> run_id, experiment_id, fingerprint, complete
     progress   (run_id, metric) -> points of the source's series already stored, in source order,

@@ -16,8 +16,8 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Optional
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -60,6 +60,8 @@ class ClientConfig:
     # the stall is hidden and kept-alive connections were faster (bench/, README), so they are
     # the default; False opens a fresh connection per request.
     keepalive: bool = True
+    # Called with the seconds of every answer the server gives (the service's /metrics).
+    observe: Optional[Callable[[float], None]] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Refused at once, not halfway through writing (0 in flight would send no metric at all).
@@ -279,6 +281,8 @@ class MlflowApi:
                     self.requests += 1
                     sent = time.monotonic()
                     resp = await attempt()
+                    if self.config.observe:
+                        self.config.observe(time.monotonic() - sent)
                     if self.round_trip is None and resp.status_code < 500:
                         self._measured(time.monotonic() - sent)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from .errors import InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
-from .model import ExperimentRecord, RunRecord, manifest_json_schema
+from .model import ExperimentRecord, RunRecord, manifest_json_schema, model_name_problem
 from .sinks import experiments, logged_models, registry
 from .sinks.mlflow import CONFLICT_POLICIES, EXPERIMENT_TAGS, METRIC_CHANGE_POLICIES, MlflowSink, Outcome
 from .sources.base import SourceOptions, SourceResult
@@ -41,6 +41,7 @@ class Summary:
     retried: int = 0  # requests sent again after a dropped connection, 429 or 5xx
     notes: list[str] = field(default_factory=list)  # from the sources: renamed keys, skipped values
     unrecognised: list[str] = field(default_factory=list)  # files in the named folders no source knows
+    model_versions: list[dict] = field(default_factory=list)  # registered from runs (registry.register_versions)
 
     def count(self, *actions: str) -> int:
         return sum(o.action in actions for o in self.outcomes)
@@ -78,7 +79,7 @@ class Summary:
             "points": self.points, "artifacts": self.artifacts,
             "requests": self.requests, "retried": self.retried,
             "notes": self.notes, "unrecognised": self.unrecognised,
-            "experiments": self.experiment_urls(),
+            "experiments": self.experiment_urls(), "model_versions": self.model_versions,
             "details": [asdict(o) for o in self.outcomes],
         }
 
@@ -118,6 +119,8 @@ class Summary:
             lines.append(f"  FAILED {o.origin} (key {o.import_key!r}): {o.error}")
         for name, url in self.experiment_urls().items():
             lines.append(f"  experiment {name!r}: {url}")
+        for v in self.model_versions:
+            lines.append(f"  model {v['name']!r} version {v['version']} ({v['action']}): {v['url']}")
         return "\n".join(lines)
 
 
@@ -144,13 +147,16 @@ class Inputs:
 
 def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
                 fmt: Optional[str] = None, options: Optional[SourceOptions] = None,
-                strict: bool = True, everything: bool = False) -> Inputs:
+                strict: bool = True, everything: bool = False,
+                register_model: Optional[str] = None) -> Inputs:
     """Read and validate every input; raise ValidationError listing all problems (unless not
     `strict`: then they are in `problems`), with `everything` those too that lose only what they
     name and an import gets past (`skipped`: a broken model of a store). A folder is walked and
     each file offered to every source (see importer.sources); `fmt` forces one. `-` reads a
-    manifest from standard input. Nothing touches a server."""
-    from .sources import discover, manifest  # every format: only commands that read inputs load them
+    manifest from standard input. Nothing touches a server. `register_model`: the saved models of
+    training folders become artifacts and versions of it (sources.model_files)."""
+    from .sources import discover, manifest, model_files  # every format: only commands that read inputs load them
+    from .sources.folder import name_unread
 
     paths = list(paths)
     options = replace(options or SourceOptions(), **({"experiment": experiment} if experiment else {}))
@@ -174,6 +180,9 @@ def read_inputs(paths: Iterable[PathLike], experiment: Optional[str] = None, *,
         if unit.resolve() in artifacts:
             continue
         result = module.read(unit, options)
+        models = model_files.attach(module.NAME, result, register_model)
+        artifacts.update(p.resolve() for p in models)
+        name_unread(result, models)
         if module is manifest:
             artifacts.update(a.source.resolve() for r in result.records for a in r.artifacts)
         elif module.NAME == "mlruns":  # those inside the store are its own already
@@ -306,16 +315,21 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
                  dry_run: bool = False, on_param_conflict: str = "error",
                  on_metric_change: str = "leave",
                  include_deleted: bool = False, config: ClientConfig = DEFAULT_CONFIG,
-                 progress: Optional[Callable[[int, int], None]] = None) -> Summary:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 register_model: Optional[str] = None) -> Summary:
     """Import manifests, training logs, `mlruns/` folders and bundles into an MLflow server.
     Validation of every input comes first: on any problem a ValidationError is raised and nothing
     is written. Runs deleted in the store they come from are left out unless `include_deleted`.
     A run of a store that cannot be read fails alone: in the summary, not an error.
     `on_metric_change`: points the source changed after they were sent are left as stored and
-    reported (`leave`: the run's action is `changed`), or also logged with the new value (`append`)."""
+    reported (`leave`: the run's action is `changed`), or also logged with the new value (`append`).
+    `register_model`: a training folder's saved model is uploaded under `model/` and registered as
+    a version of that model (one per run)."""
     uri = tracking_uri_or_env(tracking_uri)
     check_policy(on_param_conflict, on_metric_change)
-    inputs = read_inputs(paths, experiment, fmt=fmt, options=options)
+    if register_model is not None and (problem := model_name_problem(register_model)):
+        raise InputError(f"--register-model: {problem}")
+    inputs = read_inputs(paths, experiment, fmt=fmt, options=options, register_model=register_model)
     named: dict[str, ExperimentRecord] = {}
     for exp in inputs.experiments:
         named.setdefault(exp.name, exp)
@@ -343,7 +357,7 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
         ledger.close()
     # A model with no source run goes with its experiment: not when that is left out, deleted.
     logged = [m for m in inputs.logged_models if include_deleted or m.experiment not in gone]
-    if not dry_run and (logged or inputs.models or deleted):
+    if not dry_run and (logged or inputs.models or deleted or any(r.models for r in records)):
         inputs.notes += asyncio.run(_on_server(uri, config, after_runs, summary, records, logged,
                                                inputs.models, deleted))
     summary.outcomes += [Outcome(p.file, "", "", action="failed", error=f"{p.location}: {p.message}"
@@ -360,6 +374,7 @@ async def after_runs(dest: MlflowApi, summary: Summary, records: list[RunRecord]
     source (`deleted`, from experiments.prepare). Failures go into summary.outcomes; returns notes."""
     ids, notes, failed = await logged_models.copy(dest, logged, summary.outcomes, records)
     summary.outcomes += failed
+    summary.model_versions += await registry.register_versions(dest, records, summary.outcomes)
     if models:
         notes += await registry.copy_models(dest, models, summary.outcomes, ids)
         await logged_models.retag(dest, logged, ids)
@@ -379,11 +394,15 @@ def import_records(records: list[RunRecord], tracking_uri: str, *, state: Option
     check_policy(on_param_conflict, on_metric_change)
     ledger = open_ledger(state)
     try:
-        return asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
-                                        policy=on_param_conflict, on_metric_change=on_metric_change,
-                                        config=config, progress=progress, prepared=prepared))
+        summary = asyncio.run(import_async(records, tracking_uri, ledger, dry_run=dry_run,
+                                           policy=on_param_conflict, on_metric_change=on_metric_change,
+                                           config=config, progress=progress, prepared=prepared))
     finally:
         ledger.close()
+    if not dry_run and any(r.models for r in records):
+        summary.model_versions = asyncio.run(_on_server(tracking_uri, config, registry.register_versions,
+                                                        records, summary.outcomes))
+    return summary
 
 
 async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dry_run: bool = False,

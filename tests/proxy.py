@@ -10,6 +10,7 @@ server acted but the client never hears of it (--drop-after); and sleep up to --
 and L/2 before it is answered (one round trip of a link with L ms of latency), and answers leave at
 once (TCP_NODELAY, as nginx and most proxies send), so the link adds L and nothing else.
 Paths starting with --refuse get a 404, as from a server or gateway that has no such endpoint.
+With --only PREFIX, failures and drops hit only requests whose path starts with PREFIX.
 `GET /__proxy_stats` returns the counts as JSON. Bounded: it exits after --max-seconds.
 """
 
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--refuse", default=None)
+    ap.add_argument("--only", default="")
     ap.add_argument("--max-seconds", type=float, default=900)
     args = ap.parse_args()
     upstream = urlsplit(args.upstream)
@@ -92,7 +94,7 @@ def main() -> None:
                 return self._answer(200, "application/json", json.dumps(stats).encode())
             with lock:
                 stats["requests"] += 1
-                roll = rng.random()
+                roll = rng.random() if self.path.startswith(args.only) else 1.0
                 delay = rng.random() * args.delay_ms / 1000
                 reset = rng.random() < 0.5
             time.sleep(delay + half_trip)

@@ -95,3 +95,40 @@ def test_ultralytics_args_as_mlflow_callback_writes_them():
         "lr0": "0.01", "lrf": "1e-05", "weight_decay": "0.0005", "warmup_epochs": "3.0",
         "optimizer": "auto", "name": "train", "save_dir": "runs/detect/train",
     }
+
+
+def test_transformers_params_as_mlflow_callback_writes_them(tmp_path):
+    """Expected texts: transformers/integrations/integration_utils.py MLflowCallback.setup logs
+    `{**model.config.to_dict(), **args.to_dict()}` unflattened through mlflow.log_params, which
+    sends str(value); values over MLflow's MAX_PARAM_VAL_LENGTH are left out."""
+    import json
+
+    from importer.sources import hf_trainer
+
+    run = tmp_path / "out"
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps(
+        {"global_step": 2, "log_history": [{"loss": 1.0, "step": 1}], "train_batch_size": 8}))
+    (run / "training_args.json").write_text(json.dumps({  # TrainingArguments.to_dict(), saved as JSON
+        "learning_rate": 5e-05, "use_cpu": False, "hub_token": "<HUB_TOKEN>", "seed": 42,
+        "report_to": ["mlflow"], "dropout": 0.3, "warmup_ratio": 0.0, "fsdp_config": {"min_num_params": 0},
+        "run_name": None, "long": "x" * 6001}))
+    (run / "config.json").write_text(json.dumps({  # PretrainedConfig.to_json_file (use_diff)
+        "architectures": ["BertForSequenceClassification"], "use_cache": False,
+        "classifier_dropout": None, "dropout": 0.1, "id2label": {"0": "NEG", "1": "POS"},
+        "label2id": {"NEG": 0, "POS": 1}}))
+    result = hf_trainer.read(run, SourceOptions())
+    assert result.problems == []
+    assert result.records[0].params == {
+        "architectures": "['BertForSequenceClassification']", "use_cache": "False",
+        "classifier_dropout": "None", "id2label": "{0: 'NEG', 1: 'POS'}",
+        "label2id": "{'NEG': 0, 'POS': 1}",
+        "dropout": "0.3",  # the arguments' value: {**config, **args}
+        "learning_rate": "5e-05", "use_cpu": "False", "hub_token": "<HUB_TOKEN>", "seed": "42",
+        "report_to": "['mlflow']", "warmup_ratio": "0.0", "fsdp_config": "{'min_num_params': 0}",
+        "run_name": "None",
+        # "long" is left out (over 6000 characters), and the state's train_batch_size does not
+        # stand in: the arguments are there.
+    }
+    assert any("long" in n and "left out" in n for n in result.notes)
+    assert any("dropout" in n for n in result.notes)

@@ -298,3 +298,34 @@ def test_mlruns_metric_line_property(tmp_path_factory, stamp, value, step):
     want_value = float(value)
     assert (got["step"], got["timestamp"]) == (want_step, want_stamp)
     assert got["value"] == want_value or (math.isnan(want_value) and math.isnan(got["value"]))
+
+
+@pytest.mark.parametrize("line, where", [
+    (f"1700000010000 0.5 9223372036854775808 {RUN}", "step 9223372036854775808 is outside"),
+    (f"-9223372036854775809 0.5 1 {RUN}", "timestamp -9223372036854775809 is outside"),
+])
+def test_mlruns_logged_model_metric_beyond_int64(tmp_path, line, where):
+    """A logged model's metric line out of range is a problem naming the line, not a server 400."""
+    store = _store(tmp_path, "1700000010000 0.5 1\n")
+    model = store / "1" / "models" / "m-0123456789abcdef0123456789abcdef"
+    (model / "metrics").mkdir(parents=True)
+    (model / "meta.yaml").write_text("model_id: m-0123456789abcdef0123456789abcdef\nexperiment_id: '1'\n"
+                                     "name: m\ncreation_timestamp: 1700000010000\nstatus: 2\n")
+    (model / "metrics" / "acc").write_text(f"1700000010000 0.9 1 {RUN}\n{line}\n")
+    result = mlruns.read(store, SourceOptions())
+    (p,) = result.problems + result.skipped  # the point is left out, the rest of the store read
+    assert p.file == str(model / "metrics" / "acc") and p.location == "line 2" and where in p.message, p
+    (logged,) = result.logged_models
+    assert [(m.step, m.value) for m in logged.doc.metrics] == [(1, 0.9)]
+
+
+def test_text_log_pattern_step_beyond_int64_is_named_as_written(tmp_path):
+    """A step read by --pattern is the integer written, not a float's rounding of it (which would
+    name 9223372036854775808 for 9223372036854775809)."""
+    from importer.sources import textlog
+
+    f = tmp_path / "train.log"
+    f.write_text("step 9223372036854775809 loss 1.0\nstep 3 loss 2.0\nstep 4.0 loss 1.5\n")
+    result = textlog.read(f, SourceOptions(patterns=[r"step (?P<step>\S+) loss (?P<loss>\S+)"]))
+    (p,) = result.problems
+    assert p.location == "line 1" and "step 9223372036854775809 is outside" in p.message, p

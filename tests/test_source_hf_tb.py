@@ -135,7 +135,7 @@ def test_every_other_file_is_named_grouped_by_folder(tmp_path):
     out = _output_dir(tmp_path)
     rec, inputs = _one(out)
     assert inputs.unrecognised == []
-    (note,) = [n for n in inputs.notes if "no source reads" in n]
+    (note,) = [n for n in inputs.notes if "files not read" in n]
     assert "checkpoint-20/ (model.safetensors, optimizer.pt, rng_state.pth, scheduler.pt, trainer_state.json)" in note
     assert "./ (special_tokens_map.json, tokenizer.json)" in note
     assert "events.out" not in note and "runs/" not in note
@@ -151,7 +151,7 @@ def test_checkpoints_with_the_same_files_are_one_group(tmp_path):
         for name in ("optimizer.pt", "scheduler.pt"):
             (c / name).write_bytes(b"\0")
     _, inputs = _one(out)
-    (note,) = [n for n in inputs.notes if "no source reads" in n]
+    (note,) = [n for n in inputs.notes if "files not read" in n]
     assert "checkpoint-30/, checkpoint-40/, checkpoint-50/, checkpoint-60/, checkpoint-70/ and 1 more " \
            "folders (each: optimizer.pt, scheduler.pt)" in note
 
@@ -186,7 +186,7 @@ def test_an_unreadable_event_file_is_named_and_the_state_still_read(tmp_path):
     assert inputs.problems == []
     assert any(n.startswith(f"{pointer}: not read") and "git-LFS" in n for n in inputs.notes)
     assert rec.metrics["loss"].column("timestamp").null_count == 0
-    assert not any(str(pointer) in n for n in inputs.notes if "no source reads" in n)
+    assert not any(str(pointer) in n for n in inputs.notes if "files not read" in n)
 
 
 def test_text_summaries_are_named(tmp_path):

@@ -474,10 +474,13 @@ def test_hf_eval_sets_resume_params():
     assert "eval_squad_report" not in rec.metrics
     assert any("eval_squad_report" in n for n in result.notes)
     assert any("training_args.bin" in n for n in result.notes)
-    # Params: training_args.json, then config.json (config wins), then the state's own fields.
-    assert rec.params["dropout"] == "0.1" and rec.params["learning_rate"] == "5e-05"
-    assert rec.params["architectures.0"] == "DistilBertForQuestionAnswering"
-    assert rec.params["train_batch_size"] == "8" and rec.params["num_train_epochs"] == "2.0"
+    # Params as transformers' MLflowCallback logs them: {**config, **args} (the arguments win),
+    # nothing flattened, str() of each value; the state's fields only stand in for missing arguments.
+    assert rec.params["dropout"] == "0.3" and rec.params["learning_rate"] == "5e-05"
+    assert any("dropout" in n and "arguments' value" in n for n in result.notes)
+    assert rec.params["architectures"] == "['DistilBertForQuestionAnswering']"
+    assert rec.params["id2label"] == "{0: 'LABEL_0'}"  # int keys, as PretrainedConfig holds them
+    assert rec.params["num_train_epochs"] == "2.0" and "train_batch_size" not in rec.params
     assert rec.params["report_to"] == "[]"
     assert rec.tags["hf.best_metric"] == "0.61"
 

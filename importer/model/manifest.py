@@ -115,6 +115,16 @@ class Artifact(_Strict):
     dest: Optional[StrictStr] = Field(None, description="A folder inside the run's artifacts.")
 
 
+class ModelEntry(_Strict):
+    path: StrictStr = Field(description="A folder or file among the run's artifacts (as stored: "
+                            "its `dest` and name), typically holding an `MLmodel` file.")
+    name: StrictStr = Field(description="The registered model; created when it does not exist.")
+    aliases: list[StrictStr] = Field(default_factory=list,
+                                     description="Set on the registered model, pointing at this version.")
+    tags: dict[str, StrictStr] = Field(default_factory=dict, description="The version's tags.")
+    description: Optional[StrictStr] = Field(None, description="The version's description.")
+
+
 class Run(_Strict):
     id: Optional[StrictStr] = Field(
         None, description="Import key, unique in the manifest; parents refer to it.")
@@ -131,6 +141,8 @@ class Run(_Strict):
     tags: dict[str, StrictStr] = Field(default_factory=dict)
     metrics: dict[str, Metric] = Field(default_factory=dict)
     artifacts: list[Artifact] = Field(default_factory=list)
+    models: list[ModelEntry] = Field(
+        default_factory=list, description="Model versions to register from this run's artifacts.")
     parent: Optional[StrictStr] = Field(
         None, description="The `id` of another run in this manifest, or an existing MLflow run id.")
     runs: list["Run"] = Field(default_factory=list, description="Child runs of this run.")

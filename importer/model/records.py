@@ -76,6 +76,23 @@ class ArtifactFile:
     dest: str  # relative posix path inside the run's artifact root
 
 
+# On a model version importer registered from a run's artifacts: the run's import key and the
+# artifact path, by which a rerun finds the version instead of making another.
+MODEL_RUN_KEY_TAG = "importer.run_import_key"
+MODEL_PATH_TAG = "importer.model_path"
+
+
+@dataclass
+class ModelToRegister:
+    """A model version to register from the run's artifacts once the run is written."""
+
+    name: str
+    path: str  # a file or folder inside the run's artifacts
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # the version's
+    description: Optional[str] = None
+
+
 @dataclass
 class RunRecord:
     """One run as every source yields it and every sink takes it."""
@@ -102,6 +119,7 @@ class RunRecord:
     experiment_tags: dict[str, str] = field(default_factory=dict)  # set on the experiment; the
     # experiment's description is its tag `mlflow.note.content`
     inputs: list[dict] = field(default_factory=list)  # dataset inputs, as runs/log-inputs takes them
+    models: list[ModelToRegister] = field(default_factory=list)  # registered after the run is written
     # A source that reads metrics and artifacts only when a run is written (a server) sets `load`,
     # and `signature`: a hash standing for the content, so an unchanged run is skipped unread.
     signature: Optional[str] = None

@@ -199,3 +199,40 @@ def model_stored_value(value: float) -> float:
     becomes 0.0 on the model side (the run keeps NaN)."""
     stored = stored_value(value)
     return 0.0 if stored == "NaN" else stored
+
+
+# Registered models (mlflow/utils/validation.py: _validate_model_name, _validate_model_alias_name,
+# _validate_model_alias_name_reserved; the SQL store's name and alias columns are String(256)).
+MAX_MODEL_NAME_LENGTH = 256
+MAX_ALIAS_LENGTH = 255
+MAX_MODEL_TAG_VALUE_LENGTH = 100_000
+_ALIAS = re.compile(r"^[\w\-]*$")
+_VERSION_ALIAS = re.compile(r"^[vV]\d+$")
+
+
+def model_name_problem(name: str) -> Optional[str]:
+    """Why the server would refuse `name` as a registered model's name, or None."""
+    if not name.strip():
+        return "model name is empty"
+    if "/" in name or ":" in name:
+        return f"model name {name!r} has '/' or ':' (the server refuses both)"
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(".."):
+        return f"model name {name!r} is not a plain name (the server refuses names that resolve to {norm!r})"
+    if len(name) > MAX_MODEL_NAME_LENGTH:
+        return f"model name is {len(name)} characters long; the server allows {MAX_MODEL_NAME_LENGTH}"
+    return None
+
+
+def alias_problem(alias: str) -> Optional[str]:
+    """Why the server would refuse `alias` for a model version, or None: empty, characters other
+    than letters, digits, '_' and '-', too long, or reserved (`latest`, `v<number>`, any case)."""
+    if not alias:
+        return "alias is empty"
+    if not _ALIAS.match(alias):
+        return f"alias {alias!r} may hold only letters, digits, '_' and '-'"
+    if len(alias) > MAX_ALIAS_LENGTH:
+        return f"alias is {len(alias)} characters long; the server allows {MAX_ALIAS_LENGTH}"
+    if alias.lower() == "latest" or _VERSION_ALIAS.match(alias):
+        return f"alias {alias!r} is reserved by the server (`latest` and `v<number>` name versions)"
+    return None

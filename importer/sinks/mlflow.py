@@ -232,7 +232,10 @@ class MlflowSink:
         exp_id, exp_new = await self.experiment(rec.experiment, rec.experiment_tags)
         out.experiment_id = exp_id
         fingerprint = f"{rec.fingerprint()}:{self.policy}"  # another policy may want other writes
-        row = self.ledger.run(self.server, rec.experiment, rec.import_key) if exp_id else None
+        # An experiment this import created held none of the ledger's runs: the server was wiped
+        # or replaced under the same URL (its new experiment may even get the old id), or the
+        # experiment was deleted for good. Whatever the ledger says of it is about another store.
+        row = self.ledger.run(self.server, rec.experiment, rec.import_key) if exp_id and not exp_new else None
         trust = ledger_trust(row, fingerprint=fingerprint, experiment_id=exp_id,
                              moved=rec.source_run_id is not None)
         if trust.unchanged:

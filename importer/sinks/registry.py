@@ -1,5 +1,7 @@
 """Registered models written to a server, each version pointing at the migrated run (read from
-a server by sources/server.py, from files by the store sources).
+a server by sources/server.py, from files by the store sources); and versions registered from an
+imported run's own artifacts (`register_versions`: manifest `models`, `import --register-model`,
+see docs/models.md).
 
 A version is matched on the destination by its tag `importer.source_version`, so a rerun creates
 no second copy. The server numbers versions itself, one more than the last it made, and never
@@ -15,12 +17,14 @@ carried over as the version's stage when set. A version of an MLflow 3 logged mo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Optional
+from urllib.parse import quote
 
 from ..errors import ImporterError, ServerError
 from ..mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs
-from ..model import (PLACEHOLDER_TAG, SOURCE_VERSION_TAG, RegisteredModel, first_version,
-                     store_run_id)
+from ..model import (MODEL_PATH_TAG, MODEL_RUN_KEY_TAG, PLACEHOLDER_TAG, SOURCE_VERSION_TAG,
+                     ModelToRegister, RegisteredModel, RunRecord, first_version, store_run_id)
 from .mlflow import Outcome
 
 
@@ -31,6 +35,24 @@ async def _get_model(api: MlflowApi, name: str) -> Optional[dict]:
         if e.error_code in NOT_FOUND:
             return None
         raise
+
+
+async def _get_or_create_model(api: MlflowApi, name: str, tags: Optional[dict[str, str]] = None,
+                               description: Optional[str] = None) -> dict:
+    """The registered model `name`, created (with `tags` and `description`) when missing."""
+    current = await _get_model(api, name)
+    if current is not None:
+        return current
+    body = {"name": name, "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+    if description:
+        body["description"] = description
+    try:
+        return await api.create_once("registered-models/create", body, "registered_model",
+                                     lambda: _get_model(api, name))
+    except ServerError as e:  # made meanwhile by another importer (a shard)
+        if e.error_code not in ALREADY_EXISTS:
+            raise
+        return await _get_model(api, name)
 
 
 def _by_tag(versions: list[dict], tag: str = SOURCE_VERSION_TAG) -> dict[str, dict]:
@@ -65,18 +87,7 @@ async def write_models(api: MlflowApi, models: list[RegisteredModel], runs: dict
     logged = logged or {}
     notes = []
     for model in models:
-        current = await _get_model(api, model.name)
-        if current is None:
-            body = {"name": model.name, "tags": [{"key": k, "value": v} for k, v in model.tags.items()]}
-            if model.description:
-                body["description"] = model.description
-            try:
-                current = await api.create_once("registered-models/create", body, "registered_model",
-                                                lambda: _get_model(api, model.name))
-            except ServerError as e:  # made meanwhile by another importer (a shard)
-                if e.error_code not in ALREADY_EXISTS:
-                    raise
-                current = await _get_model(api, model.name)
+        current = await _get_or_create_model(api, model.name, model.tags, model.description)
         if (current.get("description") or None) != model.description:
             await api.request("PATCH", "/api/2.0/mlflow/registered-models/update",
                               json={"name": model.name, "description": model.description or ""})
@@ -158,3 +169,111 @@ async def copy_models(api: MlflowApi, models: list[RegisteredModel], outcomes: l
     except ImporterError as e:
         outcomes.append(Outcome("registered models", "", "", action="failed", error=str(e)))
         return []
+
+
+# -- model versions registered from an imported run's artifacts (manifest `models`,
+#    `import --register-model`) ----------------------------------------------------------------
+
+def version_url(server: str, name: str, version: str) -> str:
+    """The version's page in the MLflow UI."""
+    return f"{server}/#/models/{quote(name, safe='')}/versions/{version}"
+
+
+async def _registered_from(api: MlflowApi, name: str, key: str, path: str, run_id: str) -> Optional[dict]:
+    """The version importer registered from artifact `path` of run `run_id` (import key `key`),
+    if any: found by its tags, so a rerun, or a retry after a lost answer, makes no second one."""
+    # The run's versions only: a model with thousands of versions is not listed for each one.
+    where = "name='{}' and run_id='{}'".format(name.replace("'", "\\'"), run_id)
+    versions = [v async for v in api.paged("model-versions/search", {"filter": where, "max_results": 1000},
+                                           "model_versions", get=True)]
+    mine = [v for v in versions if v.get("run_id") == run_id
+            and pairs(v.get("tags")).get(MODEL_RUN_KEY_TAG) == key and pairs(v.get("tags")).get(MODEL_PATH_TAG) == path]
+    return first_version(mine) if mine else None
+
+
+async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict,
+                    model: dict) -> tuple[dict, str]:
+    """Register one version of `entry.name` (`model`, as registered-models/get gave it before)
+    from the run's artifacts (its `info`), or find the one registered before; set its tags,
+    description and the model's aliases. Returns the version and "created" or "found"."""
+    run_id = run["run_id"]
+    action = "found"
+    version = await _registered_from(api, entry.name, key, entry.path, run_id)
+    if version is None:
+        # As mlflow.register_model("runs:/<run>/<path>") sends it: the artifact's URI and the run,
+        # which the UI links the version to. Our tags go in the same request, so a lost answer
+        # is found by them before the next attempt (create_once).
+        tags = {**entry.tags, MODEL_RUN_KEY_TAG: key, MODEL_PATH_TAG: entry.path}
+        body = {"name": entry.name, "source": f"{run['artifact_uri']}/{entry.path}", "run_id": run_id,
+                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        if entry.description:
+            body["description"] = entry.description
+        version = await api.create_once("model-versions/create", body, "model_version",
+                                        lambda: _registered_from(api, entry.name, key, entry.path, run_id))
+        action = "created"
+        # Importers registering the same run at once (a daemon and a cron scan) may each have
+        # made one: the first made (lowest number) stays, by a rule each computes alike; the
+        # others delete their own (its number stays used up).
+        first = await _registered_from(api, entry.name, key, entry.path, run_id)
+        if first is not None and first["version"] != version["version"]:
+            await _delete_version(api, entry.name, version["version"])
+            version, action = first, "found"
+    else:  # the manifest may have changed since
+        if (version.get("description") or None) != entry.description:
+            await api.request("PATCH", "/api/2.0/mlflow/model-versions/update",
+                              json={"name": entry.name, "version": version["version"],
+                                    "description": entry.description or ""})
+        have = pairs(version.get("tags"))
+        for k, v in entry.tags.items():
+            if have.get(k) != v:
+                await api.call("model-versions/set-tag",
+                               {"name": entry.name, "version": version["version"], "key": k, "value": v})
+    pointed = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    for alias in entry.aliases:
+        if pointed.get(alias) != version["version"]:
+            await api.call("registered-models/alias",
+                           {"name": entry.name, "alias": alias, "version": version["version"]})
+    return version, action
+
+
+async def register_versions(api: MlflowApi, records: list[RunRecord], outcomes: list) -> list[dict]:
+    """Register the model versions the runs carry (`RunRecord.models`), each from its run as
+    written (`outcomes`). Returns one entry per version, created or found, with its UI address;
+    a failure is added to `outcomes` (the run itself stays written)."""
+    written = {(o.experiment, o.import_key): o for o in outcomes}
+    todo = [(rec, out, entry) for rec in records if rec.models
+            and (out := written.get((rec.experiment, rec.import_key))) is not None
+            and out.action != "failed" and out.run_id for entry in rec.models]
+    models: dict[str, dict] = {}
+    failed: list[Outcome] = []
+
+    def fail(rec: RunRecord, entry: ModelToRegister, e: Exception) -> None:
+        failed.append(Outcome(f"{rec.origin}: model {entry.name!r}", rec.experiment, rec.import_key,
+                              action="failed", error=str(e)))
+
+    for rec, _, entry in todo:  # each model once, before its versions
+        if entry.name not in models:
+            try:
+                models[entry.name] = await _get_or_create_model(api, entry.name)
+            except ImporterError as e:
+                fail(rec, entry, e)
+    # Versions of different runs in parallel: an alias is claimed by one run only (validated).
+    slots = asyncio.Semaphore(api.config.max_in_flight)
+
+    async def one(rec: RunRecord, out, entry: ModelToRegister) -> Optional[dict]:
+        if entry.name not in models:
+            return None
+        async with slots:
+            try:
+                run = await api.get_run(out.run_id)
+                version, action = await _register(api, entry, rec.import_key, run["info"], models[entry.name])
+            except ImporterError as e:
+                fail(rec, entry, e)
+                return None
+        return {"name": entry.name, "version": version["version"], "action": action,
+                "run_id": out.run_id, "path": entry.path, "aliases": entry.aliases,
+                "url": version_url(api.url, entry.name, version["version"])}
+
+    done = await asyncio.gather(*(one(*item) for item in todo))
+    outcomes += failed
+    return [v for v in done if v is not None]

@@ -54,6 +54,9 @@ class SourceResult:
     # Experiments of another MLflow store (model.ExperimentRecord): created with their tags
     # even when empty, and deleted again when deleted there.
     experiments: list = field(default_factory=list)
+    # Run folders whose files the source did not all read (folder.RunFolder): named in notes by
+    # folder.name_unread once the saved models among them are known (sources.model_files).
+    unread: list = field(default_factory=list)
 
 
 class StoreReader:

@@ -27,10 +27,11 @@ Rules:
 * Every other file of the run folder is named in a note, grouped by folder; hidden folders too.
   The full rules: docs/formats/hf.md.
 * Params: `training_args.json` (when someone saved `TrainingArguments.to_dict()`) and `config.json`
-  (the model config), flattened with model.flatten_params, config winning on a shared key as in
-  transformers' MLflowCallback; then the state's own `train_batch_size`, `num_train_epochs`,
-  `max_steps`, `logging_steps`, `eval_steps`, `save_steps` where not already set. They are looked
-  for beside the state file and in the run folder. `training_args.bin` is a torch pickle: not read
+  (the model config), as transformers' MLflowCallback logs them (params.transformers_params: the
+  arguments win on a shared key, nothing flattened, Python's text of each value); without
+  training_args.json, the state's own `train_batch_size`, `num_train_epochs`, `max_steps`,
+  `logging_steps`, `eval_steps`, `save_steps` stand in. They are looked for beside the state file
+  and in the run folder. `training_args.bin` is a torch pickle: not read
   (never unpickle untrusted files), a note says so.
 * Tags: `hf.best_metric`, `hf.best_model_checkpoint`, `hf.best_global_step` when set.
 """
@@ -39,15 +40,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import Problem
-from ..model import RunRecord, flatten_params
+from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
+from .folder import RunFolder
+from .params import transformers_params
 from . import tfevents
 from .textlog import STEP_RULE_TAG, SeriesBuilder
 from .times import seconds_ms
@@ -137,30 +139,30 @@ def _load_json(path: Path, result: SourceResult) -> Any:
     return None
 
 
-def _params(state: Path, run_dir: Path, doc: dict, result: SourceResult) -> dict[str, str]:
+def _params(state: Path, run_dir: Path, doc: dict, origin: str, result: SourceResult) -> dict[str, str]:
+    """training_args.json and config.json as MLflowCallback logs them (params.transformers_params);
+    without training_args.json, the state's own fields stand in for the arguments."""
     folders = [state.parent] + ([run_dir] if run_dir != state.parent else [])
-    merged: dict[str, str] = {}
-    for name in ("training_args.json", "config.json"):  # config wins, as in MLflowCallback
+    loaded: dict[str, Optional[dict]] = {}
+    for name in ("training_args.json", "config.json"):
         found = next((f / name for f in folders if (f / name).is_file()), None)
-        if found is None:
-            continue
-        data = _load_json(found, result)
-        if isinstance(data, dict):
-            try:
-                merged.update(flatten_params(data))
-            except ValueError as e:
-                result.notes.append(f"{found}: not used as params ({e})")
-        elif data is not None:
+        data = _load_json(found, result) if found else None
+        if data is not None and not isinstance(data, dict):
             result.notes.append(f"{found}: not a JSON object; not used as params")
+            data = None
+        loaded[name] = data
     for f in folders:
         if (f / "training_args.bin").is_file():
             result.notes.append(f"{f / 'training_args.bin'}: a torch pickle; not read (save the "
                                 "arguments as training_args.json to import them)")
             break
-    for k in STATE_PARAM_FIELDS:
-        if doc.get(k) is not None:
-            merged.setdefault(k, flatten_params({k: doc[k]})[k])
-    return merged
+    params = transformers_params(loaded["training_args.json"], loaded["config.json"], str(state),
+                                 origin, result.problems, result.notes)
+    if loaded["training_args.json"] is None:
+        for k in STATE_PARAM_FIELDS:
+            if doc.get(k) is not None:
+                params.setdefault(k, str(doc[k]))
+    return params
 
 
 def read(path: Path, options: SourceOptions) -> SourceResult:
@@ -226,7 +228,7 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         import_key=import_key(NAME, str(run_dir)),
         origin=f"{file}: log_history",
         name=run_dir.name or None)
-    params = _params(state, run_dir, doc, result)
+    params = _params(state, run_dir, doc, rec.origin, result)
     if events is not None:
         for k, v in events.params.items():  # hparams of the event files, where not already set
             params.setdefault(k, v)
@@ -248,58 +250,19 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# The rest of the run folder: TensorBoard event files, and the files no source reads
+# The rest of the run folder: TensorBoard event files, and the files not read
 # ---------------------------------------------------------------------------------------------
 
-class _Layout:
-    """The files of a run folder, walked once (links not followed, hidden folders left out)."""
+class _Layout(RunFolder):
+    """The run folder's files (folder.RunFolder), and its TensorBoard event files."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
-        self.files: list[Path] = []  # every file and link, resolved folder + name
-        self.hidden: list[Path] = []  # hidden folders (editors' autosaves: .ipynb_checkpoints)
-        self.events: list[Path] = []  # TensorBoard event files, oldest first
-        for folder, dirs, names in os.walk(run_dir):
-            self.hidden += [Path(folder) / d for d in sorted(dirs) if d.startswith(".")]
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(names):
-                f = Path(folder) / name
-                self.files.append(f)
-                if tfevents.is_event_file(f) and not f.is_symlink():
-                    self.events.append(f)
+        super().__init__(run_dir)
         # Event file names start with their creation time (events.out.tfevents.<seconds>.<host>):
         # a resumed run's second logging folder comes after the first.
-        self.events.sort(key=lambda f: (f.name, str(f)))
+        self.events = sorted((f for f in self.files if tfevents.is_event_file(f) and not f.is_symlink()),
+                             key=lambda f: (f.name, str(f)))
         self.found_events = list(self.events)  # `events` keeps those read; the others get a note
-
-    def report(self, read: set[Path], result: SourceResult) -> None:
-        """One note naming the files not read, grouped by folder (folders holding the same file
-        names, such as checkpoints, together), and one naming the hidden folders left out."""
-        by_folder: dict[Path, list[str]] = {}
-        for f in self.files:
-            if f.is_symlink() or f.resolve() not in read:
-                by_folder.setdefault(f.parent, []).append(f.name)
-        groups: dict[tuple, list[str]] = {}
-        for folder, names in by_folder.items():
-            rel = folder.relative_to(self.run_dir).as_posix()
-            groups.setdefault(tuple(names), []).append("./" if rel == "." else rel + "/")
-        if groups:
-            parts = []
-            for names, folders in groups.items():
-                shown = ", ".join(names[:_SHOWN]) + (f", +{len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
-                where = ", ".join(folders[:_SHOWN]) + (f" and {len(folders) - _SHOWN} more folders"
-                                                       if len(folders) > _SHOWN else "")
-                parts.append(f"{where} ({'each: ' if len(folders) > 1 else ''}{shown})")
-            total = sum(len(n) * len(f) for n, f in groups.items())
-            result.notes.append(f"{self.run_dir}: {total} files no source reads, not imported: "
-                                + "; ".join(parts))
-        if self.hidden:
-            result.notes.append(f"{self.run_dir}: hidden folders left out (editors' autosaves and "
-                                "the like): " + ", ".join(h.relative_to(self.run_dir).as_posix() + "/"
-                                                           for h in self.hidden))
-
-
-_SHOWN = 5  # file names shown per folder in the note on files not read
 
 
 def _read_events(layout: _Layout, result: SourceResult) -> Optional["tfevents._Run"]:

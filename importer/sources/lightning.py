@@ -24,6 +24,8 @@ test-tube layouts: `meta_tags.csv` (key,value rows) adds params not already in h
 the manifest's rule. Keys the server rejects are mapped with safe_metric_key and noted; metric keys
 likewise, with the RENAMED_METRICS_TAG tag. Details: docs/formats/lightning.md.
 
+Every other file of the version folder (`checkpoints/*.ckpt`) is named in a note (folder.RunFolder).
+
 Run: identity `version_N` (the import key hashes the resolved version folder), name `version_N`,
 experiment = options.experiment or the name of the folder holding the version folders (the
 logger's `name`, often `lightning_logs`).
@@ -45,9 +47,12 @@ from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
 from .delimited import first_line, split_header
 from .delimited_run import DelimitedRun
+from .folder import RunFolder
 from .params import lightning_params, load_objects
 
 NAME = "lightning"
+# The files of a version folder read; any other (checkpoints/*.ckpt) is named in a note.
+READ_FILES = ("metrics.csv", "hparams.yaml", "meta_tags.csv", "meta.experiment")
 _VERSION = re.compile(r"^version_(\d+)$")
 _MARKERS = ("metrics.csv", "meta_tags.csv")
 
@@ -141,6 +146,7 @@ def _read_version(folder: Path, options: SourceOptions, result: SourceResult) ->
     if file.is_file():  # streamed from the file when written (delimited_run.DelimitedRun)
         DelimitedRun(file, rec, step_column=_step_column(file), keep_text=("step", "epoch"),
                      text_only=False, text_keys=False).validate(result)
+    RunFolder(folder).report({(folder / n).resolve() for n in READ_FILES}, result)
     return rec
 
 

@@ -15,9 +15,10 @@ import pydantic
 from ..errors import Problem
 from ..files import within
 from ..model import (DERIVED_TIMESTAMPS_NOTE, DERIVED_TIMESTAMPS_TAG, FIELD_TAGS, INFINITE_VALUES_TAG,
-                     INT64_MAX, INT64_MIN, MAX_PARAM_VALUE_LENGTH, MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA,
-                     RUN_ID, ArtifactFile, Columns, Manifest, Point, Run, RunRecord, derived_key,
-                     flatten_params, key_problem, metric_value, to_ms, value_problem)
+                     INT64_MAX, INT64_MIN, MAX_MODEL_TAG_VALUE_LENGTH, MAX_PARAM_VALUE_LENGTH,
+                     MAX_TAG_VALUE_LENGTH, METRIC_SCHEMA, RUN_ID, ArtifactFile, Columns, Manifest,
+                     ModelToRegister, Point, Run, RunRecord, alias_problem, derived_key, flatten_params,
+                     key_problem, metric_value, model_name_problem, to_ms, value_problem)
 from . import jsondoc
 from .base import SourceOptions, SourceResult
 
@@ -157,6 +158,17 @@ class ManifestReader:
                               "give each an `id`")
             seen.setdefault(scoped, where)
 
+        # An alias points at one version: two runs cannot both claim it.
+        claimed: dict[tuple[str, str], str] = {}  # (model, alias) -> location
+        for where, run, _, _ in flat:
+            for i, entry in enumerate(run.models if id(run) in built else []):
+                for j, alias in enumerate(entry.aliases):
+                    at = f"{where}.models[{i}].aliases[{j}]" if where != "(run)" else f"models[{i}].aliases[{j}]"
+                    first = claimed.setdefault((entry.name, alias), at)
+                    if first != at:
+                        self._problem(at, f"alias {alias!r} of model {entry.name!r} is already "
+                                      f"claimed at {first}; an alias points at one version")
+
         where_of = {rec.import_key: where for where, run, _, _ in flat
                     if (rec := built.get(id(run))) is not None}
         self.records = self._ordered(list(built.values()), where_of)
@@ -242,7 +254,38 @@ class ManifestReader:
             rec.tags[INFINITE_VALUES_TAG] = ",".join(infinite)
 
         rec.artifacts = self._artifacts(where, run)
+        rec.models = self._models(at, run, rec.artifacts)
         return rec
+
+    def _models(self, at, run: Run, artifacts: list[ArtifactFile]) -> list[ModelToRegister]:
+        """The model versions to register, each checked against the run's artifacts and the
+        server's rules for names, aliases and tags."""
+        stored = {a.dest for a in artifacts}
+        out: list[ModelToRegister] = []
+        for i, entry in enumerate(run.models):
+            path = entry.path.strip("/")
+            if not path or not (path in stored or any(d.startswith(path + "/") for d in stored)):
+                self._problem(at("models", i, "path"), f"{entry.path!r} is not among the run's artifacts "
+                              "(a file or folder as stored: its `dest` and name)" +
+                              (f"; they are: {', '.join(sorted(stored)[:5])}" + (" ..." if len(stored) > 5 else "")
+                               if stored else "; the run has none"))
+            if msg := model_name_problem(entry.name):
+                self._problem(at("models", i, "name"), msg)
+            for j, alias in enumerate(entry.aliases):
+                if msg := alias_problem(alias):
+                    self._problem(at("models", i, "aliases", j), msg)
+                elif alias in entry.aliases[:j]:
+                    self._problem(at("models", i, "aliases", j), f"alias {alias!r} is given twice")
+            for k, v in entry.tags.items():
+                if msg := key_problem(k, "tag"):
+                    self._problem(at("models", i, "tags", k), msg)
+                elif k.startswith("importer."):
+                    self._problem(at("models", i, "tags", k), "tags under `importer.` are reserved for importer")
+                elif msg := value_problem(v, MAX_MODEL_TAG_VALUE_LENGTH):
+                    self._problem(at("models", i, "tags", k), msg)
+            out.append(ModelToRegister(entry.name, path, list(entry.aliases), dict(entry.tags),
+                                       entry.description))
+        return out
 
     def _metric_table(self, where: str, metric: Any) -> Optional[pa.Table]:
         if isinstance(metric, Columns):
@@ -297,6 +340,9 @@ class ManifestReader:
         resolves outside the manifest's folder is refused, links included."""
         if os.path.isabs(raw):
             self._problem(at, f"{raw!r} is absolute; artifact paths are relative to the manifest")
+            return []
+        if os.path.normpath(raw).split(os.sep)[0] == "..":  # refused before anything out there is looked at
+            self._problem(at, f"{raw!r} leads outside the manifest's folder {self.base_dir}")
             return []
         path = self.base_dir / raw
         if not path.exists():

@@ -478,12 +478,18 @@ class _Store(StoreReader):
                     if len(parts) not in (4, 6):
                         raise ValueError
                     dataset = parts[4:6] if len(parts) == 6 else (None, None)
-                    out.append(ModelMetric(
-                        key=key, value=model_stored_value(float(parts[1])), timestamp=int(parts[0]),
-                        step=int(parts[2]), run_id=parts[3], dataset_name=dataset[0], dataset_digest=dataset[1]))
+                    stamp, value, step = _line_int(parts[0]), float(parts[1]), _line_int(parts[2])
                 except ValueError:
                     self.problem(file, f"line {number}", "not `timestamp value step run_id "
                                  f"[dataset_name dataset_digest]`: {line.strip()[:80]!r}; that point is not imported")
+                    continue
+                out_of_range = [f"{name} {msg}" for name, v in (("timestamp", stamp), ("step", step))
+                                if (msg := int64_problem(v))]
+                if out_of_range:
+                    self.problem(file, f"line {number}", f"{out_of_range[0]}; that point is not imported")
+                    continue
+                out.append(ModelMetric(key=key, value=model_stored_value(value), timestamp=stamp, step=step,
+                                       run_id=parts[3], dataset_name=dataset[0], dataset_digest=dataset[1]))
         return out
 
     def registered_models(self, folder: Path) -> None:

@@ -14,6 +14,16 @@ sends `str(value)` for every param value. The rules, and where each framework wr
   the keys (Lightning PR #16451, in every release since 1.9; the open PR #20636 would use MLflow's
   MAX_PARAM_VAL_LENGTH instead). Keys are not sanitized by Lightning (the server would refuse the
   batch); the importer maps them with safe_metric_key and notes it.
+* transformers (`transformers_params`): `MLflowCallback.setup`
+  (transformers/integrations/integration_utils.py) logs `{**model.config.to_dict(),
+  **args.to_dict()}`: the training arguments win over a model-config key of the same name; nothing
+  is flattened unless MLFLOW_FLATTEN_PARAMS is set (no file says it was: not done here), so nested
+  values are Python's text (`{0: 'NEGATIVE', 1: 'POSITIVE'}`, `['DistilBertForMaskedLM']`);
+  `mlflow.log_params` sends `str(value)` (`False`, `None`, `5e-05`); a value longer than MLflow's
+  MAX_PARAM_VAL_LENGTH is left out with a warning (a note here). `config.to_dict()` has the keys of
+  `id2label` as integers (PretrainedConfig turns them back from the JSON's strings). config.json
+  holds only what differs from the model class's defaults (`to_diff_dict`), so the defaults a live
+  run also logs are not there to import.
 * Ultralytics (`ultralytics_params`): `on_pretrain_routine_end`
   (ultralytics/utils/callbacks/mlflow.py) calls `mlflow.log_params(dict(trainer.args))`: top-level
   keys only, nothing flattened, `str(value)`, no cut (a value over 6000 characters makes MLflow
@@ -33,6 +43,7 @@ from typing import Any, Optional
 import yaml
 
 from ..errors import Problem
+from ..model import MAX_PARAM_VALUE_LENGTH
 from .base import bounded, server_params
 from .yamlfile import DataLoader, load_yaml, tag_name
 
@@ -178,3 +189,33 @@ def ultralytics_params(raw: dict, file: str, origin: str, problems: list[Problem
         problems.append(Problem(file, "params", str(e) or "the parameters nest too deeply"))
         return {}
     return server_params(texts, file, origin, problems, notes)
+
+
+def _integer_keys(labels: dict) -> dict:
+    """id2label as PretrainedConfig holds it: `{0: ...}` where the JSON has `{"0": ...}`."""
+    return {int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v for k, v in labels.items()}
+
+
+def transformers_params(args: Optional[dict], config: Optional[dict], file: str, origin: str,
+                        problems: list[Problem], notes: list[str]) -> dict[str, str]:
+    """training_args.json and config.json as transformers' MLflowCallback logs them (module docstring)."""
+    config = dict(config or {})
+    args = args or {}
+    if isinstance(config.get("id2label"), dict):
+        config["id2label"] = _integer_keys(config["id2label"])
+    try:
+        bounded({"args": args, "config": config}, _children)
+        texts = {str(k): str(v) for k, v in {**config, **args}.items()}
+    except (ValueError, RecursionError) as e:
+        problems.append(Problem(file, "params", str(e) or "the parameters nest too deeply"))
+        return {}
+    shadowed = sorted(k for k in config if k in args and config[k] != args[k])
+    if shadowed:
+        notes.append(f"{origin}: keys of both the training arguments and the model config take the "
+                     f"arguments' value, as transformers' MLflowCallback does: {', '.join(shadowed)}")
+    too_long = [k for k, v in texts.items() if len(v) > MAX_PARAM_VALUE_LENGTH]
+    if too_long:
+        notes.append(f"{origin}: params longer than {MAX_PARAM_VALUE_LENGTH} characters left out, as "
+                     f"transformers' MLflowCallback leaves them out: {', '.join(too_long)}")
+    return server_params({k: v for k, v in texts.items() if k not in too_long}, file, origin,
+                         problems, notes)

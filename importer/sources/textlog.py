@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import struct
 from array import array
@@ -25,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import Problem
-from ..model import (INT64_MAX, INT64_MIN,
-                     METRIC_SCHEMA, RunRecord, flatten_params)
+from ..model import INT64_MIN, METRIC_SCHEMA, RunRecord, flatten_params
+from ..model.values import NumberText, int64_problem
 from . import kvline
 from .base import DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, checked_params, import_key
 from .times import LINE_TIME, seconds_ms, time_in_line
@@ -81,8 +82,8 @@ class SeriesBuilder:
 
     def add(self, key: str, step: int, value: float, ts: Optional[int] = None) -> Optional[str]:
         """Add one point; returns why it was refused (step out of range), else None."""
-        if not INT64_MIN <= step <= INT64_MAX:
-            return f"step {step} is outside the 64-bit integer range the server stores"
+        if why := int64_problem(step):
+            return f"step {why}"
         if self._seen is not None:
             mark = (step, struct.pack("<d", value))  # bit identity, so NaN equals NaN
             seen = self._seen.setdefault(key, set())
@@ -112,6 +113,22 @@ class SeriesBuilder:
                              schema=METRIC_SCHEMA)
             metrics.add(key, table, record.origin)
         metrics.finish(record)
+
+
+def _step_number(text: str) -> Optional[int | NumberText]:
+    """A step as written: digits as the exact integer (a float would round 2**63 + 1, and the
+    out-of-range message would name another number), or a whole decimal (`3.0`, `1e3`)."""
+    text = text.strip()
+    if _INTEGER.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:  # more digits than int() converts
+            return NumberText(text)
+    v = _number(text)
+    return int(v) if v is not None and math.isfinite(v) and v.is_integer() else None
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _number(text: str) -> Optional[float]:
@@ -588,11 +605,10 @@ def _pattern_parser(patterns: list[re.Pattern]) -> Callable[[_Reader, Iterator[s
                 step = None
                 raw_step = groups.pop("step", None) or groups.pop("epoch", None)
                 if raw_step is not None:
-                    v = _number(raw_step)
-                    if v is None or not v.is_integer():
+                    step = _step_number(raw_step)
+                    if step is None:
                         rd.problem(rd.lineno, f"pattern {rx.pattern!r}: step {raw_step!r} is not an integer")
                         continue
-                    step = int(v)
                 groups.pop("step", None)
                 raw_time = groups.pop("time", None)
                 ts = None

@@ -4,7 +4,8 @@ TF1 and TF2 scalars, PyTorch SummaryWriter and tensorboardX, plain, gzip or ZLIB
 kept (no EventAccumulator sampling): records read by the TFRecord framing reader below, CRCs
 checked, decoded with tensorboard's protobufs. A run is each folder directly holding event files;
 step = event step, timestamp = wall time in ms; hparams give params. A truncated or corrupt record
-ends a file's reading with a note; a git-LFS pointer is a Problem.
+ends a file's reading with a note; a git-LFS pointer is a Problem. The other files of a folder
+read whole (`hparams.yaml`, `checkpoints/` of Lightning's TensorBoardLogger) are named in a note.
 
 The variants and rules: docs/formats/tensorboard.md.
 """
@@ -23,6 +24,7 @@ from typing import Optional
 from ..errors import Problem
 from ..model import RunRecord, flatten_params
 from .base import Metrics, SourceOptions, SourceResult, import_key, metric_table
+from .folder import RunFolder
 from .times import seconds_ms
 
 NAME = "tensorboard"
@@ -122,6 +124,8 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
             continue  # every file was a problem (LFS pointer, unreadable)
         identity = folder.resolve() if named_root is not None else path.resolve()
         result.records.append(_record(identity, folder, named_root, run, options, result))
+    if named_root is not None:  # the folder is read whole: its other files are named
+        RunFolder(path).report({f.resolve() for _, files in runs for f in files}, result)
     return result
 
 

@@ -3,7 +3,8 @@
 History from the `run-<id>.wandb` log (LevelDB-log framing read here, records decoded with the
 `wandb` package's protobufs), else `wandb-history.jsonl`, else the summary only (noted). `_step`
 and `_timestamp` give step and time; `_` keys skipped; params from `config.yaml`; status from the
-exit record. Links never followed out of the named folder.
+exit record. Links never followed out of the named folder. Every other file of the run folder
+(output.log, media, requirements.txt) is named in a note (folder.RunFolder).
 
 Finding runs, the fields read and the mapping: docs/formats/wandb.md.
 """
@@ -21,6 +22,7 @@ from typing import Any, Iterator, Optional
 from ..errors import Problem
 from ..model import (RunRecord, flatten_params)
 from .base import Metrics, SourceOptions, SourceResult, import_key, metric_table
+from .folder import RunFolder
 from .times import iso_ms, seconds_ms
 
 NAME = "wandb"
@@ -147,10 +149,12 @@ class _RunReader:
         self.runtime: Optional[float] = None
         self.log_read = False
         self._meta: Optional[dict] = None
+        self.read_files: set[Path] = set()  # the others are named in a note (folder.RunFolder)
 
     def file(self, rel: str) -> Optional[Path]:
         """A regular file of the run, not through a link leading outside the named folder."""
         p = self.dir / rel
+        self.read_files.add(p.resolve())
         if p.is_symlink():
             target = p.resolve()
             if not (target == self.root or self.root in target.parents) or not target.is_file():
@@ -190,6 +194,7 @@ class _RunReader:
                 self.result.problems.append(Problem(str(summary), "", f"not readable JSON: {e}"))
         self.read_config()
         self.result.records.append(self.record())
+        RunFolder(self.dir).report(self.read_files, self.result)
 
     def read_log(self, log: Path, pb) -> None:
         with open(log, "rb") as fh:

@@ -9,6 +9,8 @@ callback logs them, params.ultralytics_params) or `opt.yaml` (+ `hyp.yaml`; YOLO
 logger: the manifest's flattening). Run = the results file's
 folder; experiment = the folder above it.
 
+Every other file of the run folder (weights/, plots) is named in a note (folder.RunFolder).
+
 The layouts table, the ambiguous cases and their rules: docs/formats/yolo.md.
 """
 
@@ -26,11 +28,15 @@ from ..errors import Problem
 from ..model import RunRecord
 from .base import SourceOptions, SourceResult, checked_params, import_key
 from .columns import NUMBER_PATTERN, MetricBuilder, first_failing, integer_steps, not_utf8
+from .folder import RunFolder
 from .delimited import complete_end, first_line, physical_lines, read_delimited, split_header
 from .params import ultralytics_params
 from .yamlfile import load_yaml
 
 NAME = "yolo"
+# The params files of a run folder; with the results file, the files read. Any other (weights/,
+# plots) is named in a note.
+PARAM_FILES = ("args.yaml", "opt.yaml", "hyp.yaml")
 LAYOUT_TAG = "importer.results_layout"
 TXT_COLUMNS = ["epoch/total", "train/gpu_mem", "train/box_loss", "train/obj_loss",
                "train/cls_loss", "train/total_loss", "train/instances", "train/img_size",
@@ -120,6 +126,8 @@ def read(path: Path, options: SourceOptions) -> SourceResult:
         rec = _record(file, options, result)
         if rec is not None:
             result.records.append(rec)
+        RunFolder(file.parent).report({(file.parent / n).resolve() for n in (file.name, *PARAM_FILES)},
+                                      result)
     return result
 
 

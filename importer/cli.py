@@ -1,7 +1,7 @@
 """The `importer` command: a thin typer layer over the package's functions.
 
 Exit codes: 0 all done; 1 some runs failed; 2 invalid input or usage, nothing written;
-3 server unreachable or credentials refused.
+3 server unreachable or credentials refused; 75 (scan, watch) another scan or watch holds the lock.
 """
 
 from __future__ import annotations
@@ -576,6 +576,104 @@ def schema(bundle: Annotated[bool, typer.Option("--bundle", help="Print the expo
     else:
         from . import pipeline
         typer.echo(json.dumps(pipeline.schema(), indent=2))
+
+
+# -- unattended: scan, status, watch (logic in importer/unattended.py) ----------------------------
+
+Folders = Annotated[list[str], typer.Argument(metavar="DIR", help="The folders to follow (walked; links are not followed).")]
+FinishAfter = Annotated[float, typer.Option(
+    metavar="SECONDS", help="A unit whose files changed less than this long ago is a run still training: "
+    "RUNNING; once quiet this long, FINISHED with its end time.")]
+
+
+def _locked(e: Exception) -> typer.Exit:
+    from .unattended import EXIT_LOCKED
+
+    typer.echo(f"error: {e}", err=True)
+    return typer.Exit(EXIT_LOCKED)
+
+
+@app.command(cls=_Command)
+def scan(
+    paths: Folders,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = None,
+    state: State = None,
+    finish_after: FinishAfter = 1800.0,
+    as_json: AsJson = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing unless something failed.")] = False,
+) -> None:
+    """Import what is new or changed in the folders since the last scan, then exit (for cron).
+
+    Exit codes as import's, and 75 when another scan or watch holds the ledger's lock."""
+    from . import unattended
+
+    try:
+        result = unattended.scan(paths, tracking_uri, experiment=experiment, state=state,
+                                 finish_after=finish_after)
+    except unattended.LockHeld as e:
+        raise _locked(e)
+    except ImporterError as e:
+        raise _fail(e)
+    summary = result.summary
+    failed = summary.failed or summary.changed
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif not quiet or failed:
+        typer.echo(result.text())
+    if any(o.unreachable for o in summary.failed):
+        raise typer.Exit(EXIT_SERVER)
+    raise typer.Exit(EXIT_RUNS_FAILED if failed else EXIT_OK)
+
+
+@app.command(cls=_Command)
+def status(
+    state: State = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Write the report as JSON on stdout.")] = False,
+) -> None:
+    """Show what scan and watch know: units imported, growing, failed (with the reason), settling.
+
+    Exit 1 when a unit failed."""
+    from . import unattended
+
+    try:
+        report = unattended.status(state)
+    except ImporterError as e:
+        raise _fail(e)
+    typer.echo(json.dumps(report, indent=2) if as_json else unattended.status_text(report))
+    raise typer.Exit(EXIT_RUNS_FAILED if report["failed"] else EXIT_OK)
+
+
+@app.command(cls=_Command)
+def watch(
+    paths: Folders,
+    tracking_uri: TrackingUri = None,
+    experiment: Experiment = None,
+    state: State = None,
+    settle: Annotated[float, typer.Option(
+        metavar="SECONDS", help="Import a file or run folder once it has been quiet this long.")] = 5.0,
+    finish_after: FinishAfter = 1800.0,
+    polling: Annotated[Optional[float], typer.Option(
+        is_flag=False, flag_value=5.0, metavar="[SECONDS]", help="Poll the folders (every 5 s, or SECONDS) "
+        "instead of the system's file events: for network file systems.")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines on stderr.")] = False,
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit: the same as `importer scan`.")] = False,
+) -> None:
+    """Follow folders and import each run as it is written, until SIGTERM or SIGINT.
+
+    Catches up at start, imports a unit once quiet for --settle seconds, appends what grows."""
+    from . import unattended
+
+    if once:
+        scan(paths, tracking_uri, experiment, state, finish_after, as_json=False, quiet=False)
+    try:
+        unattended.watch(paths, tracking_uri, experiment=experiment, state=state, settle=settle,
+                         finish_after=finish_after, polling=polling, log=unattended.Log(log_json))
+    except unattended.LockHeld as e:
+        raise _locked(e)
+    except ImporterError as e:
+        raise _fail(e)
+    raise typer.Exit(EXIT_OK)
 
 
 # -- the registration service: `serve` and its client `submit` (importer/service/) ------------------

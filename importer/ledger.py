@@ -31,6 +31,10 @@ at a new one, to have every run compared with the server again.
                batch, in the row's state; COMPARE: to be compared with the server's copy)
     artifacts  (run_id, dest) -> sha256 of the uploaded, verified file
     errors     one row per failed run and attempt
+    units      (server, experiment, path) -> what `scan` and `watch` last saw of a file or run
+               folder: its format, a signature of its files (size, mtime_ns, inode), its state
+               (imported, growing, failed, settling, empty, artifact), the last error (file, where, reason)
+               and times. A unit whose signature is unchanged is not read again.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping, Optional
+
+# The states of a unit (see `units`): imported; growing (imported while its files still change:
+# its runs are RUNNING); failed (retried when its signature changes); settling (changed, waiting
+# to be quiet); empty (recognised, but no run in it yet: a log with only its header); artifact (a
+# file a manifest or store names as an artifact: no run of its own).
+UNIT_STATES = ("imported", "growing", "failed", "settling", "empty", "artifact")
 
 # A progress digest that matches no source: the series is compared with the server's copy on the
 # next import. Its points were left changed at the source (on_metric_change `leave`).
@@ -114,6 +124,11 @@ class Ledger:
                                     pk=("run_id", "dest"), if_not_exists=True)
         self.db["errors"].create({"server": str, "experiment": str, "import_key": str,
                                   "origin": str, "message": str, "at": float}, if_not_exists=True)
+        self.db["units"].create({
+            "server": str, "experiment": str, "path": str, "format": str, "signature": str,
+            "state": str, "runs": int, "error_file": str, "error_where": str, "error": str,
+            "modified": float, "seen": float, "imported": float,
+        }, pk=("server", "experiment", "path"), if_not_exists=True)
 
     def close(self) -> None:
         self.db.close()
@@ -172,3 +187,23 @@ class Ledger:
         with self._writing():
             self.db["errors"].insert({"server": server, "experiment": experiment, "import_key": key,
                                       "origin": origin, "message": message, "at": time.time()})
+
+    # -- units (scan and watch) ----------------------------------------------------------------
+
+    def units(self, server: str, experiment: str) -> dict[str, dict]:
+        """path -> what a pass needs of a unit (format, signature, state, imported), for one server
+        and --experiment; only those columns: a ledger of 100,000 units is held whole by a pass.
+        This is a read-only operation."""
+        return {r["path"]: r for r in self.db["units"].rows_where(
+            "server = ? and experiment = ?", [server, experiment],
+            select="path, format, signature, state, imported")}
+
+    def all_units(self) -> list[dict]:
+        """Every unit row, of every server. This is a read-only operation."""
+        return list(self.db["units"].rows_where(order_by="server, experiment, path"))
+
+    def save_units(self, rows: list[dict]) -> None:
+        """Upsert unit rows (each with server, experiment and path) in one transaction."""
+        if rows:
+            with self._writing():
+                self.db["units"].upsert_all(rows, pk=("server", "experiment", "path"))

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "importer"
 DRIVERS = {"importer", "importer.__main__", "importer.cli", "importer.pipeline", "importer.moves",
            "importer.verification", "importer.service.app", "importer.service.jobs",
-           "importer.service.client"}
+           "importer.service.client", "importer.unattended"}
 # Imports inside functions that are there for a start-up reason, said beside each.
 LATE_IMPORTS_ALLOWED = {"importer", "importer.cli", "importer.pipeline", "importer.sources"}
 

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ConflictError, ConnectionFailed, ImporterError, ServerError
+from ..errors import ConflictError, ConnectionFailed, ImporterError, RetryableError, ServerError
 from ..files import sha256_file
 from ..ledger import COMPARE, Ledger
 from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_FOUND, MlflowApi, pairs,
@@ -74,12 +74,14 @@ class Outcome:
     changed: dict[str, int] = field(default_factory=dict)
     error: Optional[str] = None
     unreachable: bool = False  # failed because the server could not be reached (exit code 3)
+    retryable: bool = False  # failed on 429/5xx answers that outlasted the retries: try again later
 
     def fail(self, e: Exception) -> None:
         """The run failed with `e`: our own errors by their message, any other with its type."""
         known = isinstance(e, (ImporterError, OSError))
         self.action, self.error = "failed", str(e) if known else f"{type(e).__name__}: {e}"
         self.unreachable = isinstance(e, ConnectionFailed)
+        self.retryable = isinstance(e, RetryableError)
 
 
 def renamed_param(key: str, value: str) -> str:

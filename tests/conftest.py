@@ -27,10 +27,18 @@ CORPUS = ROOT.parent / "shared" / "corpus"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    """No test sees the developer's own MLflow settings."""
+    """No test sees the developer's own MLflow settings, nor the tracking and registry URIs an
+    earlier test gave the mlflow package (they outlive the servers they name, and win over
+    MLFLOW_TRACKING_URI)."""
     for var in list(os.environ):
         if var.startswith("MLFLOW_TRACKING_"):
             monkeypatch.delenv(var)
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow.tracking._model_registry.utils as registry
+        import mlflow.tracking._tracking_service.utils as tracking
+
+        tracking._tracking_uri = registry._registry_uri = None
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ def _clean_env(monkeypatch):
     earlier test gave the mlflow package (they outlive the servers they name, and win over
     MLFLOW_TRACKING_URI)."""
     for var in list(os.environ):
-        if var.startswith("MLFLOW_TRACKING_"):
+        if var.startswith("MLFLOW_TRACKING_") or var == "MLFLOW_REGISTRY_URI":
             monkeypatch.delenv(var)
     yield
     if "mlflow" in sys.modules:
@@ -39,6 +39,8 @@ def _clean_env(monkeypatch):
         import mlflow.tracking._tracking_service.utils as tracking
 
         tracking._tracking_uri = registry._registry_uri = None
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # set_*_uri write them too
+            os.environ.pop(var, None)
 
 
 @pytest.fixture(scope="session")

@@ -180,6 +180,25 @@ def test_migrate_is_exact_and_a_rerun_copies_nothing(source, dest, populated, tm
     assert len(view.runs(name, include_deleted=True)) == 6
 
 
+def test_a_late_copy_of_a_version_is_removed_by_the_next_migrate(source, dest, populated, tmp_path):
+    """A killed migrate's model-versions/create may land after the rerun looked for it (the server
+    finishes a request whose client died): two copies of source version 3. The lowest numbered
+    stays, the late one is deleted, and verify finds both stores alike."""
+    name, ids = populated
+    state = str(tmp_path / "ledger.db")
+    args = ("migrate", "--from", source.url, "--to", dest.url, "--experiment", name, "--state", state)
+    assert run_importer(*args).returncode == 0
+    rest = Rest(dest.url)
+    v3 = rest.http.get("model-versions/get", params={"name": ids["model"], "version": "3"}).json()["model_version"]
+    late = rest.post("model-versions/create", {"name": ids["model"], "source": v3["source"], "run_id": v3["run_id"],
+                                               "tags": v3["tags"]})["model_version"]
+    assert late["version"] == "4"
+    again = run_importer(*args)
+    assert again.returncode == 0, again.stderr.decode() + again.stdout.decode()
+    assert rest.http.get("model-versions/get", params={"name": ids["model"], "version": "4"}).status_code == 404
+    assert verify(source.url, dest.url, "--experiment", name).returncode == 0
+
+
 def test_migrate_without_ledger_nor_deleted_runs_then_growth(source, dest, populated, tmp_path):
     """No ledger at all (a new machine): runs are found by their key tag; a run that grew at the
     source gets only its new points."""

@@ -4,7 +4,8 @@ imported run's own artifacts (`register_versions`: manifest `models`, `import --
 see docs/models.md).
 
 A version is matched on the destination by its tag `importer.source_version`, so a rerun creates
-no second copy. The server numbers versions itself, one more than the last it made, and never
+no second copy; a second copy all the same (a killed importer's create that landed after the rerun
+looked) is deleted, the lowest numbered kept (`_drop_late_copies`). The server numbers versions itself, one more than the last it made, and never
 reuses the number of a deleted one. So where versions were deleted at the source (1, 2, 4), the
 numbers between are used up on the destination by placeholder versions (the real version's
 source and run, tag `importer.placeholder`), each deleted at once: version 4 stays version 4 and
@@ -55,6 +56,23 @@ async def _get_or_create_model(api: MlflowApi, name: str, tags: Optional[dict[st
         return await _get_model(api, name)
 
 
+async def _drop_late_copies(api: MlflowApi, name: str, versions: list[dict]) -> dict[str, dict]:
+    """{source version: its copy} of `versions`, the lowest numbered of several copies kept and
+    the others deleted. The server finishes a request whose client was killed: that create may
+    land after a rerun looked for it, and the rerun made a second copy meanwhile."""
+    found: dict[str, list[dict]] = {}
+    for v in versions:
+        if (src := pairs(v.get("tags")).get(SOURCE_VERSION_TAG)) is not None:
+            found.setdefault(src, []).append(v)
+    kept = {}
+    for src, copies in found.items():
+        kept[src] = first_version(copies)
+        for late in copies:
+            if late is not kept[src]:
+                await _delete_version(api, name, late["version"])
+    return kept
+
+
 def _by_tag(versions: list[dict], tag: str = SOURCE_VERSION_TAG) -> dict[str, dict]:
     """{source version: version dict} of the versions importer made, by their `tag`
     (SOURCE_VERSION_TAG: copies; PLACEHOLDER_TAG: placeholders not yet deleted)."""
@@ -95,11 +113,12 @@ async def write_models(api: MlflowApi, models: list[RegisteredModel], runs: dict
             if pairs(current.get("tags")).get(k) != v:
                 await api.call("registered-models/set-tag", {"name": model.name, "key": k, "value": v})
         live = await api.model_versions(model.name)
-        existing = {src: v["version"] for src, v in _by_tag(live).items()}
+        existing = {src: v["version"] for src, v in (await _drop_late_copies(api, model.name, live)).items()}
         for hole in _by_tag(live, PLACEHOLDER_TAG).values():
             await _delete_version(api, model.name, hole["version"])  # left by an interrupted move
         highest = max([int(v["version"]) for v in live], default=0)
         mapped: dict[str, str] = {}
+        made = False
         for v in sorted(model.versions, key=lambda v: int(v.version)):
             if v.version in existing:
                 mapped[v.version] = existing[v.version]
@@ -136,14 +155,22 @@ async def write_models(api: MlflowApi, models: list[RegisteredModel], runs: dict
                 "model-versions/create", body, "model_version",
                 lambda v=v: _made_for(api, model.name, v.version))
             mapped[v.version] = created["version"]
+            made = True
             highest = max(highest, int(created["version"]))
-            if created["version"] != v.version:
-                notes.append(f"model {model.name!r} version {v.version} is version {created['version']} "
-                             "on the destination (it held other versions, or shards wrote them out of order)")
-            if v.stage:
-                await api.call("model-versions/transition-stage",
-                               {"name": model.name, "version": created["version"], "stage": v.stage,
-                                "archive_existing_versions": False})
+        if made:  # a killed importer's create of the same version may have landed meanwhile
+            kept = await _drop_late_copies(api, model.name, await api.model_versions(model.name))
+            for v in model.versions:
+                copy = kept.get(v.version)
+                if copy is None or v.version in existing:
+                    continue
+                mapped[v.version] = copy["version"]
+                if copy["version"] != v.version:
+                    notes.append(f"model {model.name!r} version {v.version} is version {copy['version']} "
+                                 "on the destination (it held other versions, or shards wrote them out of order)")
+                if v.stage and copy.get("current_stage") != v.stage:
+                    await api.call("model-versions/transition-stage",
+                                   {"name": model.name, "version": copy["version"], "stage": v.stage,
+                                    "archive_existing_versions": False})
         for alias, version in model.aliases.items():
             if version in mapped:
                 await api.call("registered-models/alias",

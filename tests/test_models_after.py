@@ -295,7 +295,8 @@ def test_importers_at_once_register_one_version(sklearn_folder, uri, experiment,
     name = f"race-{uuid.uuid4().hex[:8]}"
     manifest = _manifest(sklearn_folder, experiment, name)
     results = race(manifest, uri, [tmp_path / f"ledger-{i}.db" for i in range(4)])
-    assert all(r.returncode == 0 for r in results), [r.stderr.decode()[-2000:] for r in results]
+    failed = [(r.returncode, r.stdout.decode()[-2000:], r.stderr.decode()[-2000:]) for r in results if r.returncode]
+    assert not failed, "\n".join(map(str, failed))
     versions = _versions(uri, name)
     assert len(versions) == 1, versions
     assert {a["alias"]: a["version"] for a in _model(uri, name)["aliases"]} == {"champion": versions[0]["version"]}

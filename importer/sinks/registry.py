@@ -56,6 +56,18 @@ async def _get_or_create_model(api: MlflowApi, name: str, tags: Optional[dict[st
         return await _get_model(api, name)
 
 
+async def _set_alias(api: MlflowApi, name: str, alias: str, version: str) -> None:
+    """Point `alias` of model `name` at `version`. The server inserts a new alias without a lock:
+    two importers setting it at once get one UNIQUE constraint failure (HTTP 400), though the
+    alias is then set; so a refusal is checked, and the call made once more if still needed."""
+    try:
+        await api.call("registered-models/alias", {"name": name, "alias": alias, "version": version})
+    except ServerError:
+        model = await _get_model(api, name) or {}
+        if {a["alias"]: a["version"] for a in model.get("aliases", [])}.get(alias) != version:
+            await api.call("registered-models/alias", {"name": name, "alias": alias, "version": version})
+
+
 async def _drop_late_copies(api: MlflowApi, name: str, versions: list[dict]) -> dict[str, dict]:
     """{source version: its copy} of `versions`, the lowest numbered of several copies kept and
     the others deleted. The server finishes a request whose client was killed: that create may
@@ -173,8 +185,7 @@ async def write_models(api: MlflowApi, models: list[RegisteredModel], runs: dict
                                     "archive_existing_versions": False})
         for alias, version in model.aliases.items():
             if version in mapped:
-                await api.call("registered-models/alias",
-                               {"name": model.name, "alias": alias, "version": mapped[version]})
+                await _set_alias(api, model.name, alias, mapped[version])
     return notes
 
 
@@ -258,8 +269,7 @@ async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict,
     pointed = {a["alias"]: a["version"] for a in model.get("aliases", [])}
     for alias in entry.aliases:
         if pointed.get(alias) != version["version"]:
-            await api.call("registered-models/alias",
-                           {"name": entry.name, "alias": alias, "version": version["version"]})
+            await _set_alias(api, entry.name, alias, version["version"])
     return version, action
 
 

@@ -719,11 +719,13 @@ def serve(
         typer.echo(f"error: `importer serve` needs the service extra ({e.name} is missing): "
                    "pip install 'importer[service]'", err=True)
         raise typer.Exit(EXIT_INPUT)
+    from . import pipeline
     from .ledger import default_path
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise _fail(InputError("no tracking server: set --tracking-uri or MLFLOW_TRACKING_URI"))
+    try:
+        uri = pipeline.tracking_uri_or_env(tracking_uri)
+    except InputError as e:
+        raise _fail(e)
     settings = Settings(tracking_uri=uri, spool=spool or default_path().parent / "spool", state=state,
                         max_body=max_body, artifacts_from=artifacts_from, token=_service_token(token_file))
     try:

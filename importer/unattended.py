@@ -200,7 +200,7 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
             result.units["settling"] += 1
             _due(result, newest + settle)
             if row is None or row["state"] != "settling" or row["signature"] != sig:
-                waiting.append(_row(server, exp, unit, module, sig, newest, "settling", at))
+                waiting.append(_row(server, exp, _Todo(module, unit, sig, newest, False, None), "settling", at))
                 result.events.append({"event": "settling", "unit": str(unit)})
             continue
         result.units["new" if row is None or not row["imported"] else "changed"] += 1
@@ -229,12 +229,13 @@ class _Todo(NamedTuple):
     before: Optional[str]  # its state in the ledger until now
 
 
-def _row(server: str, exp: str, unit: Path, module: ModuleType, sig: str, newest: float, state: str,
-         at: float, runs: int = 0, error: Optional[tuple[str, str, str]] = None) -> dict:
+def _row(server: str, exp: str, todo: _Todo, state: str, at: float, runs: int = 0,
+         error: Optional[tuple[str, str, str]] = None) -> dict:
+    """The unit's ledger row: what became of it at `at`; `error`: (file, where, reason)."""
     file, where, reason = error or ("", "", "")
-    row = {"server": server, "experiment": exp, "path": str(unit), "format": module.NAME, "signature": sig,
-           "state": state, "runs": runs, "error_file": file, "error_where": where, "error": reason,
-           "modified": newest, "seen": at}
+    row = {"server": server, "experiment": exp, "path": str(todo.unit), "format": todo.module.NAME,
+           "signature": todo.sig, "state": state, "runs": runs, "error_file": file, "error_where": where,
+           "error": reason, "modified": todo.newest, "seen": at}
     if state in ("imported", "growing", "empty"):
         row["imported"] = at
     return row
@@ -250,37 +251,35 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
     keys: dict[tuple[str, str], int] = {}  # (experiment, import key) -> the unit that has the run
     rows: dict[int, dict] = {}
     at = clock()
-    for i, (module, unit, sig, newest, finished, _) in enumerate(batch):
+    for i, todo in enumerate(batch):
+        module, unit = todo.module, todo.unit
         if unit.resolve() in artifacts:
-            rows[i] = _row(server, exp, unit, module, sig, newest, "artifact", at)
+            rows[i] = _row(server, exp, todo, "artifact", at)
             continue
         try:
             inputs = pipeline.read_inputs([unit], experiment, fmt=module.NAME, strict=False)
         except ImporterError as e:
             if isinstance(e, InputError) and str(e).startswith("no runs found"):
-                rows[i] = _row(server, exp, unit, module, sig, newest, "empty", at)
+                rows[i] = _row(server, exp, todo, "empty", at)
                 continue
-            rows[i] = _failed(server, exp, unit, module, sig, newest, at, (str(unit), "", str(e)), result)
+            rows[i] = _failed(server, exp, todo, at, (str(unit), "", str(e)), result)
             continue
         if inputs.problems:
             first = inputs.problems[0]
             more = f" (and {len(inputs.problems) - 1} more problems)" if len(inputs.problems) > 1 else ""
-            rows[i] = _failed(server, exp, unit, module, sig, newest, at,
-                              (first.file, first.location, first.message + more), result)
+            rows[i] = _failed(server, exp, todo, at, (first.file, first.location, first.message + more), result)
             continue
         if inputs.experiments or inputs.models or inputs.logged_models:
             # A store or bundle brings experiments and models besides runs: the whole import verb.
-            row = _import_store(module, unit, sig, newest, uri, ledger, server, exp, experiment, config,
-                                result, at)
+            row = _import_store(todo, uri, ledger, server, exp, experiment, config, result, at)
             if row is not None:
                 rows[i] = row
             continue
         twice = [r for r in inputs.records if (r.experiment, r.import_key) in keys]
         if twice:  # two units would write one run (two manifests naming the same id)
             other = batch[keys[(twice[0].experiment, twice[0].import_key)]].unit
-            rows[i] = _failed(server, exp, unit, module, sig, newest, at,
-                              (str(unit), "", f"run {twice[0].import_key!r} of experiment "
-                               f"{twice[0].experiment!r} is also in {other}"), result)
+            rows[i] = _failed(server, exp, todo, at, (str(unit), "", f"run {twice[0].import_key!r} of experiment "
+                                                      f"{twice[0].experiment!r} is also in {other}"), result)
             continue
         result.summary.notes += inputs.notes
         if module.NAME in ("manifest", "mlruns"):
@@ -288,16 +287,15 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
                              if isinstance(a.source, Path) and not a.source.is_relative_to(unit))
         for rec in inputs.records:
             keys[(rec.experiment, rec.import_key)] = i
-            _set_status(rec, newest, finished)
+            _set_status(rec, todo.newest, todo.finished)
             records.append(rec)
             owners.append(i)
         if inputs.skipped:  # the runs go in without what these name; as `import`, a failure
             first = inputs.skipped[0]
-            rows[i] = _failed(server, exp, unit, module, sig, newest, at,
-                              (first.file, first.location, first.message), result)
+            rows[i] = _failed(server, exp, todo, at, (first.file, first.location, first.message), result)
         else:
-            rows[i] = _row(server, exp, unit, module, sig, newest, "imported" if finished else "growing",
-                           at, runs=len(inputs.records))
+            rows[i] = _row(server, exp, todo, "imported" if todo.finished else "growing", at,
+                           runs=len(inputs.records))
     if records:
         summary = pipeline.import_records(records, uri, state=ledger.path, config=config)
         _merge(result.summary, summary)
@@ -307,9 +305,7 @@ def _import_batch(batch, uri: str, ledger: Ledger, server: str, exp: str, experi
             if _server_trouble(out):  # not the unit's fault: left as it was, tried again next pass
                 del rows[i]
                 continue
-            module, unit, sig, newest, _, _ = batch[i]
-            rows[i] = _row(server, exp, unit, module, sig, newest, "failed", at,
-                           error=(out.origin, "", out.error or "failed"))
+            rows[i] = _row(server, exp, batch[i], "failed", at, error=(out.origin, "", out.error or "failed"))
     for i, row in rows.items():
         if row["state"] == "failed":
             result.units["failed"] += 1
@@ -337,33 +333,33 @@ def _merge(into: pipeline.Summary, summary: pipeline.Summary) -> None:
     into.notes += summary.notes
 
 
-def _failed(server, exp, unit, module, sig, newest, at, error, result: Pass) -> dict:
+def _failed(server: str, exp: str, todo: _Todo, at: float, error: tuple[str, str, str], result: Pass) -> dict:
     """A unit that could not be read: in the summary as a failed run, and its ledger row."""
     file, where, reason = error
-    result.summary.outcomes.append(Outcome(str(unit), exp, "", action="failed",
+    result.summary.outcomes.append(Outcome(str(todo.unit), exp, "", action="failed",
                                            error=": ".join(x for x in (file, where, reason) if x)))
-    return _row(server, exp, unit, module, sig, newest, "failed", at, error=error)
+    return _row(server, exp, todo, "failed", at, error=error)
 
 
-def _import_store(module, unit, sig, newest, uri, ledger: Ledger, server, exp, experiment, config,
-                  result: Pass, at) -> Optional[dict]:
+def _import_store(todo: _Todo, uri: str, ledger: Ledger, server: str, exp: str, experiment: Optional[str],
+                  config: ClientConfig, result: Pass, at: float) -> Optional[dict]:
     """A store or bundle: imported by the import verb, with its experiments and models. None when
     the server could not be reached."""
     try:
-        summary = pipeline.import_paths([unit], uri, experiment=experiment, fmt=module.NAME,
+        summary = pipeline.import_paths([todo.unit], uri, experiment=experiment, fmt=todo.module.NAME,
                                         state=ledger.path, config=config)
     except ValidationError as e:
         p = e.problems[0]
-        return _failed(server, exp, unit, module, sig, newest, at, (p.file, p.location, p.message), result)
+        return _failed(server, exp, todo, at, (p.file, p.location, p.message), result)
     except InputError as e:
-        return _failed(server, exp, unit, module, sig, newest, at, (str(unit), "", str(e)), result)
+        return _failed(server, exp, todo, at, (str(todo.unit), "", str(e)), result)
     _merge(result.summary, summary)
     if any(_server_trouble(o) for o in summary.failed):
         return None  # not the unit's fault: left as it was, tried again next pass
     if summary.failed:
         bad = summary.failed[0]
-        return _row(server, exp, unit, module, sig, newest, "failed", at, error=(bad.origin, "", bad.error or ""))
-    return _row(server, exp, unit, module, sig, newest, "imported", at, runs=len(summary.outcomes))
+        return _row(server, exp, todo, "failed", at, error=(bad.origin, "", bad.error or ""))
+    return _row(server, exp, todo, "imported", at, runs=len(summary.outcomes))
 
 
 def _set_status(rec: RunRecord, newest: float, finished: bool) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -150,22 +148,13 @@ def test_kill_9_between_changes_then_rerun_reports_exactly(uri, view, experiment
     """Imports killed at random moments, before and after the source changed a point already
     sent and grew: the rerun sends every new point and reports a run as changed exactly when the
     value stored at that point is not the source's."""
-    from test_faults import family
+    from test_faults import family, import_args, import_killed
 
     doc = family(experiment, tmp_path, runs=3, keys=3, steps=3000)
     path = write_json(tmp_path / "m.json", doc)
-    state = tmp_path / "ledger.db"
     rng = random.Random(trial)
-    args = [sys.executable, "-m", "importer", "import", str(path), "--tracking-uri", uri,
-            "--state", str(state), "--quiet"]
-
-    def killed() -> None:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 4.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    killed()  # the first import, unfinished
+    args = import_args(path, uri, tmp_path / "ledger.db")
+    import_killed(args, rng.uniform(1.0, 4.0))  # the first import, unfinished
     for child in doc["runs"][0]["runs"]:
         child["metrics"]["k0"]["value"][1] = -1.0
         for cols in child["metrics"].values():
@@ -173,7 +162,7 @@ def test_kill_9_between_changes_then_rerun_reports_exactly(uri, view, experiment
             cols["timestamp"] += [1600000000000 + s * 1000 for s in range(3000, 3500)]
             cols["value"] += [s / 3 for s in range(3000, 3500)]
     write_json(path, doc)
-    killed()  # the changed source, unfinished
+    import_killed(args, rng.uniform(1.0, 4.0))  # the changed source, unfinished
 
     res = subprocess.run(args + ["--json"], cwd=ROOT, capture_output=True)
     summary = json.loads(res.stdout)

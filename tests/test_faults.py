@@ -95,19 +95,28 @@ def test_lost_answer_to_run_creation_makes_no_duplicate(uri, experiment, state, 
     assert set(View(uri).by_key(experiment)) == {f"r{i}" for i in range(8)}  # by_key fails on duplicates
 
 
+def import_args(path: Path, uri: str, state: Path) -> list[str]:
+    return [sys.executable, "-m", "importer", "import", str(path), "--tracking-uri", uri,
+            "--state", str(state), "--quiet"]
+
+
+def import_killed(args: list[str], after: float) -> None:
+    """Run `args` (import_args), and kill it with SIGKILL `after` seconds on."""
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.parametrize("trial", range(4))
 def test_kill_9_then_rerun_equals_one_clean_run(uri, experiment, tmp_path, trial):
     doc = family(experiment, tmp_path, runs=5, keys=3, steps=3000)
     path = write_json(tmp_path / "m.json", doc)
     state = tmp_path / "ledger.db"
     rng = random.Random(trial)
-    args = [sys.executable, "-m", "importer", "import", str(path), "--tracking-uri", uri,
-            "--state", str(state), "--quiet"]
+    args = import_args(path, uri, state)
     for kill in range(2):  # two crashes in a row at random moments, then a clean finish
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.8, 5.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        import_killed(args, rng.uniform(0.8, 5.0))
     if trial == 3:
         state.unlink()  # the ledger is lost too: the server's import-key tags must be enough
     res = subprocess.run(args, cwd=ROOT, capture_output=True)

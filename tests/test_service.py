@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ROOT, params_of, run_importer, tags_of
+from conftest import ROOT, params_of, run_importer
 from importer.local_server import free_port
 from service_process import Service, wait_for_job
 import proxy

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import orjson
 import pyarrow as pa
-import pytest
 
 from conftest import params_of, run_importer, tags_of, write_json
 from importer.local_server import free_port

@@ -138,6 +138,21 @@ def number_text(text: str) -> Any:
     return int(text)
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def integer_text(text: str) -> Optional[int | NumberText]:
+    """Digits, signed or not, as the exact integer (a float would round 2**63 + 1, and an
+    out-of-range message would name another number), or as NumberText when there are more of
+    them than int() converts; None for any other text."""
+    if not _INTEGER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return NumberText(text)
+
+
 def shown(v: Any) -> str:
     """A number for a message: short ones as they are, long ones cut (a million digits stay out)."""
     if isinstance(v, NumberText):

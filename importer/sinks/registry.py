@@ -23,7 +23,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from ..errors import ImporterError, ServerError
-from ..mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, pairs
+from ..mlflow_api import ALREADY_EXISTS, NOT_FOUND, MlflowApi, aliases, pairs
 from ..model import (MODEL_PATH_TAG, MODEL_RUN_KEY_TAG, PLACEHOLDER_TAG, SOURCE_VERSION_TAG,
                      ModelToRegister, RegisteredModel, RunRecord, first_version, store_run_id)
 from .mlflow import Outcome
@@ -64,7 +64,7 @@ async def _set_alias(api: MlflowApi, name: str, alias: str, version: str) -> Non
         await api.call("registered-models/alias", {"name": name, "alias": alias, "version": version})
     except ServerError:
         model = await _get_model(api, name) or {}
-        if {a["alias"]: a["version"] for a in model.get("aliases", [])}.get(alias) != version:
+        if aliases(model).get(alias) != version:
             await api.call("registered-models/alias", {"name": name, "alias": alias, "version": version})
 
 
@@ -72,27 +72,28 @@ async def _drop_late_copies(api: MlflowApi, name: str, versions: list[dict]) -> 
     """{source version: its copy} of `versions`, the lowest numbered of several copies kept and
     the others deleted. The server finishes a request whose client was killed: that create may
     land after a rerun looked for it, and the rerun made a second copy meanwhile."""
-    found: dict[str, list[dict]] = {}
-    for v in versions:
-        if (src := pairs(v.get("tags")).get(SOURCE_VERSION_TAG)) is not None:
-            found.setdefault(src, []).append(v)
-    kept = {}
-    for src, copies in found.items():
-        kept[src] = first_version(copies)
+    kept = _by_tag(versions)
+    for src, copies in _grouped(versions, SOURCE_VERSION_TAG).items():
         for late in copies:
             if late is not kept[src]:
                 await _delete_version(api, name, late["version"])
     return kept
 
 
-def _by_tag(versions: list[dict], tag: str = SOURCE_VERSION_TAG) -> dict[str, dict]:
-    """{source version: version dict} of the versions importer made, by their `tag`
-    (SOURCE_VERSION_TAG: copies; PLACEHOLDER_TAG: placeholders not yet deleted)."""
+def _grouped(versions: list[dict], tag: str) -> dict[str, list[dict]]:
+    """{source version: the versions importer made for it}, by their `tag`."""
     found: dict[str, list[dict]] = {}
     for v in versions:
         if (src := pairs(v.get("tags")).get(tag)) is not None:
             found.setdefault(src, []).append(v)
-    return {src: first_version(copies) for src, copies in found.items()}
+    return found
+
+
+def _by_tag(versions: list[dict], tag: str = SOURCE_VERSION_TAG) -> dict[str, dict]:
+    """{source version: version dict} of the versions importer made, by their `tag`
+    (SOURCE_VERSION_TAG: copies, the first of several; PLACEHOLDER_TAG: placeholders not yet
+    deleted)."""
+    return {src: first_version(copies) for src, copies in _grouped(versions, tag).items()}
 
 
 async def _made_for(api: MlflowApi, name: str, version: str, tag: str = SOURCE_VERSION_TAG) -> Optional[dict]:
@@ -266,7 +267,7 @@ async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict,
             if have.get(k) != v:
                 await api.call("model-versions/set-tag",
                                {"name": entry.name, "version": version["version"], "key": k, "value": v})
-    pointed = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    pointed = aliases(model)
     for alias in entry.aliases:
         if pointed.get(alias) != version["version"]:
             await _set_alias(api, entry.name, alias, version["version"])

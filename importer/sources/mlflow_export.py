@@ -11,7 +11,6 @@ docs/formats/mlflow-export.md.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path

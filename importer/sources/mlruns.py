@@ -28,7 +28,7 @@ from ..model import (DELETED_VERSION, INFINITE_VALUES_TAG, METRIC_SCHEMA, Artifa
                      LoggedModel, LoggedModelRecord, ModelMetric, ModelVersion, RegisteredModel, RunRecord,
                      artifact_path, key_problem, logged_model_id, model_stored_value, status_name,
                      store_import_key)
-from ..model.values import NumberText, int64_problem
+from ..model.values import NumberText, int64_problem, integer_text
 from .base import SourceOptions, SourceResult, StoreReader, metric_table, text_or_none
 
 NAME = "mlruns"
@@ -571,18 +571,16 @@ def _same(a: list[str], b: list[str]) -> bool:
     return [p.casefold() for p in a] == [p.casefold() for p in b] if windows else a == b
 
 
-_DIGITS = re.compile(r"[+-]?[0-9]+")
-
-
 def _line_int(text: str) -> int | NumberText:
-    """An integer field of a metric line; one of more digits than int() converts stays its text
-    (out of range), anything else not an integer is a ValueError."""
+    """An integer field of a metric line, read as MLflow reads it (int()); one of more digits than
+    int() converts stays its text (out of range), anything else not an integer is a ValueError."""
     try:
         return int(text)
     except ValueError:
-        if _DIGITS.fullmatch(text):
-            return NumberText(text)
-        raise
+        exact = integer_text(text)
+        if exact is None:
+            raise
+        return exact
 
 
 def _has_inf(table: pa.Table) -> bool:

@@ -21,7 +21,7 @@ from typing import AsyncIterator, Optional
 import pyarrow as pa
 
 from ..errors import InputError, ServerError
-from ..mlflow_api import MlflowApi, optional_int, pairs
+from ..mlflow_api import MlflowApi, aliases, optional_int, pairs
 from ..model import (EXPERIMENT_KIND_TAG, METRIC_SCHEMA, OPTIONAL_METRIC_FIELDS, SPECIAL_VALUES,
                      ArtifactFile, ExperimentRecord, LoggedModel, LoggedModelRecord, ModelMetric,
                      ModelOutput, ModelVersion, RegisteredModel, RunRecord, artifact_path, goes_with,
@@ -323,7 +323,7 @@ async def registered_models(api: MlflowApi, run_ids: Optional[set[str]] = None) 
         versions.sort(key=lambda v: int(v["version"]))
         models.append(RegisteredModel(
             name=m["name"], description=m.get("description") or None, tags=pairs(m.get("tags")),
-            aliases={a["alias"]: a["version"] for a in m.get("aliases", [])},
+            aliases=aliases(m),
             versions=[ModelVersion(
                 version=v["version"], run_id=v.get("run_id") or None, source=v.get("source", ""),
                 model_id=logged_model_id(v),

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from ..errors import Problem
 from ..model import INT64_MIN, METRIC_SCHEMA, RunRecord, flatten_params
-from ..model.values import NumberText, int64_problem
+from ..model.values import NumberText, int64_problem, integer_text
 from . import kvline
 from .base import DERIVED_STEPS_TAG, Metrics, SourceOptions, SourceResult, checked_params, import_key
 from .times import LINE_TIME, seconds_ms, time_in_line
@@ -119,16 +119,11 @@ def _step_number(text: str) -> Optional[int | NumberText]:
     """A step as written: digits as the exact integer (a float would round 2**63 + 1, and the
     out-of-range message would name another number), or a whole decimal (`3.0`, `1e3`)."""
     text = text.strip()
-    if _INTEGER.fullmatch(text):
-        try:
-            return int(text)
-        except ValueError:  # more digits than int() converts
-            return NumberText(text)
+    exact = integer_text(text)
+    if exact is not None:
+        return exact
     v = _number(text)
     return int(v) if v is not None and math.isfinite(v) and v.is_integer() else None
-
-
-_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _number(text: str) -> Optional[float]:

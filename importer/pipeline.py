@@ -430,13 +430,20 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
             except ServerError:
                 pass  # a deployment without /health: the next call tells
 
-        # Both at once: one round trip, not two, on a far server. Health's failure is the one told.
-        for result in await asyncio.gather(reachable(), api.call("experiments/search", {"max_results": 1}),
-                                           return_exceptions=True):  # credentials refused: exit code 3
+        async def first_experiment() -> dict[str, Optional[dict]]:
+            if not records:
+                await api.call("experiments/search", {"max_results": 1})
+                return {}
+            return {records[0].experiment: await api.experiment_by_name(records[0].experiment)}
+
+        # Both at once: one round trip, not two, on a far server. Health's failure is the one
+        # told; the lookup's tells of refused credentials (exit code 3).
+        reached, looked_up = await asyncio.gather(reachable(), first_experiment(), return_exceptions=True)
+        for result in (reached, looked_up):
             if isinstance(result, BaseException):
                 raise result
         sink = MlflowSink(api, ledger, on_param_conflict=policy, on_metric_change=on_metric_change,
-                          dry_run=dry_run, progress=landed, prepared=prepared)
+                          dry_run=dry_run, progress=landed, prepared=prepared, looked_up=looked_up)
         created: dict[tuple[str, str], asyncio.Future] = {}
         existing_parents: dict[str, asyncio.Task] = {}
         run_slots = asyncio.Semaphore(max(2, config.max_in_flight * 2))

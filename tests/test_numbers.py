@@ -336,3 +336,15 @@ def test_text_log_pattern_step_beyond_int64_is_named_as_written(tmp_path):
     result = textlog.read(f, SourceOptions(patterns=[r"step (?P<step>\S+) loss (?P<loss>\S+)"]))
     (p,) = result.problems
     assert p.location == "line 1" and "step 9223372036854775809 is outside" in p.message, p
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])
+@pytest.mark.parametrize("number", ["1e999", "-1E+400", "1" + "0" * 309 + ".5", "9" * 5000])
+def test_a_number_beyond_float_is_named_in_any_encoding(encoding, number):
+    """A document is read fast when no number in it can be inexact: one that is must still be
+    found, whatever the encoding."""
+    text = '{"format_version": 1, "experiment": "e", "runs": [{"id": "r", "metrics": {"m": {"step": [0, 1], ' \
+           '"value": [0.5, %s]}}}]}' % number
+    data = text.encode(encoding)
+    reader = ManifestReader(io.BytesIO(data), len(data), "m.json", Path("."), None)
+    assert [p.location for p in reader.problems] == ["runs[0].metrics.m.value[1]"], reader.problems

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from ..errors import ConflictError, ConnectionFailed, ImporterError, RetryableError, ServerError
 from ..files import sha256_file
 from ..ledger import COMPARE, Ledger
-from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_FOUND, MlflowApi, pairs,
+from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_ASKED, NOT_FOUND, MlflowApi, pairs,
                           tag_filter)
 from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES,
                      RunRecord, is_pending, oldest_run, spill_long_params, stored_value, with_import_key)
@@ -148,7 +148,7 @@ def _data(col: pa.Array) -> memoryview:
 class MlflowSink:
     def __init__(self, api: MlflowApi, ledger: Ledger, *, on_param_conflict: str = "error",
                  on_metric_change: str = "leave", dry_run: bool = False, progress=None,
-                 prepared: Optional[dict[str, bool]] = None):
+                 prepared: Optional[dict[str, bool]] = None, looked_up: Optional[dict[str, Optional[dict]]] = None):
         if on_param_conflict not in CONFLICT_POLICIES:
             raise ValueError(f"on_param_conflict must be one of {CONFLICT_POLICIES}")
         if on_metric_change not in METRIC_CHANGE_POLICIES:
@@ -165,6 +165,9 @@ class MlflowSink:
         # created just now. Their tags are not set again; one created just now is empty, so no
         # run is looked for in it: a search per run costs the server more the more runs it holds.
         self._prepared = prepared or {}
+        # Experiments already looked up by name (the import's first, asked with the server's
+        # health): name -> the answer.
+        self._looked_up = looked_up or {}
 
     # -- experiments ---------------------------------------------------------------------------
 
@@ -175,12 +178,15 @@ class MlflowSink:
         if name not in self._experiments:
             if self.dry_run:
                 async def lookup() -> tuple[Optional[str], bool]:
-                    found = await self.api.experiment_by_name(name)
+                    found = self._looked_up.get(name, NOT_ASKED)
+                    if found is NOT_ASKED:
+                        found = await self.api.experiment_by_name(name)
                     return (found["experiment_id"], False) if found else (None, True)
                 coro = lookup()
             else:
                 async def get_or_create() -> tuple[str, bool]:
-                    exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS)
+                    exp_id, new = await self.api.get_or_create_experiment(
+                        name, EXPERIMENT_TAGS, found=self._looked_up.get(name, NOT_ASKED))
                     if name not in self._prepared:
                         for k, v in (tags or {}).items():
                             await self.api.set_experiment_tag(exp_id, k, v)
@@ -377,25 +383,36 @@ class MlflowSink:
         import key (found again by it), params before any metric, the end time, status and
         lifecycle last, and only then is the ledger's row complete."""
         run, tags = found.run, plan.tags
+        params_sent = False
         if plan.create:
             run = await self.create(found.experiment_id, rec, plan.tags, plan.start_time)
             run_id = run["info"]["run_id"]
+            tags = {k: v.replace(rec.source_run_id, run_id) for k, v in plan.own_id_tags.items()}
+
+            async def params_meanwhile() -> None:
+                nonlocal params_sent
+                await self._log_params_tags(run_id, tags=tags, params=plan.params)
+                params_sent = True
+
             # Settled before anything else is written to it, and before children or the ledger
-            # learn of it: a run that gives way holds nothing and is named nowhere.
+            # learn of it: a run that gives way holds no point and is named nowhere. Its params
+            # and tags may go with the settling request (one round trip less on a far server):
+            # they are the same whoever takes the run over.
             winner = await self.settle(found.experiment_id, rec.import_key,
-                                       include_deleted=rec.lifecycle == "deleted", mine=run)
+                                       include_deleted=rec.lifecycle == "deleted", mine=run,
+                                       meanwhile=params_meanwhile)
             if winner is None or winner["info"]["run_id"] != run_id:
                 raise _GaveWay()
             self._claim(rec, found, run_id, out, created)
-            tags = {k: v.replace(rec.source_run_id, run_id) for k, v in plan.own_id_tags.items()}
         run_id = run["info"]["run_id"]
-        await self._log_params_tags(run_id, plan.params, tags)
+        if not params_sent:
+            await self._log_params_tags(run_id, plan.params, tags)
         if plan.inputs:
             await self.api.log_inputs(run_id, plan.inputs)
         # Artifacts go up while the points do: each is an upload and a download one after the
         # other, which on a far server would otherwise add their round trips to the run's end.
-        out.points = await _together(self._send_metrics(run_id, plan.pieces, plan.start_time),
-                                     self._upload_all(run, plan.artifacts))
+        out.points, _ = await _together(self._send_metrics(run_id, plan.pieces, plan.start_time),
+                                        self._upload_all(run, plan.artifacts))
         self.ledger.save_progress(run_id, {k: n for k, (n, _) in plan.progress.items()},
                                   {k: d for k, (_, d) in plan.progress.items()})
         if out.action == "appended" and plan.only_points and not out.points:
@@ -426,10 +443,12 @@ class MlflowSink:
                                        for t in r["data"].get("tags", []))]
 
     async def settle(self, exp_id: str, key: str, *, include_deleted: bool = False,
-                     mine: Optional[dict] = None) -> Optional[dict]:
+                     mine: Optional[dict] = None, meanwhile=None) -> Optional[dict]:
         """The run of `key` all importers agree on, or None when there is none and nobody is
         making one. `mine`: a run this importer has just created, still pending (it carries
         PENDING_TAG); it is returned if it won, and deleted (in the trash, unwritten) if not.
+        `meanwhile`: writes to `mine` that any importer could make alike (its params), made
+        while it is being settled, and only if it wins at first sight.
 
         A new run is settled by its maker when a search made after its creation shows no other
         copy of the key; the maker then deletes its pending tag. A maker that sees a settled copy
@@ -473,7 +492,7 @@ class MlflowSink:
             if mine_id is not None and mine_id not in pending:
                 return None  # deleted as abandoned (this process stalled for minutes): begin again
             if len(pending) == (mine_id is not None):  # nobody else is deciding
-                if mine_id is None or not await self._settle_mine(mine_id):
+                if mine_id is None or not await self._settle_mine(mine_id, meanwhile):
                     return None
                 return mine
             if mine_id is not None and oldest_run(list(pending.values()))["info"]["run_id"] != mine_id:
@@ -483,8 +502,19 @@ class MlflowSink:
         raise ServerError(f"run {key!r}: other importers' copies stayed pending for "
                           f"{ABANDONED_AFTER_MS // 1000 + 60} s; run the import again", url=self.server)
 
-    async def _settle_mine(self, run_id: str) -> bool:
-        """Take away a run's pending tag; False if the run was deleted meanwhile (as abandoned)."""
+    async def _settle_mine(self, run_id: str, meanwhile=None) -> bool:
+        """Take away a run's pending tag, and make the writes `meanwhile` at the same time; False
+        if the run was deleted meanwhile (as abandoned), whatever those writes met."""
+        if meanwhile is None:
+            return await self._untag_pending(run_id)
+        settled, written = await asyncio.gather(self._untag_pending(run_id), meanwhile(),
+                                                return_exceptions=True)
+        for result in (settled, written if settled is True else None):
+            if isinstance(result, BaseException):
+                raise result
+        return settled
+
+    async def _untag_pending(self, run_id: str) -> bool:
         try:
             await self.api.delete_tag(run_id, PENDING_TAG)
         except ServerError as e:
@@ -738,26 +768,25 @@ class MlflowSink:
         return todo
 
     async def _upload_all(self, run: dict, artifacts: list) -> None:
-        for art in artifacts:
-            await self._upload(run, art)
+        # All at once (the client bounds what is in flight): each is an upload, then a download.
+        await _together(*(self._upload(run, art) for art in artifacts))
 
     async def _upload(self, run: dict, art) -> None:
         stored = await upload_verified(self.api, run["info"]["artifact_uri"], art)
         self.ledger.save_artifact(run["info"]["run_id"], art.dest, stored)
 
 
-async def _together(first, second):
-    """Run two coroutines at once; returns the first's result. When one fails the other is
-    cancelled and the failure raised."""
-    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+async def _together(*coros) -> list:
+    """Run coroutines at once; returns their results. When one fails the others are cancelled
+    and the failure raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # let them end before going on
         raise
-    return tasks[0].result()
 
 
 async def upload_verified(api: MlflowApi, artifact_uri: str, art) -> str:

@@ -25,6 +25,11 @@ STREAM_ABOVE = 32 * 2**20
 CHUNK = 65536
 COLUMN_TYPES = {"step": pa.int64(), "value": pa.float64(), "timestamp": pa.int64()}
 _ISO = TypeAdapter(AwareDatetime)
+# Where float() or int() would not give a number exactly: an exponent of 3 digits or more (1e400
+# is infinite to float()), or 309 digits in a row (a float beyond 1.8e308; an integer int() may
+# refuse to convert, the lowest limit Python allows being 640 digits). A string may match too:
+# reading is then only slower. Two searches: one pattern of both takes ten times as long.
+_MAY_BE_INEXACT = (re.compile(rb"[eE][+-]?[0-9]{3}"), re.compile(rb"[^0-9][0-9]{309}"))
 
 
 def _item(kind: str, v: Any) -> tuple[Any, Optional[str]]:
@@ -106,13 +111,21 @@ def load(stream: IO[bytes], size: Optional[int], file: str, problems: list[Probl
         return _stream(stream, file, problems)
     try:
         # Numbers Python converts to no exact number (too many digits, beyond +-1.8e308) stay
-        # their text, and are named where they stand.
-        doc = json.loads(stream.read(), parse_int=number_text, parse_float=number_text)
+        # their text, and are named where they stand. That care costs a Python call per number
+        # (most of the reading time), so it is taken only when the text may hold such a number.
+        data = stream.read()
+        inexact = (not json.detect_encoding(data).startswith("utf-8")  # the patterns are UTF-8's
+                   or any(pattern.search(data) for pattern in _MAY_BE_INEXACT))
+        exact = {"parse_int": number_text, "parse_float": number_text} if inexact else {}
+        doc = json.loads(data, **exact)
     except UnicodeDecodeError as e:
         problems.append(Problem(file, f"byte {e.start}", "the file is not UTF-8 text"))
         return None
     except json.JSONDecodeError as e:
         problems.append(Problem(file, f"line {e.lineno} column {e.colno}", f"invalid JSON: {e.msg}"))
+        return None
+    except ValueError:  # a document that is one number of thousands of digits, and no object
+        problems.append(Problem(file, "", "the document is a number too long to read, not a JSON object"))
         return None
     _runs_columns(doc, "", problems, file)
     return doc

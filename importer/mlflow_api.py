@@ -37,6 +37,7 @@ HISTORY_PAGE = 25000  # metrics/get-history page size (the server's own maximum)
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
 NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+NOT_ASKED = object()  # a lookup not made yet (None being its answer "there is none")
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,18 @@ def pairs(items: Optional[list[dict]]) -> dict[str, str]:
     return {i["key"]: i.get("value", "") for i in items or []}
 
 
+def _out_of_connections(resp: httpx.Response) -> bool:
+    """The server's SQL store had no database connection free for the request within 30 s
+    (SQLAlchemy's QueuePool), which it answers with 400 BAD_REQUEST, though it is an overload
+    like a 503: seen at 32 requests in flight on a busy 2-core machine."""
+    return resp.status_code == 400 and b"QueuePool limit" in resp.content
+
+
+def aliases(model: dict) -> dict[str, str]:
+    """A registered model's aliases as the REST API gives them, as {alias: version}."""
+    return {a["alias"]: a["version"] for a in model.get("aliases") or []}
+
+
 def optional_int(v: Any) -> Optional[int]:
     """A REST API's int64 field (sent as a string), or None when absent."""
     return None if v in (None, "") else int(v)
@@ -301,8 +314,9 @@ class MlflowApi:
                         f"the tracking server at {self.url} refused our credentials (HTTP "
                         f"{resp.status_code}); set MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME "
                         "and MLFLOW_TRACKING_PASSWORD")
-                if resp.status_code not in _RETRY_STATUS or not retry or tries >= self.config.retries:
-                    raise self._error(resp, retryable=resp.status_code in _RETRY_STATUS)
+                transient = resp.status_code in _RETRY_STATUS or _out_of_connections(resp)
+                if not transient or not retry or tries >= self.config.retries:
+                    raise self._error(resp, retryable=transient)
             tries += 1
             self.retried += 1
             await asyncio.sleep(self.backoff(tries))
@@ -374,6 +388,7 @@ class MlflowApi:
         await self.request("GET", "/health")
 
     async def experiment_by_name(self, name: str) -> Optional[dict]:
+        """The experiment named `name`, active or deleted; None when there is none."""
         try:
             return (await self.call("experiments/get-by-name", {"experiment_name": name}, get=True))["experiment"]
         except ServerError as e:
@@ -381,9 +396,12 @@ class MlflowApi:
                 return None
             raise
 
-    async def get_or_create_experiment(self, name: str, tags: dict[str, str]) -> tuple[str, bool]:
-        """(experiment id, created). Safe when two importers race: the loser reads the winner's."""
-        found = await self.experiment_by_name(name)
+    async def get_or_create_experiment(self, name: str, tags: dict[str, str],
+                                       found: Any = NOT_ASKED) -> tuple[str, bool]:
+        """(experiment id, created). Safe when two importers race: the loser reads the winner's.
+        `found`: experiment_by_name's answer, when the caller has just asked it."""
+        if found is NOT_ASKED:
+            found = await self.experiment_by_name(name)
         if found is not None:
             if found.get("lifecycle_stage") == "deleted":
                 raise ServerError(f"experiment {name!r} is deleted on the server; restore it or "

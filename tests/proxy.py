@@ -4,7 +4,8 @@
         --fail 0.1 --drop-before 0.1 --drop-after 0.1 --delay-ms 50
 
 Per request, at random: answer 503 without forwarding (--fail); close the connection without
-forwarding (--drop-before); forward, then close or reset the connection instead of answering, so the
+forwarding (--drop-before); answer as a server whose SQL store ran out of connections
+(--out-of-connections: a 400, which an overload it is); forward, then close or reset the connection instead of answering, so the
 server acted but the client never hears of it (--drop-after); and sleep up to --delay-ms first.
 --latency-ms L makes it a far server instead: every request waits exactly L/2 before it is forwarded
 and L/2 before it is answered (one round trip of a link with L ms of latency), and answers leave at
@@ -30,6 +31,11 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+# What MLflow 3's server answered to a log-batch when every connection of its SQL store's pool
+# was taken for 30 s (32 requests in flight on a busy 2-core machine, SQLite).
+OUT_OF_CONNECTIONS = (b'{"error_code": "BAD_REQUEST", "message": "QueuePool limit of size 5 overflow 10 reached, '
+                      b'connection timed out, timeout 30.00 (Background on this error at: '
+                      b'https://sqlalche.me/e/21/3o7r)", "sqlstate": "KAM00", "error_class": "INVALID_PARAMETER_VALUE"}')
 HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -39,6 +45,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fail", type=float, default=0.0)
+    ap.add_argument("--out-of-connections", type=float, default=0.0)
     ap.add_argument("--drop-before", type=float, default=0.0)
     ap.add_argument("--drop-after", type=float, default=0.0)
     ap.add_argument("--delay-ms", type=float, default=0.0)
@@ -50,7 +57,7 @@ def main() -> None:
     upstream = urlsplit(args.upstream)
     rng = random.Random(args.seed)
     lock = threading.Lock()
-    stats = {"requests": 0, "fail": 0, "drop_before": 0, "drop_after": 0, "forwarded": 0, "refused": 0}
+    stats = {"requests": 0, "fail": 0, "out_of_connections": 0, "drop_before": 0, "drop_after": 0, "forwarded": 0, "refused": 0}
 
     half_trip = args.latency_ms / 2000
 
@@ -108,6 +115,11 @@ def main() -> None:
                 return self._answer(503, "application/json",
                                     b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected by proxy"}')
             roll -= args.fail
+            if roll < args.out_of_connections:
+                with lock:
+                    stats["out_of_connections"] += 1
+                return self._answer(400, "application/json", OUT_OF_CONNECTIONS)
+            roll -= args.out_of_connections
             if roll < args.drop_before:
                 with lock:
                     stats["drop_before"] += 1

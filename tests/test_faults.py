@@ -79,6 +79,23 @@ def test_import_through_a_faulty_proxy_is_exact(uri, experiment, state, tmp_path
     assert_exactly_imported(uri, doc, tmp_path)
 
 
+def test_a_server_out_of_database_connections_is_waited_for(uri, experiment, state, tmp_path):
+    """Its 400 says "QueuePool limit ... reached": nothing was done, so it is retried as a 503."""
+    doc = family(experiment, tmp_path, runs=2, steps=500)
+    path = write_json(tmp_path / "m.json", doc)
+    proxy, proxy_url = start_proxy(uri, seed=5, out_of_connections=0.3, only="/api/2.0/mlflow/runs/log-batch")
+    try:
+        summary = importer.import_paths([path], proxy_url, state=state,
+                                        config=importer.ClientConfig(backoff_base=0.05, retries=12))
+        stats = httpx.get(f"{proxy_url}/__proxy_stats").json()
+    finally:
+        proxy.terminate()
+        proxy.wait()
+    assert not summary.failed, [o.error for o in summary.failed]
+    assert stats["out_of_connections"] and summary.retried >= stats["out_of_connections"], stats
+    assert_exactly_imported(uri, doc, tmp_path)
+
+
 def test_lost_answer_to_run_creation_makes_no_duplicate(uri, experiment, state, tmp_path):
     """Every answer is lost half the time, so runs/create often succeeds unheard."""
     doc = {"format_version": 1, "experiment": experiment,

@@ -3,6 +3,7 @@ local figure, each against the raw replay measured in the same run on the same s
 
     python bench/bench_latency.py [--latency 0,50,200] [--turns 2] [--flavor default]
                                   [--runs 10 --keys 10 --steps 1000] [--import-in-flight 16]
+                                  [--busy 1] [--compare OTHER_CHECKOUT]
 
 Starts one `mlflow server` (SQLite, loopback) and, per latency L > 0, one `tests/proxy.py
 --latency-ms L` in front of it (each request waits L/2 before it is forwarded and L/2 before it is
@@ -14,11 +15,12 @@ into a fresh experiment:
 2. --turns times, latencies in turn: `importer import` of the manifest as a user runs it (a new
    process, default settings unless --import-in-flight), then the replay at its best concurrency.
 
-The raw replay writes what the import writes (runs/create with the tags, params in a log-batch,
+The raw replay writes what the import writes (its experiment, runs/create with the tags, params in a log-batch,
 the metric log-batches, 2 artifacts, runs/update) with request bodies built before the clock starts
 and every phase spread over N requests in flight (the runs' creates, then the batches, then the
 artifacts and updates): none of the import's lookups and checks, and no process start. The ratio
-is import / replay points/s, by bests and by means of the turns.
+is import / replay points/s, by bests and by means of the turns. --busy N keeps N other processes
+spinning on the CPU from the first replay to the end: a busy machine, the same for both.
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ def _refused(resp: httpx.Response) -> None:
 
 
 def replay(url: str, runs: list[dict], folder: Path, in_flight: int) -> float:
-    """The runs through plain REST calls, N in flight in every phase; returns seconds."""
+    """The runs through plain REST calls, N in flight in every phase; returns seconds, from the
+    creation of its experiment on (the import creates its own too)."""
     setup = httpx.Client(base_url=url, timeout=300)
+    start = time.perf_counter()
     exp = create_experiment(setup, f"raw-{uuid.uuid4().hex[:8]}")
+    built = time.perf_counter()
     batches: list[tuple[int, str]] = []  # (run index, log-batch body without its run id)
     for i, run in enumerate(runs):
         points = [{"key": k, "value": v, "timestamp": t, "step": s}
@@ -119,7 +124,7 @@ def replay(url: str, runs: list[dict], folder: Path, in_flight: int) -> float:
         if errors:
             raise errors[0]
 
-    start = time.perf_counter()
+    start += time.perf_counter() - built  # building the bodies is not counted
     spread(create, range(len(runs)))
     spread(log, batches)
     spread(finish, range(len(runs)))
@@ -163,6 +168,7 @@ def main() -> None:
     ap.add_argument("--replay-in-flight", default="2,4,8,16,32")
     ap.add_argument("--import-in-flight", type=int, default=None,
                     help="pass --in-flight to the import (default: its own default)")
+    ap.add_argument("--busy", type=int, default=0, help="processes kept spinning meanwhile (a busy machine)")
     ap.add_argument("--compare", type=Path, default=None,
                     help="another checkout of importer (say, before a change), measured too in every turn")
     ap.add_argument("--runs", type=int, default=10)
@@ -182,7 +188,7 @@ def main() -> None:
         server = LocalServer(folder / "server", flavor=args.flavor, workers=4 if args.flavor == "default" else 2)
         print(f"starting mlflow server ({args.flavor}) ...", flush=True)
         server.start()
-        proxies: list[subprocess.Popen] = []
+        proxies: list[subprocess.Popen] = []  # and the --busy spinners
         try:
             # The server's start-up work (its job runner) ends within a minute; other jobs on a
             # busy machine may never let the CPU fall below 25%, so do not wait for more.
@@ -197,9 +203,10 @@ def main() -> None:
                     proxies.append(proc)
                 else:
                     urls[lat] = server.url
+            proxies += [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
             print(f"{args.runs} runs x {args.keys} keys x {args.steps} steps = {points:,} points, 20 params, "
-                  f"5 tags, 2 artifacts each; load average before {load_before[0]:.1f} {load_before[1]:.1f}\n",
-                  flush=True)
+                  f"5 tags, 2 artifacts each; load average before {load_before[0]:.1f} {load_before[1]:.1f}"
+                  + (f"; {args.busy} other processes spinning" if args.busy else "") + "\n", flush=True)
             count = 0
 
             def new_manifest() -> tuple[Path, list[dict]]:

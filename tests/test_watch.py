@@ -107,23 +107,23 @@ def test_a_csv_growing_row_by_row_is_running_then_finished_with_exact_points(uri
 
 def test_many_files_dropped_at_once_are_each_imported_once_and_a_bad_one_fails_alone(
         uri, experiment, state, tmp_path, view):
-    """300 files, not the issue's 1,000: the same path through the daemon, a CI-sized run time."""
+    """1,000 files written in quick succession while the daemon watches."""
     folder = tmp_path / "logs"
     folder.mkdir()
     daemon = Daemon(folder, uri, experiment, state, "--settle", "0.5", "--finish-after", "1")
     try:
         daemon.wait_for(lambda: daemon.logged("started"), "the start")
-        for i in range(300):
-            keras_csv(folder / f"d{i // 50}" / f"run{i:03d}.csv", epochs=2)
+        for i in range(1000):
+            keras_csv(folder / f"d{i // 50}" / f"run{i:04d}.csv", epochs=2)
         (folder / "d0" / "broken.csv").write_text("epoch,loss\n0,0.5\n1,x\n")
-        until(lambda: len(view.runs(experiment)) == 300, "300 runs", timeout=120)
+        until(lambda: len(view.runs(experiment)) == 1000, "1,000 runs", timeout=300)
         daemon.wait_for(lambda: daemon.logged("failed") == 1, "the bad file's failure")
         failed = [e for e in daemon.events() if e["event"] == "failed"][0]
         assert failed["unit"].endswith("broken.csv") and "line 3" in failed["where"] + failed["reason"]
     finally:
         daemon.stop()
     runs = by_name(view, experiment)  # no duplicate
-    assert len(runs) == 300 and all(losses(view, r) == [(0, 1.0), (1, 0.5)] for r in runs.values())
+    assert len(runs) == 1000 and all(losses(view, r) == [(0, 1.0), (1, 0.5)] for r in runs.values())
     assert run_importer("status", "--state", str(state)).returncode == 1
 
 

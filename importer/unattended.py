@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from . import pipeline
 from .errors import ConnectionFailed, ImporterError, InputError, ValidationError
-from .ledger import UNIT_STATES, Ledger
+from .ledger import UNIT_STATES, Ledger, default_path
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, safe_url
 from .model import RunRecord
 from .sinks.mlflow import Outcome
@@ -402,12 +402,16 @@ def scan(paths: Iterable[pipeline.PathLike], tracking_uri: Optional[str] = None,
 
 def status(state: Optional[pipeline.PathLike] = None) -> dict:
     """What the ledger knows of the units scan and watch have seen: counts per state, and the
-    failed, growing and settling units. This is a read-only operation."""
-    ledger = pipeline.open_ledger(state)
-    try:
-        rows = ledger.all_units()
-    finally:
-        ledger.close()
+    failed, growing and settling units. This is a read-only operation: a ledger that does not
+    exist yet is reported empty, not created."""
+    path = Path(state) if state else default_path()
+    rows = []
+    if path.exists():
+        ledger = pipeline.open_ledger(path)
+        try:
+            rows = ledger.all_units()
+        finally:
+            ledger.close()
     counts = {s: 0 for s in UNIT_STATES}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -415,11 +419,13 @@ def status(state: Optional[pipeline.PathLike] = None) -> dict:
     listed = {s: [{k: r[k] for k in keep} for r in rows if r["state"] == s] for s in ("growing", "settling")}
     failed = [{**{k: r[k] for k in keep}, "file": r["error_file"], "where": r["error_where"],
                "reason": r["error"]} for r in rows if r["state"] == "failed"]
-    return {"ledger": str(ledger.path), "units": counts, "failed": failed, **listed}
+    return {"ledger": str(path), "exists": path.exists(), "units": counts, "failed": failed, **listed}
 
 
 def status_text(report: dict) -> str:
     c = report["units"]
+    if not report["exists"]:
+        return f"ledger {report['ledger']}: none yet (nothing scanned, watched or imported with it)"
     lines = [f"ledger {report['ledger']}",
              f"  units: {c['imported']} imported, {c['growing']} growing, {c['failed']} failed, "
              f"{c['settling']} settling, {c['empty']} with no run yet"]

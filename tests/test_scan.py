@@ -16,6 +16,7 @@ from pathlib import Path
 import proxy
 from conftest import ROOT, run_importer
 
+from importer.ledger import Ledger
 from importer.local_server import free_port
 
 LOCKED = 75
@@ -155,6 +156,9 @@ def test_a_second_scan_exits_with_the_lock_code_and_a_killed_scans_lock_does_not
 
 
 def test_status_of_an_empty_ledger_and_scan_of_a_missing_folder(uri, state, tmp_path):
+    none = run_importer("status", "--state", str(state))
+    assert none.returncode == 0 and b"none yet" in none.stdout and not state.exists()  # read only
+    Ledger(state).close()
     ok = run_importer("status", "--state", str(state))
     assert ok.returncode == 0 and b"0 imported" in ok.stdout
     missing = run_importer("scan", str(tmp_path / "nope"), "--tracking-uri", uri, "--state", str(state))

@@ -120,7 +120,11 @@ class Summary:
         for name, url in self.experiment_urls().items():
             lines.append(f"  experiment {name!r}: {url}")
         for v in self.model_versions:
-            lines.append(f"  model {v['name']!r} version {v['version']} ({v['action']}): {v['url']}")
+            if v["version"] is None:  # a dry run's
+                lines.append(f"  model {v['name']!r}: would register a version from {v['path']!r} of run "
+                             f"{v['import_key']!r}")
+            else:
+                lines.append(f"  model {v['name']!r} version {v['version']} ({v['action']}): {v['url']}")
         return "\n".join(lines)
 
 
@@ -360,6 +364,9 @@ def import_paths(paths: Iterable[PathLike], tracking_uri: Optional[str] = None, 
     if not dry_run and (logged or inputs.models or deleted or any(r.models for r in records)):
         inputs.notes += asyncio.run(_on_server(uri, config, after_runs, summary, records, logged,
                                                inputs.models, deleted))
+    elif dry_run and any(r.models for r in records):
+        summary.model_versions = asyncio.run(_on_server(uri, config, registry.plan_versions, records,
+                                                        summary.outcomes))
     summary.outcomes += [Outcome(p.file, "", "", action="failed", error=f"{p.location}: {p.message}"
                                  if p.location else p.message) for p in inputs.skipped]
     summary.notes, summary.unrecognised = inputs.notes, inputs.unrecognised
@@ -399,9 +406,9 @@ def import_records(records: list[RunRecord], tracking_uri: str, *, state: Option
                                            config=config, progress=progress, prepared=prepared))
     finally:
         ledger.close()
-    if not dry_run and any(r.models for r in records):
-        summary.model_versions = asyncio.run(_on_server(tracking_uri, config, registry.register_versions,
-                                                        records, summary.outcomes))
+    if any(r.models for r in records):
+        work = registry.plan_versions if dry_run else registry.register_versions
+        summary.model_versions = asyncio.run(_on_server(tracking_uri, config, work, records, summary.outcomes))
     return summary
 
 

@@ -167,6 +167,8 @@ def test_hf_folder_with_register_model(tmp_path, uri, experiment, state, view):
     plain = _import(out, uri, state, "--experiment", experiment, "--dry-run")
     assert any("model files seen, not uploaded: config.json, model.safetensors, tokenizer.json" in n
                for n in plain["notes"]), plain["notes"]
+    dry = _import(out, uri, state, "--experiment", experiment, "--register-model", name, "--dry-run")
+    assert [(v["name"], v["action"], v["path"]) for v in dry["model_versions"]] == [(name, "would-create", "model")]
     refused = run_importer("import", str(out), "--tracking-uri", uri, "--register-model", "latest/x")
     assert refused.returncode == 2 and "--register-model: model name 'latest/x'" in refused.stderr.decode()
     summary = _import(out, uri, state, "--experiment", experiment, "--register-model", name)
@@ -273,6 +275,21 @@ def test_hf_without_a_final_save_takes_the_best_checkpoint(tmp_path):
     inputs = _read(out, "hf-model")
     assert [a.source.parent.name for a in inputs.records[0].artifacts] == ["checkpoint-10"] * 2
     assert any("checkpoint-10/ is taken (the newest checkpoint)" in n for n in inputs.notes), inputs.notes
+
+
+def test_dry_run_lists_the_versions_it_would_register_and_writes_none(sklearn_folder, uri, experiment, state):
+    name = f"dry-{uuid.uuid4().hex[:8]}"
+    manifest = _manifest(sklearn_folder, experiment, name)
+    before = _import(manifest, uri, state, "--dry-run")
+    assert [(v["name"], v["version"], v["action"], v["import_key"], v["path"]) for v in before["model_versions"]] \
+        == [(name, None, "would-create", "tuned-1", "model")]
+    text = run_importer("import", str(manifest), "--tracking-uri", uri, "--state", str(state), "--dry-run")
+    assert f"model {name!r}: would register a version from 'model' of run 'tuned-1'" in text.stdout.decode()
+    assert httpx.get(f"{uri}/api/2.0/mlflow/registered-models/get", params={"name": name}).status_code == 404
+    _import(manifest, uri, state)
+    after = _import(manifest, uri, state, "--dry-run")
+    assert [(v["name"], v["version"], v["action"]) for v in after["model_versions"]] == [(name, "1", "found")]
+    assert len(_versions(uri, name)) == 1
 
 
 def test_import_records_registers_too(sklearn_folder, uri, experiment, state):

@@ -274,14 +274,34 @@ async def _register(api: MlflowApi, entry: ModelToRegister, key: str, run: dict,
     return version, action
 
 
+def _to_register(records: list[RunRecord], outcomes: list) -> list[tuple[RunRecord, Outcome, ModelToRegister]]:
+    """(record, its outcome, model entry) of every version the runs carry whose run did not fail."""
+    written = {(o.experiment, o.import_key): o for o in outcomes}
+    return [(rec, out, entry) for rec in records if rec.models
+            and (out := written.get((rec.experiment, rec.import_key))) is not None
+            and out.action != "failed" and (out.run_id or out.action.startswith("would-"))
+            for entry in rec.models]
+
+
+async def plan_versions(api: MlflowApi, records: list[RunRecord], outcomes: list) -> list[dict]:
+    """What register_versions would do, for a dry run: each version found (registered before
+    from its run) or to be created. Writes nothing."""
+    planned = []
+    for rec, out, entry in _to_register(records, outcomes):
+        version = await _registered_from(api, entry.name, rec.import_key, entry.path, out.run_id) \
+            if out.run_id else None
+        planned.append({"name": entry.name, "version": version["version"] if version else None,
+                        "action": "found" if version else "would-create", "run_id": out.run_id,
+                        "import_key": rec.import_key, "path": entry.path, "aliases": entry.aliases,
+                        "url": version_url(api.url, entry.name, version["version"]) if version else None})
+    return planned
+
+
 async def register_versions(api: MlflowApi, records: list[RunRecord], outcomes: list) -> list[dict]:
     """Register the model versions the runs carry (`RunRecord.models`), each from its run as
     written (`outcomes`). Returns one entry per version, created or found, with its UI address;
     a failure is added to `outcomes` (the run itself stays written)."""
-    written = {(o.experiment, o.import_key): o for o in outcomes}
-    todo = [(rec, out, entry) for rec in records if rec.models
-            and (out := written.get((rec.experiment, rec.import_key))) is not None
-            and out.action != "failed" and out.run_id for entry in rec.models]
+    todo = _to_register(records, outcomes)
     models: dict[str, dict] = {}
     failed: list[Outcome] = []
 
@@ -308,8 +328,8 @@ async def register_versions(api: MlflowApi, records: list[RunRecord], outcomes: 
             except ImporterError as e:
                 fail(rec, entry, e)
                 return None
-        return {"name": entry.name, "version": version["version"], "action": action,
-                "run_id": out.run_id, "path": entry.path, "aliases": entry.aliases,
+        return {"name": entry.name, "version": version["version"], "action": action, "run_id": out.run_id,
+                "import_key": rec.import_key, "path": entry.path, "aliases": entry.aliases,
                 "url": version_url(api.url, entry.name, version["version"])}
 
     done = await asyncio.gather(*(one(*item) for item in todo))

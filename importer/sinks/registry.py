@@ -288,8 +288,9 @@ async def plan_versions(api: MlflowApi, records: list[RunRecord], outcomes: list
     from its run) or to be created. Writes nothing."""
     planned = []
     for rec, out, entry in _to_register(records, outcomes):
-        version = await _registered_from(api, entry.name, rec.import_key, entry.path, out.run_id) \
-            if out.run_id else None
+        version = None  # a run still to be created has none
+        if out.run_id:
+            version = await _registered_from(api, entry.name, rec.import_key, entry.path, out.run_id)
         planned.append({"name": entry.name, "version": version["version"] if version else None,
                         "action": "found" if version else "would-create", "run_id": out.run_id,
                         "import_key": rec.import_key, "path": entry.path, "aliases": entry.aliases,

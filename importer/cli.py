@@ -314,9 +314,15 @@ def _finish(summary, as_json: bool) -> None:
     from . import pipeline
 
     typer.echo(pipeline.summary_json(summary) if as_json else summary.text())
+    raise _exit_for(summary)
+
+
+def _exit_for(summary) -> typer.Exit:
+    """The exit code of a summary: 3 when the server could not be reached, 1 when a run failed or
+    was left changed, else 0."""
     if any(o.unreachable for o in summary.failed):
-        raise typer.Exit(EXIT_SERVER)
-    raise typer.Exit(EXIT_RUNS_FAILED if summary.failed or summary.changed else EXIT_OK)
+        return typer.Exit(EXIT_SERVER)
+    return typer.Exit(EXIT_RUNS_FAILED if summary.failed or summary.changed else EXIT_OK)
 
 
 @app.command(cls=_Command)
@@ -616,14 +622,11 @@ def scan(
     except ImporterError as e:
         raise _fail(e)
     summary = result.summary
-    failed = summary.failed or summary.changed
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
-    elif not quiet or failed:
+    elif not quiet or summary.failed or summary.changed:
         typer.echo(result.text())
-    if any(o.unreachable for o in summary.failed):
-        raise typer.Exit(EXIT_SERVER)
-    raise typer.Exit(EXIT_RUNS_FAILED if failed else EXIT_OK)
+    raise _exit_for(summary)
 
 
 @app.command(cls=_Command)

@@ -37,7 +37,7 @@ HISTORY_PAGE = 25000  # metrics/get-history page size (the server's own maximum)
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}  # renamed between MLflow versions
 NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
-NOT_ASKED = object()  # a lookup not made yet (None being its answer "there is none")
+_NOT_ASKED = object()  # a lookup not made yet (None being its answer "there is none")
 
 
 @dataclass(frozen=True)
@@ -397,10 +397,10 @@ class MlflowApi:
             raise
 
     async def get_or_create_experiment(self, name: str, tags: dict[str, str],
-                                       found: Any = NOT_ASKED) -> tuple[str, bool]:
+                                       found: Any = _NOT_ASKED) -> tuple[str, bool]:
         """(experiment id, created). Safe when two importers race: the loser reads the winner's.
         `found`: experiment_by_name's answer, when the caller has just asked it."""
-        if found is NOT_ASKED:
+        if found is _NOT_ASKED:
             found = await self.experiment_by_name(name)
         if found is not None:
             if found.get("lifecycle_stage") == "deleted":

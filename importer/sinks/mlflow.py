@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 from ..errors import ConflictError, ConnectionFailed, ImporterError, RetryableError, ServerError
 from ..files import sha256_file
 from ..ledger import COMPARE, Ledger
-from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_ASKED, NOT_FOUND, MlflowApi, pairs,
+from ..mlflow_api import (MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH, NOT_FOUND, MlflowApi, pairs,
                           tag_filter)
 from ..model import (EXPERIMENT_KIND_TAG, IMPORT_KEY_TAG, PENDING_TAG, SOURCE_RUN_ID_TAG, SPECIAL_VALUES,
                      RunRecord, is_pending, oldest_run, spill_long_params, stored_value, with_import_key)
@@ -176,17 +176,20 @@ class MlflowSink:
         (an experiment moved from another store: its tags and description) are set the first time,
         unless experiments.prepare did."""
         if name not in self._experiments:
+            async def by_name() -> Optional[dict]:
+                if name in self._looked_up:
+                    return self._looked_up[name]
+                return await self.api.experiment_by_name(name)
+
             if self.dry_run:
                 async def lookup() -> tuple[Optional[str], bool]:
-                    found = self._looked_up.get(name, NOT_ASKED)
-                    if found is NOT_ASKED:
-                        found = await self.api.experiment_by_name(name)
+                    found = await by_name()
                     return (found["experiment_id"], False) if found else (None, True)
                 coro = lookup()
             else:
                 async def get_or_create() -> tuple[str, bool]:
-                    exp_id, new = await self.api.get_or_create_experiment(
-                        name, EXPERIMENT_TAGS, found=self._looked_up.get(name, NOT_ASKED))
+                    exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS,
+                                                                          found=await by_name())
                     if name not in self._prepared:
                         for k, v in (tags or {}).items():
                             await self.api.set_experiment_tag(exp_id, k, v)

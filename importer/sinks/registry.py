@@ -5,8 +5,8 @@ see docs/models.md).
 
 A version is matched on the destination by its tag `importer.source_version`, so a rerun creates
 no second copy; a second copy all the same (a killed importer's create that landed after the rerun
-looked) is deleted, the lowest numbered kept (`_drop_late_copies`). The server numbers versions itself, one more than the last it made, and never
-reuses the number of a deleted one. So where versions were deleted at the source (1, 2, 4), the
+looked) is deleted, the lowest numbered kept (`_drop_late_copies`). The server numbers versions
+itself, one more than the last it made, and never reuses the number of a deleted one. So where versions were deleted at the source (1, 2, 4), the
 numbers between are used up on the destination by placeholder versions (the real version's
 source and run, tag `importer.placeholder`), each deleted at once: version 4 stays version 4 and
 `models:/name/4` still means the same model. A version that cannot keep its number (the
@@ -60,20 +60,21 @@ async def _set_alias(api: MlflowApi, name: str, alias: str, version: str) -> Non
     """Point `alias` of model `name` at `version`. The server inserts a new alias without a lock:
     two importers setting it at once get one UNIQUE constraint failure (HTTP 400), though the
     alias is then set; so a refusal is checked, and the call made once more if still needed."""
+    body = {"name": name, "alias": alias, "version": version}
     try:
-        await api.call("registered-models/alias", {"name": name, "alias": alias, "version": version})
+        await api.call("registered-models/alias", body)
     except ServerError:
-        model = await _get_model(api, name) or {}
-        if aliases(model).get(alias) != version:
-            await api.call("registered-models/alias", {"name": name, "alias": alias, "version": version})
+        if aliases(await _get_model(api, name) or {}).get(alias) != version:
+            await api.call("registered-models/alias", body)
 
 
 async def _drop_late_copies(api: MlflowApi, name: str, versions: list[dict]) -> dict[str, dict]:
     """{source version: its copy} of `versions`, the lowest numbered of several copies kept and
     the others deleted. The server finishes a request whose client was killed: that create may
     land after a rerun looked for it, and the rerun made a second copy meanwhile."""
-    kept = _by_tag(versions)
+    kept = {}
     for src, copies in _grouped(versions, SOURCE_VERSION_TAG).items():
+        kept[src] = first_version(copies)
         for late in copies:
             if late is not kept[src]:
                 await _delete_version(api, name, late["version"])

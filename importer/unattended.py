@@ -162,14 +162,18 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
         if not p.exists():
             raise InputError(f"{p}: no such file or folder")
 
+    statted: dict[Path, tuple[str, float]] = {}  # (signature, mtime) of the files stat()ed below
+
     def unchanged_format(file: Path) -> Optional[str]:
         row = known.get(str(file))
         if row is None or row["state"] not in ("imported", "growing", "empty"):
             return None
         try:
-            return row["format"] if row["signature"] == _stat_sig(file.stat()) else None
+            st = file.stat()
         except OSError:
             return None
+        statted[file] = _stat_sig(st), st.st_mtime  # the same file's unit: not stat()ed again
+        return row["format"] if row["signature"] == statted[file][0] else None
 
     units, unknown = discover(paths, known=unchanged_format)
     result = Pass(pipeline.Summary(server=server, dry_run=False, title="Scanned into"))
@@ -179,7 +183,7 @@ def scan_pass(paths: Iterable[pipeline.PathLike], uri: str, ledger: Ledger, *,
     at = clock()
     for module, unit in units:
         try:
-            sig, newest = signature(unit)
+            sig, newest = statted.get(unit) or signature(unit)
         except OSError:  # gone since discovery
             continue
         row = known.get(str(unit))
@@ -405,8 +409,9 @@ def status(state: Optional[pipeline.PathLike] = None) -> dict:
     failed, growing and settling units. This is a read-only operation: a ledger that does not
     exist yet is reported empty, not created."""
     path = Path(state) if state else default_path()
+    exists = path.exists()
     rows = []
-    if path.exists():
+    if exists:
         ledger = pipeline.open_ledger(path)
         try:
             rows = ledger.all_units()
@@ -419,7 +424,7 @@ def status(state: Optional[pipeline.PathLike] = None) -> dict:
     listed = {s: [{k: r[k] for k in keep} for r in rows if r["state"] == s] for s in ("growing", "settling")}
     failed = [{**{k: r[k] for k in keep}, "file": r["error_file"], "where": r["error_where"],
                "reason": r["error"]} for r in rows if r["state"] == "failed"]
-    return {"ledger": str(path), "exists": path.exists(), "units": counts, "failed": failed, **listed}
+    return {"ledger": str(path), "exists": exists, "units": counts, "failed": failed, **listed}
 
 
 def status_text(report: dict) -> str:
@@ -572,6 +577,14 @@ def _follow(folders, uri, ledger, experiment, settle, finish_after, config, log:
             stop: threading.Event, woken: threading.Event, importing: list) -> None:
     backoff = 0.0
     due: Optional[float] = None
+
+    def back_off(event: str, **fields) -> None:
+        """Log `event`, and wait twice as long as last time (1 s at first) before the next pass."""
+        nonlocal backoff, due
+        backoff = min(BACKOFF_MAX, max(1.0, backoff * 2))
+        log(event, **fields, retry_in=f"{backoff:g}s")
+        due = time.time() + backoff
+
     last_full = 0.0
     told: set[str] = set()  # files not recognised, logged once each
     took = 0.0  # seconds the last pass took
@@ -593,14 +606,10 @@ def _follow(folders, uri, ledger, experiment, settle, finish_after, config, log:
             result = scan_pass(folders, uri, ledger, experiment=experiment, settle=settle,
                                finish_after=finish_after, config=config)
         except ConnectionFailed as e:
-            backoff = min(BACKOFF_MAX, max(1.0, backoff * 2))
-            log("server-unreachable", reason=str(e), retry_in=f"{backoff:g}s")
-            due = time.time() + backoff
+            back_off("server-unreachable", reason=str(e))
             continue
         except (ImporterError, OSError) as e:  # a folder gone, a ledger error: said, tried again
-            backoff = min(BACKOFF_MAX, max(1.0, backoff * 2))
-            log("error", reason=str(e), retry_in=f"{backoff:g}s")
-            due = time.time() + backoff
+            back_off("error", reason=str(e))
             continue
         finally:
             importing[0] = False
@@ -613,10 +622,7 @@ def _follow(folders, uri, ledger, experiment, settle, finish_after, config, log:
                 log("not-recognised", unit=path)
         unreachable = [o for o in result.summary.failed if _server_trouble(o)]
         if unreachable:
-            backoff = min(BACKOFF_MAX, max(1.0, backoff * 2))
-            log("server-unreachable", reason=unreachable[0].error, runs=len(unreachable),
-                retry_in=f"{backoff:g}s")
-            due = time.time() + backoff
+            back_off("server-unreachable", reason=unreachable[0].error, runs=len(unreachable))
             continue
         backoff = 0.0
         due = result.next_due

@@ -141,6 +141,11 @@ class Ledger:
             "server = ? and experiment = ? and import_key = ?", [server, experiment, key]))
         return rows[0] if rows else None
 
+    def knows_experiment(self, server: str, experiment: str) -> bool:
+        """Whether a run was imported into `experiment` on `server`. This is a read-only operation."""
+        return self.db.execute("select 1 from runs where server = ? and experiment = ? limit 1",
+                               [server, experiment]).fetchone() is not None
+
     def save_run(self, server: str, experiment: str, key: str, *, run_id: str, experiment_id: str,
                  origin: str, fingerprint: str = "", complete: bool = False) -> None:
         with self._writing():

@@ -399,24 +399,42 @@ class MlflowApi:
     async def get_or_create_experiment(self, name: str, tags: dict[str, str],
                                        found: Any = _NOT_ASKED) -> tuple[str, bool]:
         """(experiment id, created). Safe when two importers race: the loser reads the winner's.
-        `found`: experiment_by_name's answer, when the caller has just asked it."""
+        `found`: experiment_by_name's answer, when the caller has just asked it. Not asked, the
+        lookup and the create go together: one round trip, not two, for a new experiment on a far
+        server. For a name that exists the create is refused (some stores take an id from their
+        sequence all the same), so a caller that expects the experiment asks first."""
         if found is _NOT_ASKED:
+            found, made = await asyncio.gather(self.experiment_by_name(name),
+                                               self._create_experiment(name, tags),
+                                               return_exceptions=True)
+            if isinstance(made, str):
+                return made, True
+            if isinstance(found, BaseException):
+                raise found
+            if found is None and isinstance(made, BaseException):
+                raise made  # a refusal says nothing when the lookup found it: this user may not create
+        elif found is None:
+            made = await self._create_experiment(name, tags)
+            if made is not None:
+                return made, True
+        if found is None:  # made by another importer since the lookup
             found = await self.experiment_by_name(name)
-        if found is not None:
-            if found.get("lifecycle_stage") == "deleted":
-                raise ServerError(f"experiment {name!r} is deleted on the server; restore it or "
-                                  "choose another name", url=self.url)
-            return found["experiment_id"], False
-        try:
-            body = {"name": name, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
-            return (await self.call("experiments/create", body))["experiment_id"], True
-        except ServerError as e:
-            if e.error_code not in ALREADY_EXISTS:
-                raise
-        found = await self.experiment_by_name(name)
-        if found is None:
-            raise ServerError(f"experiment {name!r} exists and cannot be read", url=self.url)
+            if found is None:
+                raise ServerError(f"experiment {name!r} exists and cannot be read", url=self.url)
+        if found.get("lifecycle_stage") == "deleted":
+            raise ServerError(f"experiment {name!r} is deleted on the server; restore it or "
+                              "choose another name", url=self.url)
         return found["experiment_id"], False
+
+    async def _create_experiment(self, name: str, tags: dict[str, str]) -> Optional[str]:
+        """The new experiment's id; None when one of that name exists (active or deleted)."""
+        body = {"name": name, "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        try:
+            return (await self.call("experiments/create", body))["experiment_id"]
+        except ServerError as e:
+            if e.error_code in ALREADY_EXISTS:
+                return None
+            raise
 
     async def get_run(self, run_id: str) -> Optional[dict]:
         try:

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import pyarrow.compute as pc
 
-from .errors import InputError, Problem, ServerError, ValidationError
+from .errors import ConnectionFailed, InputError, Problem, ServerError, ValidationError
 from .ledger import Ledger
 from .mlflow_api import DEFAULT_CONFIG, ClientConfig, MlflowApi, tag_filter
 from .model import ExperimentRecord, RunRecord, manifest_json_schema, model_name_problem
@@ -437,20 +437,23 @@ async def import_async(records: list[RunRecord], uri: str, ledger: Ledger, *, dr
             except ServerError:
                 pass  # a deployment without /health: the next call tells
 
-        async def first_experiment() -> dict[str, Optional[dict]]:
-            if not records:
+        sink = MlflowSink(api, ledger, on_param_conflict=policy, on_metric_change=on_metric_change,
+                          dry_run=dry_run, progress=landed, prepared=prepared)
+
+        async def first_experiment() -> None:
+            if records:
+                await sink.experiment(records[0].experiment, records[0].experiment_tags)
+            else:
                 await api.call("experiments/search", {"max_results": 1})
-                return {}
-            return {records[0].experiment: await api.experiment_by_name(records[0].experiment)}
 
         # Both at once: one round trip, not two, on a far server. Health's failure is the one
-        # told; the lookup's tells of refused credentials (exit code 3).
-        reached, looked_up = await asyncio.gather(reachable(), first_experiment(), return_exceptions=True)
-        for result in (reached, looked_up):
-            if isinstance(result, BaseException):
-                raise result
-        sink = MlflowSink(api, ledger, on_param_conflict=policy, on_metric_change=on_metric_change,
-                          dry_run=dry_run, progress=landed, prepared=prepared, looked_up=looked_up)
+        # told; the experiment's tells of refused credentials (exit code 3). Whatever else it met
+        # is told by each of its runs.
+        reached, first = await asyncio.gather(reachable(), first_experiment(), return_exceptions=True)
+        if isinstance(reached, BaseException):
+            raise reached
+        if isinstance(first, ConnectionFailed):
+            raise first
         created: dict[tuple[str, str], asyncio.Future] = {}
         existing_parents: dict[str, asyncio.Task] = {}
         run_slots = asyncio.Semaphore(max(2, config.max_in_flight * 2))

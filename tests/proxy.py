@@ -12,6 +12,10 @@ and L/2 before it is answered (one round trip of a link with L ms of latency), a
 once (TCP_NODELAY, as nginx and most proxies send), so the link adds L and nothing else.
 Paths starting with --refuse get a 404, as from a server or gateway that has no such endpoint.
 With --only PREFIX, failures and drops hit only requests whose path starts with PREFIX.
+--rounds records each request's round trip, as [method, path, round] in the stats' "trips": one
+more than the highest round among the requests answered before it came. With a latency well
+above the client's own time between an answer and the request it leads to, that is the length of
+the chain of round trips that led to the request (a slow client can only make it longer).
 `GET /__proxy_stats` returns the counts as JSON. Bounded: it exits after --max-seconds.
 """
 
@@ -52,12 +56,15 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--refuse", default=None)
     ap.add_argument("--only", default="")
+    ap.add_argument("--rounds", action="store_true")
     ap.add_argument("--max-seconds", type=float, default=900)
     args = ap.parse_args()
     upstream = urlsplit(args.upstream)
     rng = random.Random(args.seed)
     lock = threading.Lock()
-    stats = {"requests": 0, "fail": 0, "out_of_connections": 0, "drop_before": 0, "drop_after": 0, "forwarded": 0, "refused": 0}
+    stats = {"requests": 0, "fail": 0, "out_of_connections": 0, "drop_before": 0, "drop_after": 0,
+             "forwarded": 0, "refused": 0, "trips": []}
+    answered = [0]  # the highest round answered so far
 
     half_trip = args.latency_ms / 2000
 
@@ -66,6 +73,7 @@ def main() -> None:
         # Headers and body are two writes: with Nagle's algorithm a small body waits for the
         # client's delayed ACK of the headers (about 40 ms on a kept-alive connection).
         disable_nagle_algorithm = args.latency_ms > 0
+        round = 0  # of the request being handled (see --rounds); the stats' own requests: none
 
         def log_message(self, *a) -> None:
             pass
@@ -88,7 +96,13 @@ def main() -> None:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
 
+        def _answered(self) -> None:
+            # Counted before the answer leaves: a request it leads to must never look earlier.
+            with lock:
+                answered[0] = max(answered[0], self.round)
+
         def _answer(self, status: int, content_type: str, data: bytes) -> None:
+            self._answered()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
@@ -101,6 +115,9 @@ def main() -> None:
                 return self._answer(200, "application/json", json.dumps(stats).encode())
             with lock:
                 stats["requests"] += 1
+                self.round = answered[0] + 1
+                if args.rounds:
+                    stats["trips"].append([self.command, self.path.split("?")[0], self.round])
                 roll = rng.random() if self.path.startswith(args.only) else 1.0
                 delay = rng.random() * args.delay_ms / 1000
                 reset = rng.random() < 0.5
@@ -139,6 +156,7 @@ def main() -> None:
             with lock:
                 stats["forwarded"] += 1
             time.sleep(half_trip)
+            self._answered()
             self.send_response(resp.status)
             for k, v in resp.getheaders():
                 if k.lower() not in HOP and k.lower() != "content-length":
@@ -158,11 +176,13 @@ def main() -> None:
 
 def start(upstream: str, port: int, max_seconds: float = 600, **options) -> tuple[subprocess.Popen, str]:
     """This proxy as a process in front of `upstream`, listening on `port`, once it answers:
-    (the process, its URL). `options` are its flags: drop_after=0.5 is --drop-after 0.5."""
+    (the process, its URL). `options` are its flags: drop_after=0.5 is --drop-after 0.5, rounds=True
+    is --rounds."""
     args = [sys.executable, __file__, "--upstream", upstream, "--port", str(port),
             "--max-seconds", str(max_seconds)]
     for k, v in options.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        flag = f"--{k.replace('_', '-')}"
+        args += [flag] if v is True else [flag, str(v)]
     proc = subprocess.Popen(args)
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):

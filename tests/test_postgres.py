@@ -437,6 +437,32 @@ def test_postgres_store_values(pg_server):
         assert "NUL (0x00)" in r.json()["message"], r.text
 
 
+def test_a_refused_experiment_create_takes_an_id_so_a_known_experiment_is_asked_for_first(
+        pg_server, experiment, tmp_path):
+    """PostgreSQL's sequence gives an id to a create that the unique name then refuses (SQLite's
+    does not): importer creates an experiment beside its lookup only when its ledger has not
+    written there, so importing again into the same experiment leaves no gap in the ids."""
+    http = httpx.Client(base_url=pg_server.url + "/api/2.0/mlflow/", timeout=60)
+
+    def new_id() -> int:
+        made = http.post("experiments/create", json={"name": f"probe-{uuid.uuid4().hex}"})
+        return int(made.json()["experiment_id"])
+
+    first = new_id()
+    assert http.post("experiments/create", json={"name": f"probe-{first}"}).status_code == 200
+    assert http.post("experiments/create", json={"name": f"probe-{first}"}).status_code == 400  # refused
+    assert new_id() == first + 3, "a refused create took no id: then importer could always create at once"
+
+    state = tmp_path / "ledger.db"
+    doc = {"format_version": 1, "experiment": experiment,
+           "runs": [{"name": "a", "metrics": {"loss": {"step": [0], "value": [1.0]}}}]}
+    import_cli(write_json(tmp_path / "a.json", doc), pg_server.url, state)  # creates it
+    before = new_id()
+    doc["runs"][0]["name"] = "b"
+    import_cli(write_json(tmp_path / "b.json", doc), pg_server.url, state)
+    assert new_id() == before + 1, "the second import asked the server to create its experiment again"
+
+
 def test_migrate_into_postgres_is_exact(pg_server, tmp_path):
     """A whole experiment (nesting, FAILED/KILLED, NaN/Infinity, artifacts, a deleted run, a
     registered model) moved from a SQLite-backed server to the PostgreSQL-backed one: `verify`

@@ -44,7 +44,10 @@ async def prepare(dest: MlflowApi, exps: list[ExperimentRecord],
             notes.append(f"experiment {exp.name!r} is deleted at the source but active on the "
                          "destination, which has it already: left active (its runs are deleted)")
             gone = False
-        exp_id, prepared[exp.name] = await dest.get_or_create_experiment(exp.name, kind_tags)
+        if found is not None:  # active, or restored just now
+            exp_id, prepared[exp.name] = found["experiment_id"], False
+        else:
+            exp_id, prepared[exp.name] = await dest.get_or_create_experiment(exp.name, kind_tags, found=None)
         for k, v in (exp.tags | ({DELETED_AT_SOURCE_TAG: "true"} if gone else {})).items():
             if have.get(k) != v:
                 await dest.set_experiment_tag(exp_id, k, v)

@@ -148,7 +148,7 @@ def _data(col: pa.Array) -> memoryview:
 class MlflowSink:
     def __init__(self, api: MlflowApi, ledger: Ledger, *, on_param_conflict: str = "error",
                  on_metric_change: str = "leave", dry_run: bool = False, progress=None,
-                 prepared: Optional[dict[str, bool]] = None, looked_up: Optional[dict[str, Optional[dict]]] = None):
+                 prepared: Optional[dict[str, bool]] = None):
         if on_param_conflict not in CONFLICT_POLICIES:
             raise ValueError(f"on_param_conflict must be one of {CONFLICT_POLICIES}")
         if on_metric_change not in METRIC_CHANGE_POLICIES:
@@ -165,9 +165,6 @@ class MlflowSink:
         # created just now. Their tags are not set again; one created just now is empty, so no
         # run is looked for in it: a search per run costs the server more the more runs it holds.
         self._prepared = prepared or {}
-        # Experiments already looked up by name (the import's first, asked with the server's
-        # health): name -> the answer.
-        self._looked_up = looked_up or {}
 
     # -- experiments ---------------------------------------------------------------------------
 
@@ -176,20 +173,20 @@ class MlflowSink:
         (an experiment moved from another store: its tags and description) are set the first time,
         unless experiments.prepare did."""
         if name not in self._experiments:
-            async def by_name() -> Optional[dict]:
-                if name in self._looked_up:
-                    return self._looked_up[name]
-                return await self.api.experiment_by_name(name)
-
             if self.dry_run:
                 async def lookup() -> tuple[Optional[str], bool]:
-                    found = await by_name()
+                    found = await self.api.experiment_by_name(name)
                     return (found["experiment_id"], False) if found else (None, True)
                 coro = lookup()
             else:
                 async def get_or_create() -> tuple[str, bool]:
-                    exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS,
-                                                                          found=await by_name())
+                    if name in self._prepared or self.ledger.knows_experiment(self.server, name):
+                        # There, most likely: asked first, as a create beside the lookup would be
+                        # refused (and take an id from the sequence, on some stores).
+                        found = await self.api.experiment_by_name(name)
+                        exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS, found)
+                    else:
+                        exp_id, new = await self.api.get_or_create_experiment(name, EXPERIMENT_TAGS)
                     if name not in self._prepared:
                         for k, v in (tags or {}).items():
                             await self.api.set_experiment_tag(exp_id, k, v)

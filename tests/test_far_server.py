@@ -95,7 +95,7 @@ def test_a_refused_create_says_nothing_when_the_experiment_exists(uri, experimen
         proc.wait()
 
 
-def test_a_deleted_experiment_is_neither_created_nor_written(uri, experiment):
+def test_a_deleted_experiment_is_neither_created_nor_written(uri, experiment, tmp_path, state):
     made = httpx.post(f"{uri}/api/2.0/mlflow/experiments/create", json={"name": experiment})
     httpx.post(f"{uri}/api/2.0/mlflow/experiments/delete",
                json={"experiment_id": made.json()["experiment_id"]}).raise_for_status()
@@ -106,3 +106,9 @@ def test_a_deleted_experiment_is_neither_created_nor_written(uri, experiment):
 
     with pytest.raises(ServerError, match="is deleted on the server"):
         asyncio.run(get_or_create())
+    # The import's first experiment is asked for with the server's health: what it meets there
+    # (other than an unreachable server or refused credentials) is told by each run, as any other.
+    done = run_importer("import", str(write_json(tmp_path / "a.json", one_run(experiment, "a"))),
+                        "--tracking-uri", uri, "--state", str(state))
+    assert done.returncode == 1, done.stderr.decode()
+    assert "FAILED" in done.stdout.decode() and "is deleted on the server" in done.stdout.decode()

@@ -15,9 +15,9 @@ into a fresh experiment:
 2. --turns times, latencies in turn: `importer import` of the manifest as a user runs it (a new
    process, default settings unless --import-in-flight), then the replay at its best concurrency.
 
-The raw replay writes what the import writes (its experiment, runs/create with the tags, params in a log-batch,
-the metric log-batches, 2 artifacts, runs/update) with request bodies built before the clock starts
-and every phase spread over N requests in flight (the runs' creates, then the batches, then the
+The raw replay writes what the import writes (its experiment, runs/create with the tags, params
+in a log-batch, the metric log-batches, 2 artifacts, runs/update) with request bodies built before
+the clock starts and every phase spread over N requests in flight (the runs' creates, then the batches, then the
 artifacts and updates): none of the import's lookups and checks, and no process start. The ratio
 is import / replay points/s, by bests and by means of the turns. --busy N keeps N other processes
 spinning on the CPU from the first replay to the end: a busy machine, the same for both.

@@ -5,8 +5,9 @@
 
 Per request, at random: answer 503 without forwarding (--fail); close the connection without
 forwarding (--drop-before); answer as a server whose SQL store ran out of connections
-(--out-of-connections: a 400, which an overload it is); forward, then close or reset the connection instead of answering, so the
-server acted but the client never hears of it (--drop-after); and sleep up to --delay-ms first.
+(--out-of-connections: a 400, though it is an overload); forward, then close or reset the
+connection instead of answering, so the server acted but the client never hears of it
+(--drop-after); and sleep up to --delay-ms first.
 --latency-ms L makes it a far server instead: every request waits exactly L/2 before it is forwarded
 and L/2 before it is answered (one round trip of a link with L ms of latency), and answers leave at
 once (TCP_NODELAY, as nginx and most proxies send), so the link adds L and nothing else.

@@ -3,17 +3,18 @@ a server by sources/server.py, from files by the store sources); and versions re
 imported run's own artifacts (`register_versions`: manifest `models`, `import --register-model`,
 see docs/models.md).
 
-A version is matched on the destination by its tag `importer.source_version`, so a rerun creates
-no second copy; a second copy all the same (a killed importer's create that landed after the rerun
+A version is matched on the destination by its tag `importer.source_version`, so a rerun creates no
+second copy; a second copy all the same (a killed importer's create that landed after the rerun
 looked) is deleted, the lowest numbered kept (`_drop_late_copies`). The server numbers versions
-itself, one more than the last it made, and never reuses the number of a deleted one. So where versions were deleted at the source (1, 2, 4), the
-numbers between are used up on the destination by placeholder versions (the real version's
-source and run, tag `importer.placeholder`), each deleted at once: version 4 stays version 4 and
-`models:/name/4` still means the same model. A version that cannot keep its number (the
-destination's model already had others, or shards wrote versions out of order) gets the next one,
-and a note says so. Aliases are set through the mapping. Stages (deprecated in MLflow) are
-carried over as the version's stage when set. A version of an MLflow 3 logged model (source
-`models:/m-...`) is made of that model's copy, so logged models are written first.
+itself, one more than the last it made, and never reuses the number of a deleted one. So where
+versions were deleted at the source (1, 2, 4), the numbers between are used up on the destination
+by placeholder versions (the real version's source and run, tag `importer.placeholder`), each
+deleted at once: version 4 stays version 4 and `models:/name/4` still means the same model. A
+version that cannot keep its number (the destination's model already had others, or shards wrote
+versions out of order) gets the next one, and a note says so. Aliases are set through the mapping.
+Stages (deprecated in MLflow) are carried over as the version's stage when set. A version of an
+MLflow 3 logged model (source `models:/m-...`) is made of that model's copy, so logged models are
+written first.
 """
 
 from __future__ import annotations
